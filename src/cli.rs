@@ -1,0 +1,288 @@
+//! The command line: `run`, `check`, `status` and `version`. Each command returns the
+//! process exit code; `main` only hands it to the OS.
+
+use crate::config::AgentConfig;
+use crate::problem::Problem;
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Exit code for a usage or configuration error (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+/// Exit code for a failure while running.
+pub const EXIT_FAILURE: u8 = 1;
+
+pub const DEFAULT_CONFIG: &str = "/etc/ker-agent/agent.toml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ker-agent",
+    about = "Node agent for Redis/Pika instances",
+    disable_version_flag = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent (logs to stderr).
+    Run {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate the config and every manifest; exit 0, or 64 listing every problem.
+    Check {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Show the instances of a running agent.
+    Status {
+        /// Address of the agent's API.
+        #[arg(long, default_value = "127.0.0.1:9737")]
+        api: String,
+        /// Print the raw JSON status document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the version.
+    Version,
+}
+
+/// Parses the command line; a usage error exits 64, `--help` exits 0.
+pub fn parse() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            ExitCode::from(EXIT_USAGE)
+        } else {
+            ExitCode::SUCCESS
+        }
+    })
+}
+
+/// Loads agent.toml, printing every problem on failure.
+pub fn load_config(path: &std::path::Path) -> Result<AgentConfig, ExitCode> {
+    AgentConfig::load(path).map_err(|problems| {
+        print_problems(&problems);
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+fn print_problems(problems: &[Problem]) {
+    for problem in problems {
+        eprintln!("{problem}");
+    }
+}
+
+/// `ker-agent check`.
+pub fn check(config_path: &std::path::Path) -> ExitCode {
+    let config = match load_config(config_path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let Some(dir) = &config.manifest_dir else {
+        println!("{}: ok (no manifest_dir)", config_path.display());
+        return ExitCode::SUCCESS;
+    };
+    match crate::desired::load_manifests(dir, &config, 0) {
+        Ok(state) => {
+            println!(
+                "{}: ok; {}: {} instance(s) ok",
+                config_path.display(),
+                dir.display(),
+                state.instances.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            print_problems(&problems);
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// One row of the status table, read from `/v1/status`.
+#[derive(Debug, serde::Deserialize)]
+struct Row {
+    name: String,
+    engine: String,
+    port: u16,
+    phase: String,
+    ready: bool,
+    pid: Option<u32>,
+    restarts: u64,
+    uptime_seconds: Option<u64>,
+    message: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct StatusDoc {
+    node_id: String,
+    ready: bool,
+    desired: serde_json::Value,
+    instances: Vec<Row>,
+}
+
+/// `ker-agent status`.
+pub async fn status(api: &str, json: bool) -> ExitCode {
+    match fetch_status(api).await {
+        Ok(body) if json => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok(body) => match serde_json::from_str::<StatusDoc>(&body) {
+            Ok(doc) => {
+                print!("{}", render_table(&doc));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ker-agent: error: the agent at {api} sent a status this version cannot read: {e}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
+        Err(e) => {
+            eprintln!("ker-agent: error: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+async fn fetch_status(api: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let url = if api.starts_with("http://") || api.starts_with("https://") {
+        format!("{}/v1/status", api.trim_end_matches('/'))
+    } else {
+        format!("http://{api}/v1/status")
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .context("cannot build an HTTP client")?;
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the agent at {url} (is it running? see --api)"))?;
+    let code = response.status();
+    let body = response
+        .text()
+        .await
+        .with_context(|| format!("cannot read the answer of {url}"))?;
+    if !code.is_success() {
+        anyhow::bail!("{url} answered {code}: {body}");
+    }
+    Ok(body)
+}
+
+fn render_table(doc: &StatusDoc) -> String {
+    let mut rows = vec![[
+        "NAME", "ENGINE", "PORT", "PHASE", "READY", "PID", "RESTARTS", "UPTIME", "MESSAGE",
+    ]
+    .map(String::from)];
+    for r in &doc.instances {
+        rows.push([
+            r.name.clone(),
+            r.engine.clone(),
+            r.port.to_string(),
+            r.phase.clone(),
+            if r.ready { "yes" } else { "no" }.to_string(),
+            r.pid.map_or("-".into(), |p| p.to_string()),
+            r.restarts.to_string(),
+            r.uptime_seconds.map_or("-".into(), |s| {
+                crate::units::format_duration_short(Duration::from_secs(s))
+            }),
+            r.message.replace('\n', " "),
+        ]);
+    }
+    let columns = rows[0].len();
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = format!(
+        "node {}: {}, desired generation {}\n",
+        doc.node_id,
+        if doc.ready { "ready" } else { "not ready" },
+        doc.desired
+            .get("generation")
+            .and_then(|g| g.as_u64())
+            .map_or("none".into(), |g| g.to_string())
+    );
+    if let Some(rejection) = doc.desired.get("last_rejection").filter(|r| !r.is_null()) {
+        out.push_str("last rejected desired state:\n");
+        for problem in rejection["problems"].as_array().into_iter().flatten() {
+            out.push_str(&format!("  {}\n", problem.as_str().unwrap_or_default()));
+        }
+    }
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| {
+                if i + 1 == columns {
+                    cell.clone()
+                } else {
+                    format!("{cell:<width$}", width = widths[i])
+                }
+            })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Sets up logging to stderr: `KER_AGENT_LOG` (e.g. `info`, `debug`,
+/// `ker_agent=debug,info`) chooses what is shown; the default is `info`.
+pub fn init_logging() {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let filter = std::env::var("KER_AGENT_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    tracing_subscriber::registry().with(filter).with(fmt).init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_lists_every_instance_with_aligned_columns() {
+        let doc: StatusDoc = serde_json::from_value(serde_json::json!({
+            "node_id": "n1", "ready": true,
+            "desired": {"generation": 4, "last_rejection": {"problems": ["a.toml: port: 1 is outside 1024-65535"]}},
+            "instances": [
+                {"name": "cache-1", "engine": "redis", "port": 6380, "phase": "running", "ready": true,
+                 "pid": 42, "restarts": 1, "uptime_seconds": 61, "message": ""},
+                {"name": "b", "engine": "redis", "port": 6381, "phase": "crash-loop", "ready": false,
+                 "pid": null, "restarts": 7, "uptime_seconds": null, "message": "exit code 1"}
+            ]
+        }))
+        .unwrap();
+        let table = render_table(&doc);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "node n1: ready, desired generation 4");
+        assert_eq!(lines[2], "  a.toml: port: 1 is outside 1024-65535");
+        assert!(
+            lines[3].starts_with("NAME     ENGINE  PORT  PHASE       READY  PID  RESTARTS  UPTIME  MESSAGE"),
+            "{table}"
+        );
+        assert!(
+            lines[4].starts_with("cache-1  redis   6380  running     yes    42   1         1m1s"),
+            "{table}"
+        );
+        assert!(
+            lines[5].starts_with("b        redis   6381  crash-loop  no     -    7         -       exit code 1"),
+            "{table}"
+        );
+    }
+}

@@ -1,0 +1,382 @@
+//! `agent.toml`: parsed and validated as a whole into [`AgentConfig`].
+//!
+//! Relative paths are resolved against the directory of the config file, so an example
+//! config works from any working directory. Unknown keys are errors.
+
+use crate::engine::EngineKind;
+use crate::problem::{Checker, Problem};
+use crate::units;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/ker-agent";
+pub const DEFAULT_LOG_DIR: &str = "/var/log/ker-agent";
+pub const DEFAULT_API_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9737);
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The file it was read from.
+    pub path: PathBuf,
+    pub node_id: String,
+    /// Instances live in `data_dir/instances/<name>/`.
+    pub data_dir: PathBuf,
+    /// Static instance manifests (`*.toml`), if any.
+    pub manifest_dir: Option<PathBuf>,
+    /// The allow-list of binaries: engine → version → absolute path (invariant 3).
+    pub engines: BTreeMap<EngineKind, BTreeMap<String, PathBuf>>,
+    pub api: ApiConfig,
+    pub instances: InstanceDefaults,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    /// Bearer token for mutating calls.
+    pub token_file: Option<PathBuf>,
+}
+
+/// Settings that apply to every instance on the node.
+#[derive(Debug, Clone)]
+pub struct InstanceDefaults {
+    /// Addresses instances listen on. The agent itself talks to them over loopback.
+    pub bind: Vec<IpAddr>,
+    /// Each instance logs to `log_dir/<name>.log`.
+    pub log_dir: PathBuf,
+    /// How long a graceful stop may take before SIGKILL, unless a spec says otherwise.
+    pub stop_timeout: Duration,
+}
+
+impl AgentConfig {
+    /// Reads and validates `path`. On failure returns every problem found.
+    pub fn load(path: &Path) -> Result<AgentConfig, Vec<Problem>> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![Problem {
+                file: file.clone(),
+                field: "-".into(),
+                message: format!("cannot read: {e}"),
+            }]
+        })?;
+        let doc = parse_toml(&text, &file)?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+        Self::from_document(&doc, &file, path, &base)
+    }
+
+    /// Validates a parsed document; `base` resolves relative paths.
+    pub fn from_document(
+        doc: &Map<String, Value>,
+        file: &str,
+        path: &Path,
+        base: &Path,
+    ) -> Result<AgentConfig, Vec<Problem>> {
+        let mut c = Checker::new(file);
+        let top = c.table(
+            doc,
+            "",
+            &[
+                "node_id",
+                "data_dir",
+                "manifest_dir",
+                "engines",
+                "api",
+                "instances",
+                "controller",
+            ],
+        );
+        let node_id = match c.string(&top, "node_id") {
+            Some(id) if id.trim().is_empty() => {
+                c.problem("node_id", "must not be empty");
+                None
+            }
+            Some(id) => Some(id),
+            None => crate::procfs::hostname().or_else(|| {
+                if !top.has("node_id") {
+                    c.problem("node_id", "not set and the host name cannot be read");
+                }
+                None
+            }),
+        };
+        let resolve = |p: String| -> PathBuf {
+            let p = PathBuf::from(p);
+            if p.is_absolute() {
+                p
+            } else {
+                base.join(p)
+            }
+        };
+        let data_dir = c
+            .string(&top, "data_dir")
+            .map(resolve)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let manifest_dir = c.string(&top, "manifest_dir").map(resolve);
+
+        let mut engines = BTreeMap::new();
+        if let Some(table) = c.subtable(&top, "engines") {
+            let names: Vec<&str> = EngineKind::ALL.iter().map(|k| k.as_str()).collect();
+            let engine_fields = c.table(table, "engines", &names);
+            for kind in EngineKind::ALL {
+                let Some(engine) = c.subtable(&engine_fields, kind.as_str()) else {
+                    continue;
+                };
+                let path = format!("engines.{}", kind.as_str());
+                let fields = c.table(engine, &path, &["versions"]);
+                let Some(versions) = c.subtable(&fields, "versions") else {
+                    c.problem(fields.path("versions"), "missing (required)");
+                    continue;
+                };
+                let mut allowed = BTreeMap::new();
+                for (version, binary) in versions {
+                    let field = crate::problem::join(&format!("{path}.versions"), version);
+                    if let Some(problem) = crate::problem::control_character(version) {
+                        c.problem(field.clone(), format!("version name {problem}"));
+                        continue;
+                    }
+                    match binary.as_str() {
+                        Some(binary) if crate::problem::control_character(binary).is_some() => {
+                            c.problem(field, "path contains a control character");
+                        }
+                        Some(binary) if !Path::new(binary).is_absolute() => {
+                            c.problem(field, format!("{binary:?} must be an absolute path"));
+                        }
+                        Some(binary) if !Path::new(binary).is_file() => {
+                            c.problem(field, format!("{binary} does not exist or is not a file"));
+                        }
+                        Some(binary) => {
+                            allowed.insert(version.clone(), PathBuf::from(binary));
+                        }
+                        None => c.problem(field, "expected the path of the binary as a string"),
+                    }
+                }
+                engines.insert(kind, allowed);
+            }
+        }
+        if engines.values().all(BTreeMap::is_empty) && !c.problems.iter().any(|p| p.field.starts_with("engines")) {
+            c.problem(
+                "engines",
+                "no engine binary is allowed; add e.g. [engines.redis.versions] \"7.0\" = \"/usr/bin/redis-server\"",
+            );
+        }
+
+        let mut api = ApiConfig {
+            listen: DEFAULT_API_LISTEN,
+            token_file: None,
+        };
+        if let Some(table) = c.subtable(&top, "api") {
+            let fields = c.table(table, "api", &["listen", "token_file"]);
+            if let Some(listen) = c.string(&fields, "listen") {
+                match listen.parse() {
+                    Ok(addr) => api.listen = addr,
+                    Err(_) => c.problem(
+                        fields.path("listen"),
+                        format!("{listen:?} is not an address:port such as \"127.0.0.1:9737\""),
+                    ),
+                }
+            }
+            api.token_file = c.string(&fields, "token_file").map(resolve);
+        }
+
+        let mut instances = InstanceDefaults {
+            bind: vec![IpAddr::from([127, 0, 0, 1])],
+            log_dir: PathBuf::from(DEFAULT_LOG_DIR),
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+        };
+        if let Some(table) = c.subtable(&top, "instances") {
+            let fields = c.table(table, "instances", &["bind", "log_dir", "stop_timeout"]);
+            if let Some(list) = c.string_list(&fields, "bind") {
+                let mut bind = Vec::new();
+                for (i, addr) in list.iter().enumerate() {
+                    match addr.parse::<IpAddr>() {
+                        Ok(ip) => bind.push(ip),
+                        Err(_) => c.problem(
+                            format!("{}[{i}]", fields.path("bind")),
+                            format!("{addr:?} is not an IP address"),
+                        ),
+                    }
+                }
+                if list.is_empty() {
+                    c.problem(fields.path("bind"), "must name at least one address");
+                }
+                instances.bind = bind;
+            }
+            if let Some(dir) = c.string(&fields, "log_dir") {
+                instances.log_dir = resolve(dir);
+            }
+            if let Some(timeout) = c.string(&fields, "stop_timeout") {
+                match units::parse_duration(&timeout) {
+                    Ok(d) => instances.stop_timeout = d,
+                    Err(e) => c.problem(fields.path("stop_timeout"), e),
+                }
+            }
+        }
+
+        if top.has("controller") {
+            c.problem(
+                "controller",
+                "controller mode is not available in this version of ker-agent; remove [controller] to run standalone from manifest_dir",
+            );
+        }
+
+        if !c.problems.is_empty() {
+            return Err(c.problems);
+        }
+        Ok(AgentConfig {
+            path: path.to_path_buf(),
+            node_id: node_id.unwrap_or_default(),
+            data_dir,
+            manifest_dir,
+            engines,
+            api,
+            instances,
+        })
+    }
+
+    /// The binary allowed for `engine` at `version`.
+    pub fn binary(&self, engine: EngineKind, version: &str) -> Option<&Path> {
+        self.engines.get(&engine)?.get(version).map(PathBuf::as_path)
+    }
+
+    /// The versions allowed for `engine`, in order.
+    pub fn versions(&self, engine: EngineKind) -> Vec<&str> {
+        self.engines
+            .get(&engine)
+            .map(|v| v.keys().map(String::as_str).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn instances_dir(&self) -> PathBuf {
+        self.data_dir.join("instances")
+    }
+
+    pub fn desired_state_path(&self) -> PathBuf {
+        self.data_dir.join("desired.json")
+    }
+}
+
+/// Parses TOML text into a JSON-like tree that the validators walk. A syntax error is
+/// one problem that names the line.
+pub fn parse_toml(text: &str, file: &str) -> Result<Map<String, Value>, Vec<Problem>> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+        vec![Problem {
+            file: file.to_string(),
+            field: line.map_or("-".to_string(), |l| format!("line {l}")),
+            message: e.message().trim().to_string(),
+        }]
+    })?;
+    match serde_json::to_value(table) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(vec![Problem {
+            file: file.to_string(),
+            field: "-".into(),
+            message: "not a TOML table".into(),
+        }]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<AgentConfig, Vec<Problem>> {
+        let doc = parse_toml(text, "agent.toml")?;
+        AgentConfig::from_document(&doc, "agent.toml", Path::new("/etc/k/agent.toml"), Path::new("/etc/k"))
+    }
+
+    fn messages(r: Result<AgentConfig, Vec<Problem>>) -> Vec<String> {
+        r.unwrap_err().iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn full_config() {
+        let config = load(
+            r#"
+            node_id = "n1"
+            data_dir = "var"
+            manifest_dir = "/etc/k/instances.d"
+            [engines.redis.versions]
+            "7.0" = "/bin/sh"
+            [api]
+            listen = "127.0.0.1:0"
+            [instances]
+            bind = ["127.0.0.1", "::1"]
+            log_dir = "log"
+            stop_timeout = "5s"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.node_id, "n1");
+        assert_eq!(config.data_dir, PathBuf::from("/etc/k/var"));
+        assert_eq!(config.instances.log_dir, PathBuf::from("/etc/k/log"));
+        assert_eq!(config.instances.stop_timeout, Duration::from_secs(5));
+        assert_eq!(config.binary(EngineKind::Redis, "7.0"), Some(Path::new("/bin/sh")));
+        assert_eq!(config.api.listen.port(), 0);
+        assert_eq!(config.instances.bind.len(), 2);
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let problems = messages(load(
+            r#"
+            nodeid = "typo"
+            [engines.redis.versions]
+            "7.0" = "relative/redis-server"
+            "7.2" = "/does/not/exist"
+            [api]
+            listen = "localhost"
+            [instances]
+            stop_timeout = "soon"
+            bind = ["nowhere"]
+            "#,
+        ));
+        let expect = [
+            "agent.toml: nodeid: unknown key",
+            "agent.toml: engines.redis.versions.\"7.0\": \"relative/redis-server\" must be an absolute path",
+            "agent.toml: engines.redis.versions.\"7.2\": /does/not/exist does not exist",
+            "agent.toml: api.listen: \"localhost\" is not an address:port",
+            "agent.toml: instances.stop_timeout: \"soon\" is not a duration",
+            "agent.toml: instances.bind[0]: \"nowhere\" is not an IP address",
+        ];
+        for e in expect {
+            assert!(
+                problems.iter().any(|p| p.starts_with(e)),
+                "missing {e:?} in {problems:#?}"
+            );
+        }
+        assert_eq!(problems.len(), expect.len(), "{problems:#?}");
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let problems = messages(load("node_id = \"a\"\n[api\nlisten = 1\n"));
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].starts_with("agent.toml: line 2: "), "{problems:?}");
+    }
+
+    #[test]
+    fn no_engine_is_an_error() {
+        let problems = messages(load("node_id = \"a\"\n"));
+        assert!(
+            problems[0].starts_with("agent.toml: engines: no engine binary"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn controller_is_refused_with_a_reason() {
+        let problems = messages(load(
+            "[engines.redis.versions]\n\"7.0\" = \"/bin/sh\"\n[controller]\nurl = \"https://x\"\n",
+        ));
+        assert!(problems[0].contains("controller mode is not available"), "{problems:?}");
+    }
+}

@@ -1,0 +1,162 @@
+//! A short-lived, authenticated connection to one local instance, on top of the `redis`
+//! crate. Every call has a timeout, and every error names the port; a password is
+//! never part of an error.
+
+use crate::spec::Secret;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Value};
+use std::time::Duration;
+
+/// How the agent reaches an instance: always over loopback.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub port: u16,
+    pub password: Option<Secret>,
+    /// Limit for connecting and for each reply.
+    pub timeout: Duration,
+}
+
+/// A failed call to an instance.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to 127.0.0.1:{port}: {reason}")]
+    Connect { port: u16, reason: String },
+    #[error("127.0.0.1:{port} did not answer {command} within {timeout:?}")]
+    Timeout {
+        port: u16,
+        command: &'static str,
+        timeout: Duration,
+    },
+    #[error("127.0.0.1:{port} answered {command} with an error: {reason}")]
+    Server {
+        port: u16,
+        command: &'static str,
+        reason: String,
+    },
+    #[error("connection to 127.0.0.1:{port} failed during {command}: {reason}")]
+    Io {
+        port: u16,
+        command: &'static str,
+        reason: String,
+    },
+}
+
+impl ClientError {
+    /// The server is up but loading its dataset (`-LOADING`).
+    pub fn is_loading(&self) -> bool {
+        matches!(self, ClientError::Server { reason, .. } | ClientError::Connect { reason, .. }
+            if reason.contains("LOADING"))
+    }
+}
+
+/// An open connection.
+pub struct Connection {
+    inner: MultiplexedConnection,
+    port: u16,
+    timeout: Duration,
+}
+
+impl Connection {
+    /// Connects to `127.0.0.1:port` and authenticates when the target has a password.
+    pub async fn open(target: &Target) -> Result<Connection, ClientError> {
+        let mut settings = RedisConnectionInfo::default().set_skip_set_lib_name();
+        if let Some(password) = &target.password {
+            settings = settings.set_password(password.expose());
+        }
+        let port = target.port;
+        let info = ConnectionAddr::Tcp("127.0.0.1".to_string(), port)
+            .into_connection_info()
+            .map_err(|e| ClientError::Connect {
+                port,
+                reason: e.to_string(),
+            })?
+            .set_redis_settings(settings);
+        let client = redis::Client::open(info).map_err(|e| ClientError::Connect {
+            port,
+            reason: e.to_string(),
+        })?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(target.timeout))
+            .set_response_timeout(Some(target.timeout));
+        // The outer timeout also bounds the AUTH exchange.
+        let inner = tokio::time::timeout(
+            target.timeout * 2,
+            client.get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout {
+            port,
+            command: "connect",
+            timeout: target.timeout,
+        })?
+        .map_err(|e| ClientError::Connect {
+            port,
+            reason: describe(&e),
+        })?;
+        Ok(Connection {
+            inner,
+            port,
+            timeout: target.timeout,
+        })
+    }
+
+    /// Sends one command and returns the reply.
+    pub async fn call(&mut self, command: &'static str, args: &[&str]) -> Result<Value, ClientError> {
+        let mut cmd = redis::cmd(command.split(' ').next().unwrap_or(command));
+        for word in command.split(' ').skip(1) {
+            cmd.arg(word);
+        }
+        for arg in args {
+            cmd.arg(*arg);
+        }
+        let port = self.port;
+        match tokio::time::timeout(self.timeout, cmd.query_async::<Value>(&mut self.inner)).await {
+            Err(_) => Err(ClientError::Timeout {
+                port,
+                command,
+                timeout: self.timeout,
+            }),
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() => {
+                Err(ClientError::Io {
+                    port,
+                    command,
+                    reason: describe(&e),
+                })
+            }
+            Ok(Err(e)) => Err(ClientError::Server {
+                port,
+                command,
+                reason: describe(&e),
+            }),
+        }
+    }
+
+    /// `CONFIG GET key` → the value, or `None` when the server does not know the key.
+    pub async fn config_get(&mut self, key: &str) -> Result<Option<String>, ClientError> {
+        let reply = self.call("CONFIG GET", &[key]).await?;
+        Ok(match reply {
+            Value::Array(items) => items.get(1).and_then(as_text),
+            Value::Map(pairs) => pairs.first().and_then(|(_, v)| as_text(v)),
+            _ => None,
+        })
+    }
+}
+
+/// A reply as text, when it is a string.
+pub fn as_text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Okay => Some("OK".into()),
+        _ => None,
+    }
+}
+
+/// An error's text with the server's code kept (`LOADING …`, `NOAUTH …`).
+fn describe(error: &redis::RedisError) -> String {
+    match (error.code(), error.detail()) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        _ => error.to_string(),
+    }
+}

@@ -1,0 +1,138 @@
+//! Everything that differs between server families sits behind the [`Engine`] trait:
+//! which `[config]` keys are allowed, the ports an instance occupies, the config file
+//! and command line, readiness, and the graceful stop.
+//!
+//! Architecture invariant: only `engine/` knows a Redis or Pika config key or command.
+//! The supervisor drives every engine through this trait alone.
+
+mod client;
+mod redis;
+
+pub use client::{ClientError, Target};
+pub use redis::RedisEngine;
+
+use crate::spec::InstanceSpec;
+use std::ffi::OsString;
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+/// A boxed future, so that the trait stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The family of an instance's binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    Redis,
+    Pika,
+}
+
+impl EngineKind {
+    pub const ALL: [EngineKind; 2] = [EngineKind::Redis, EngineKind::Pika];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Redis => "redis",
+            EngineKind::Pika => "pika",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EngineKind> {
+        EngineKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where an instance's files live; the agent owns all of these paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// `data_dir/instances/<name>/`: config file and record.
+    pub instance_dir: PathBuf,
+    /// `instance_dir/data/`: the server's own data.
+    pub data_dir: PathBuf,
+    /// The rendered config file.
+    pub config_file: PathBuf,
+    /// `log_dir/<name>.log`.
+    pub log_file: PathBuf,
+    /// Addresses the instance listens on.
+    pub bind: Vec<IpAddr>,
+}
+
+/// How a graceful stop was asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopRequest {
+    /// The server accepted a stop command (e.g. `SHUTDOWN SAVE`).
+    Sent { command: String },
+    /// The server answered the stop command with an error and keeps running.
+    Refused { command: String, error: String },
+    /// The server could not be reached or the engine stops by signal: the caller
+    /// sends SIGTERM.
+    Signal { reason: String },
+}
+
+/// What a readiness probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Answers `PING` with `PONG`.
+    Ready,
+    /// Up, but not serving yet (e.g. `-LOADING`); the text says why.
+    Starting(String),
+    /// Not answering (yet): connection refused, timeout, auth failure…
+    Unreachable(String),
+}
+
+/// One server family.
+pub trait Engine: Send + Sync + 'static {
+    fn kind(&self) -> EngineKind;
+
+    /// File name of the rendered config inside the instance directory.
+    fn config_file_name(&self) -> &'static str;
+
+    /// Why `key` may not appear under a spec's `[config]`, if it may not. `key` is
+    /// lower-case.
+    fn refuse_config_key(&self, key: &str) -> Option<String>;
+
+    /// Every TCP port an instance on `port` occupies.
+    fn ports(&self, port: u16) -> Vec<u16>;
+
+    /// The config file for `spec`, with the agent-owned settings of `layout`.
+    fn render_config(&self, spec: &InstanceSpec, layout: &Layout) -> String;
+
+    /// The command-line arguments, after the binary.
+    fn args(&self, layout: &Layout) -> Vec<OsString>;
+
+    /// One readiness probe.
+    fn probe<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Readiness>;
+
+    /// Asks the server to stop gracefully.
+    fn request_stop<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, StopRequest>;
+}
+
+static REDIS: RedisEngine = RedisEngine;
+
+/// The engine for `kind`, if this build supports it.
+pub fn for_kind(kind: EngineKind) -> Option<&'static dyn Engine> {
+    match kind {
+        EngineKind::Redis => Some(&REDIS),
+        EngineKind::Pika => None,
+    }
+}
+
+/// The layout of instance `name` under the agent's directories.
+pub fn layout(engine: &dyn Engine, instances_dir: &Path, log_dir: &Path, name: &str, bind: &[IpAddr]) -> Layout {
+    let instance_dir = instances_dir.join(name);
+    Layout {
+        data_dir: instance_dir.join("data"),
+        config_file: instance_dir.join(engine.config_file_name()),
+        log_file: log_dir.join(format!("{name}.log")),
+        bind: bind.to_vec(),
+        instance_dir,
+    }
+}

@@ -1,0 +1,328 @@
+//! The `redis-server` engine: which keys a spec may set, `redis.conf` rendering, the
+//! command line, readiness (`PING` → `PONG`, `-LOADING` is "starting") and the
+//! graceful stop (`SHUTDOWN SAVE` when the server persists, `SHUTDOWN NOSAVE` when not).
+
+use super::client::{as_text, ClientError, Connection, Target};
+use super::{BoxFuture, Engine, EngineKind, Layout, Readiness, StopRequest};
+use crate::spec::InstanceSpec;
+use std::ffi::OsString;
+use std::fmt::Write;
+
+/// `redis-server` 7.x.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RedisEngine;
+
+/// Keys the agent sets itself, or that would let a spec escape the agent's control.
+const REFUSED: &[(&str, &str)] = &[
+    ("port", "the agent owns it: use the spec's `port`"),
+    ("bind", "the agent owns it: set [instances] bind in agent.toml"),
+    ("dir", "the agent owns the data directory"),
+    ("logfile", "the agent owns the log file"),
+    ("pidfile", "the agent records the pid itself"),
+    ("daemonize", "the agent runs the server in the foreground"),
+    ("supervised", "the agent supervises the server itself"),
+    ("include", "the agent renders the whole config file"),
+    ("unixsocket", "the agent owns the server's sockets"),
+    ("unixsocketperm", "the agent owns the server's sockets"),
+    ("tls-port", "the agent plans the server's ports"),
+    ("cluster-port", "the agent plans the server's ports"),
+    ("maxmemory", "use the spec's `maxmemory`"),
+    ("requirepass", "use the spec's `password` or `password_file`"),
+    ("masterauth", "use the spec's `password` or `password_file`"),
+    ("replicaof", "use the spec's `replica_of`"),
+    ("slaveof", "use the spec's `replica_of`"),
+    ("loadmodule", "loading modules is not allowed"),
+    ("enable-module-command", "loading modules is not allowed"),
+    (
+        "enable-protected-configs",
+        "it would allow changing agent-owned paths at runtime",
+    ),
+    (
+        "rename-command",
+        "the agent needs the server's commands under their own names",
+    ),
+    ("aclfile", "a spec never names a path on the host"),
+    ("cluster-config-file", "a spec never names a path on the host"),
+    ("tls-cert-file", "a spec never names a path on the host"),
+    ("tls-key-file", "a spec never names a path on the host"),
+    ("tls-client-cert-file", "a spec never names a path on the host"),
+    ("tls-client-key-file", "a spec never names a path on the host"),
+    ("tls-ca-cert-file", "a spec never names a path on the host"),
+    ("tls-ca-cert-dir", "a spec never names a path on the host"),
+    ("tls-dh-params-file", "a spec never names a path on the host"),
+];
+
+impl Engine for RedisEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Redis
+    }
+
+    fn config_file_name(&self) -> &'static str {
+        "redis.conf"
+    }
+
+    fn refuse_config_key(&self, key: &str) -> Option<String> {
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Some("not a Redis config key (letters, digits and `-` only)".into());
+        }
+        REFUSED
+            .iter()
+            .find(|(refused, _)| *refused == key)
+            .map(|(_, why)| (*why).to_string())
+    }
+
+    fn ports(&self, port: u16) -> Vec<u16> {
+        vec![port]
+    }
+
+    fn render_config(&self, spec: &InstanceSpec, layout: &Layout) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail; the results are ignored for that reason.
+        let _ = writeln!(out, "# Rendered by ker-agent for instance {:?}.", spec.name);
+        let _ = writeln!(
+            out,
+            "# Do not edit: the agent rewrites this file; change the instance's spec."
+        );
+        if !spec.config.is_empty() {
+            let _ = writeln!(out, "\n# [config] of the spec");
+            for (key, value) in &spec.config {
+                let _ = writeln!(out, "{key} {}", quote(value));
+            }
+        }
+        let _ = writeln!(out, "\n# Fields of the spec");
+        if let Some(bytes) = spec.maxmemory {
+            let _ = writeln!(out, "maxmemory {bytes}");
+        }
+        if let Some(password) = &spec.password {
+            let _ = writeln!(out, "requirepass {}", quote(password.expose()));
+            // Replicas authenticate to their master with the same password.
+            let _ = writeln!(out, "masterauth {}", quote(password.expose()));
+        }
+        if let Some(master) = &spec.replica_of {
+            let _ = writeln!(out, "replicaof {} {}", quote(&master.host), master.port);
+        }
+        // Agent-owned settings come last so that nothing above can override them.
+        let _ = writeln!(out, "\n# Owned by the agent");
+        let _ = writeln!(out, "port {}", spec.port);
+        let bind: Vec<String> = layout.bind.iter().map(ToString::to_string).collect();
+        let _ = writeln!(out, "bind {}", bind.join(" "));
+        let _ = writeln!(out, "dir {}", quote(&layout.data_dir.to_string_lossy()));
+        let _ = writeln!(out, "logfile {}", quote(&layout.log_file.to_string_lossy()));
+        let _ = writeln!(out, "daemonize no");
+        let _ = writeln!(out, "supervised no");
+        out
+    }
+
+    fn args(&self, layout: &Layout) -> Vec<OsString> {
+        vec![layout.config_file.clone().into_os_string()]
+    }
+
+    fn probe<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Readiness> {
+        Box::pin(async move {
+            let mut conn = match Connection::open(target).await {
+                Ok(conn) => conn,
+                Err(e) if e.is_loading() => return Readiness::Starting("loading the dataset".into()),
+                Err(e) => return Readiness::Unreachable(e.to_string()),
+            };
+            match conn.call("PING", &[]).await {
+                Ok(reply) if as_text(&reply).as_deref() == Some("PONG") => Readiness::Ready,
+                Ok(other) => Readiness::Unreachable(format!("PING answered {other:?} instead of PONG")),
+                Err(e) if e.is_loading() => Readiness::Starting("loading the dataset".into()),
+                Err(e) => Readiness::Unreachable(e.to_string()),
+            }
+        })
+    }
+
+    fn request_stop<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, StopRequest> {
+        Box::pin(async move {
+            let mut conn = match Connection::open(target).await {
+                Ok(conn) => conn,
+                Err(e) => return StopRequest::Signal { reason: e.to_string() },
+            };
+            // Ask the running server, not the spec: save points or AOF may have been
+            // changed at runtime. When unsure, save: nothing is lost that way.
+            let persists = persistence(&mut conn).await.unwrap_or(true);
+            let command = if persists { "SHUTDOWN SAVE" } else { "SHUTDOWN NOSAVE" };
+            match conn.call(command, &[]).await {
+                // A successful SHUTDOWN never replies: the server closes the connection.
+                Err(ClientError::Io { .. }) | Err(ClientError::Timeout { .. }) => StopRequest::Sent {
+                    command: command.to_string(),
+                },
+                Err(e) => StopRequest::Refused {
+                    command: command.to_string(),
+                    error: e.to_string(),
+                },
+                Ok(reply) => StopRequest::Refused {
+                    command: command.to_string(),
+                    error: format!("unexpected reply {reply:?}"),
+                },
+            }
+        })
+    }
+}
+
+/// Whether the server writes its data to disk: save points or `appendonly yes`.
+async fn persistence(conn: &mut Connection) -> Result<bool, ClientError> {
+    let save = conn.config_get("save").await?.unwrap_or_default();
+    let aof = conn.config_get("appendonly").await?.unwrap_or_default();
+    Ok(!save.trim().is_empty() || aof.eq_ignore_ascii_case("yes"))
+}
+
+/// Quotes a value for `redis.conf`, which Redis splits like a shell line: inside double
+/// quotes, `\` and `"` are escaped. Values never hold control characters (validation
+/// refuses them), so nothing else needs escaping.
+pub fn quote(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// Splits one line of `redis.conf` the way Redis does (`sdssplitargs`), for tests of
+/// the renderer. Returns `None` on unbalanced quotes.
+#[cfg(test)]
+pub fn split_config_line(line: &str) -> Option<Vec<String>> {
+    let mut args = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let Some(&first) = chars.peek() else {
+            return Some(args);
+        };
+        let mut current = String::new();
+        if first == '"' {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '\\' => current.push(chars.next()?),
+                    '"' => break,
+                    c => current.push(c),
+                }
+            }
+            // A closing quote must be followed by a space or the end of the line.
+            if chars.peek().is_some_and(|c| !c.is_whitespace()) {
+                return None;
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                current.push(c);
+                chars.next();
+            }
+        }
+        args.push(current);
+    }
+}
+
+/// Whether a reply is `-LOADING` (for tests of classification on real replies).
+#[cfg(test)]
+fn is_loading_text(text: &str) -> bool {
+    text.starts_with("LOADING") || text.contains(" LOADING")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{ReplicaOf, Secret};
+    use proptest::prelude::*;
+    use std::path::PathBuf;
+
+    fn layout() -> Layout {
+        Layout {
+            instance_dir: PathBuf::from("/var/lib/ker-agent/instances/cache-1"),
+            data_dir: PathBuf::from("/var/lib/ker-agent/instances/cache-1/data"),
+            config_file: PathBuf::from("/var/lib/ker-agent/instances/cache-1/redis.conf"),
+            log_file: PathBuf::from("/var/log/ker-agent/cache-1.log"),
+            bind: vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
+        }
+    }
+
+    /// The directives of a rendered file, as Redis would read them.
+    fn directives(text: &str) -> Vec<Vec<String>> {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| split_config_line(l).expect("unbalanced line"))
+            .collect()
+    }
+
+    #[test]
+    fn renders_agent_owned_keys_last_and_spec_fields() {
+        let mut spec = InstanceSpec::example("cache-1", 6380);
+        spec.maxmemory = Some(256 * 1024 * 1024);
+        spec.password = Some(Secret::new("p\"w \\d"));
+        spec.replica_of = Some(ReplicaOf {
+            host: "10.0.0.5".into(),
+            port: 6379,
+        });
+        spec.config.insert("maxmemory-policy".into(), "allkeys-lru".into());
+        spec.config.insert("save".into(), "3600 1 300 100".into());
+        let text = RedisEngine.render_config(&spec, &layout());
+        let d = directives(&text);
+        let find = |k: &str| d.iter().find(|l| l[0] == k).cloned().unwrap_or_default();
+        assert_eq!(find("port"), ["port", "6380"]);
+        assert_eq!(find("bind"), ["bind", "127.0.0.1", "::1"]);
+        assert_eq!(find("dir"), ["dir", "/var/lib/ker-agent/instances/cache-1/data"]);
+        assert_eq!(find("daemonize"), ["daemonize", "no"]);
+        assert_eq!(find("maxmemory"), ["maxmemory", "268435456"]);
+        assert_eq!(find("requirepass"), ["requirepass", "p\"w \\d"]);
+        assert_eq!(find("masterauth"), ["masterauth", "p\"w \\d"]);
+        assert_eq!(find("replicaof"), ["replicaof", "10.0.0.5", "6379"]);
+        assert_eq!(find("maxmemory-policy"), ["maxmemory-policy", "allkeys-lru"]);
+        assert_eq!(find("save"), ["save", "3600 1 300 100"]);
+        assert!(!d.iter().any(|l| l[0] == "pidfile"));
+        let port_line = d.iter().position(|l| l[0] == "port").unwrap();
+        let policy_line = d.iter().position(|l| l[0] == "maxmemory-policy").unwrap();
+        assert!(policy_line < port_line, "spec keys must come before agent-owned keys");
+    }
+
+    #[test]
+    fn refuses_agent_owned_and_unsafe_keys() {
+        for key in [
+            "port",
+            "dir",
+            "include",
+            "loadmodule",
+            "rename-command",
+            "requirepass",
+            "aclfile",
+        ] {
+            assert!(RedisEngine.refuse_config_key(key).is_some(), "{key} must be refused");
+        }
+        for key in ["maxmemory-policy", "save", "appendonly", "databases", "hz"] {
+            assert_eq!(RedisEngine.refuse_config_key(key), None, "{key} must be allowed");
+        }
+        assert!(RedisEngine.refuse_config_key("max memory").is_some());
+        assert!(RedisEngine.refuse_config_key("").is_some());
+    }
+
+    #[test]
+    fn loading_reply_of_a_real_server_is_recognised() {
+        let fixture = include_str!("../../tests/fixtures/redis/loading-error.txt");
+        let ping_reply = fixture.lines().skip_while(|l| *l != "> PING").nth(1).unwrap();
+        assert!(is_loading_text(ping_reply), "{ping_reply}");
+    }
+
+    proptest! {
+        #[test]
+        fn any_value_without_control_characters_round_trips(value in "[^\\p{Cc}]{0,40}") {
+            let line = format!("key {}", quote(&value));
+            let args = split_config_line(&line).unwrap();
+            prop_assert_eq!(args, vec!["key".to_string(), value]);
+        }
+    }
+}

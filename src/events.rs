@@ -1,0 +1,310 @@
+//! One type per thing that happens to an instance or to the desired state. Emitting
+//! an event logs it as key/value fields and keeps it in a bounded in-memory history
+//! (newest last; the oldest are dropped and counted), which the local API shows per
+//! instance.
+
+use crate::process::{unix_now_millis, Exit};
+use crate::units::format_duration_short;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+use tracing::{error, info, warn};
+
+/// Something that happened.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Started {
+        pid: u32,
+        after_crash: bool,
+    },
+    Ready {
+        pid: u32,
+        after: Duration,
+    },
+    Loading {
+        pid: u32,
+    },
+    Adopted {
+        pid: u32,
+        running_for: Duration,
+    },
+    RecordStale {
+        reason: String,
+    },
+    RecordUnreadable {
+        error: String,
+    },
+    Exited {
+        pid: u32,
+        exit: Exit,
+        ran_for: Duration,
+    },
+    RestartScheduled {
+        delay: Duration,
+        consecutive: u32,
+    },
+    StartFailed {
+        error: String,
+    },
+    Conflict {
+        holder: String,
+    },
+    ConflictCleared,
+    Stopping {
+        pid: u32,
+        reason: &'static str,
+        method: String,
+    },
+    StopRefused {
+        command: String,
+        error: String,
+    },
+    Stopped {
+        pid: u32,
+        how: String,
+        took: Duration,
+    },
+    KilledAfterTimeout {
+        pid: u32,
+        timeout: Duration,
+    },
+    ConfigWriteFailed {
+        error: String,
+    },
+    DesiredAccepted {
+        generation: u64,
+        instances: usize,
+    },
+    DesiredRejected {
+        problems: usize,
+        first: String,
+    },
+}
+
+impl Event {
+    /// A stable, short name of the event kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Started { .. } => "started",
+            Event::Ready { .. } => "ready",
+            Event::Loading { .. } => "loading",
+            Event::Adopted { .. } => "adopted",
+            Event::RecordStale { .. } => "record-stale",
+            Event::RecordUnreadable { .. } => "record-unreadable",
+            Event::Exited { .. } => "exited",
+            Event::RestartScheduled { .. } => "restart-scheduled",
+            Event::StartFailed { .. } => "start-failed",
+            Event::Conflict { .. } => "conflict",
+            Event::ConflictCleared => "conflict-cleared",
+            Event::Stopping { .. } => "stopping",
+            Event::StopRefused { .. } => "stop-refused",
+            Event::Stopped { .. } => "stopped",
+            Event::KilledAfterTimeout { .. } => "killed-after-timeout",
+            Event::ConfigWriteFailed { .. } => "config-write-failed",
+            Event::DesiredAccepted { .. } => "desired-accepted",
+            Event::DesiredRejected { .. } => "desired-rejected",
+        }
+    }
+
+    /// A one-line description for the API.
+    pub fn describe(&self) -> String {
+        match self {
+            Event::Started { pid, after_crash } => {
+                format!(
+                    "started as pid {pid}{}",
+                    if *after_crash { " (restart after a crash)" } else { "" }
+                )
+            }
+            Event::Ready { pid, after } => format!("pid {pid} answers PING after {}", format_duration_short(*after)),
+            Event::Loading { pid } => format!("pid {pid} is loading its dataset"),
+            Event::Adopted { pid, running_for } => {
+                format!("adopted running pid {pid} (up {})", format_duration_short(*running_for))
+            }
+            Event::RecordStale { reason } => format!("record does not match a live process: {reason}"),
+            Event::RecordUnreadable { error } => format!("record unreadable: {error}"),
+            Event::Exited { pid, exit, ran_for } => {
+                format!(
+                    "pid {pid} exited unexpectedly ({exit}) after {}",
+                    format_duration_short(*ran_for)
+                )
+            }
+            Event::RestartScheduled { delay, consecutive } => {
+                format!(
+                    "restarting in {} (crash {consecutive} in a row)",
+                    format_duration_short(*delay)
+                )
+            }
+            Event::StartFailed { error } => format!("start failed: {error}"),
+            Event::Conflict { holder } => format!("conflict: {holder}; it is not ours and is left alone"),
+            Event::ConflictCleared => "conflict cleared: the port is free".into(),
+            Event::Stopping { pid, reason, method } => format!("stopping pid {pid} ({reason}) with {method}"),
+            Event::StopRefused { command, error } => format!("{command} refused: {error}"),
+            Event::Stopped { pid, how, took } => {
+                format!("pid {pid} stopped by {how} in {}", format_duration_short(*took))
+            }
+            Event::KilledAfterTimeout { pid, timeout } => {
+                format!(
+                    "pid {pid} still running {} after the stop request: SIGKILL",
+                    format_duration_short(*timeout)
+                )
+            }
+            Event::ConfigWriteFailed { error } => format!("cannot write the config: {error}"),
+            Event::DesiredAccepted { generation, instances } => {
+                format!("desired state generation {generation} accepted ({instances} instances)")
+            }
+            Event::DesiredRejected { problems, first } => {
+                format!("desired state rejected ({problems} problems; first: {first})")
+            }
+        }
+    }
+
+    fn log(&self, instance: &str) {
+        match self {
+            Event::Started { pid, after_crash } => info!(instance, pid, after_crash, "Instance started."),
+            Event::Ready { pid, after } => info!(instance, pid, after_ms = after.as_millis() as u64, "Instance ready."),
+            Event::Loading { pid } => info!(instance, pid, "Instance loading its dataset."),
+            Event::Adopted { pid, running_for } => {
+                info!(
+                    instance,
+                    pid,
+                    running_for_s = running_for.as_secs(),
+                    "Instance adopted."
+                )
+            }
+            Event::RecordStale { reason } => warn!(instance, %reason, "Instance record stale; the process is gone."),
+            Event::RecordUnreadable { error } => error!(instance, %error, "Instance record unreadable."),
+            Event::Exited { pid, exit, ran_for } => {
+                warn!(instance, pid, %exit, ran_for_s = ran_for.as_secs(), "Instance exited.")
+            }
+            Event::RestartScheduled { delay, consecutive } => {
+                info!(
+                    instance,
+                    delay_ms = delay.as_millis() as u64,
+                    consecutive,
+                    "Instance restarting."
+                )
+            }
+            Event::StartFailed { error } => error!(instance, %error, "Instance failed to start."),
+            Event::Conflict { holder } => {
+                warn!(instance, %holder, "Instance port conflict; not signalling a foreign process.")
+            }
+            Event::ConflictCleared => info!(instance, "Instance port conflict cleared."),
+            Event::Stopping { pid, reason, method } => info!(instance, pid, reason, %method, "Instance stopping."),
+            Event::StopRefused { command, error } => warn!(instance, %command, %error, "Instance refused to stop."),
+            Event::Stopped { pid, how, took } => {
+                info!(instance, pid, %how, took_ms = took.as_millis() as u64, "Instance stopped.")
+            }
+            Event::KilledAfterTimeout { pid, timeout } => {
+                warn!(
+                    instance,
+                    pid,
+                    timeout_s = timeout.as_secs(),
+                    "Instance killed after stop timeout."
+                )
+            }
+            Event::ConfigWriteFailed { error } => error!(instance, %error, "Instance config not written."),
+            Event::DesiredAccepted { generation, instances } => {
+                info!(generation, instances, "Desired state accepted.")
+            }
+            Event::DesiredRejected { problems, first } => {
+                error!(problems, %first, "Desired state rejected; nothing changed.")
+            }
+        }
+    }
+}
+
+/// An event as kept in the history.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EventEntry {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The instance, or empty for node-wide events.
+    pub instance: String,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// The bounded event history.
+pub struct EventLog {
+    inner: Mutex<History>,
+    capacity: usize,
+}
+
+struct History {
+    entries: VecDeque<EventEntry>,
+    dropped: u64,
+}
+
+impl EventLog {
+    pub fn new(capacity: usize) -> EventLog {
+        EventLog {
+            inner: Mutex::new(History {
+                entries: VecDeque::with_capacity(capacity.min(1024)),
+                dropped: 0,
+            }),
+            capacity,
+        }
+    }
+
+    /// Logs `event` and keeps it.
+    pub fn emit(&self, instance: &str, event: Event) {
+        event.log(instance);
+        let entry = EventEntry {
+            at_ms: unix_now_millis(),
+            instance: instance.to_string(),
+            kind: event.kind(),
+            message: event.describe(),
+        };
+        let mut history = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if history.entries.len() >= self.capacity {
+            history.entries.pop_front();
+            history.dropped += 1;
+        }
+        history.entries.push_back(entry);
+    }
+
+    /// The kept events of `instance`, oldest first, at most `limit`.
+    pub fn for_instance(&self, instance: &str, limit: usize) -> Vec<EventEntry> {
+        let history = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<EventEntry> = history
+            .entries
+            .iter()
+            .rev()
+            .filter(|e| e.instance == instance)
+            .take(limit)
+            .cloned()
+            .collect();
+        out.reverse();
+        out
+    }
+
+    /// How many events were dropped because the history was full.
+    pub fn dropped(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_is_bounded_and_counts_drops() {
+        let log = EventLog::new(3);
+        for pid in 0..5 {
+            log.emit(
+                "a",
+                Event::Started {
+                    pid,
+                    after_crash: false,
+                },
+            );
+        }
+        log.emit("b", Event::ConflictCleared);
+        let a = log.for_instance("a", 10);
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[1].message, "started as pid 4");
+        assert_eq!(log.dropped(), 3);
+        assert_eq!(log.for_instance("b", 10)[0].kind, "conflict-cleared");
+    }
+}

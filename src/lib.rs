@@ -1,0 +1,111 @@
+//! ker-agent: the node agent of a Redis/Pika service platform. It makes the instances
+//! declared for this node exist, keeps them alive, survives its own restarts without
+//! touching them, stops them gracefully, and reports what is.
+//!
+//! [`run`] is the daemon; `main.rs` only parses the command line, sets up logging
+//! and calls it with a shutdown token.
+
+pub mod api;
+pub mod atomic_file;
+pub mod cli;
+pub mod config;
+pub mod desired;
+pub mod engine;
+pub mod events;
+pub mod manifests;
+pub mod problem;
+pub mod process;
+pub mod procfs;
+pub mod record;
+pub mod spec;
+pub mod status;
+pub mod supervisor;
+pub mod sys;
+pub mod units;
+
+use anyhow::Context;
+use config::AgentConfig;
+use std::sync::Arc;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Runs the agent until `shutdown` is cancelled. Instances keep running when it
+/// returns (invariant 2).
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    create_dir(&config.data_dir)?;
+    create_dir(&config.instances_dir())?;
+    create_dir(&config.instances.log_dir)?;
+    let boot_id = procfs::boot_id().context("cannot read the boot id from /proc/sys/kernel/random/boot_id")?;
+
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} ([api] listen in {})",
+                config.api.listen,
+                config.path.display()
+            )
+        })?;
+    let address = listener.local_addr().context("cannot read the API's local address")?;
+    tracing::info!(%address, node_id = %config.node_id, version = VERSION, "API listening.");
+
+    let board = status::StatusBoard::default();
+    let events = Arc::new(events::EventLog::new(1000));
+    let ctx = Arc::new(supervisor::WorkerContext {
+        config: config.clone(),
+        board: board.clone(),
+        events: events.clone(),
+        boot_id,
+    });
+    let (supervisor, supervisor_task) = supervisor::Supervisor::spawn(ctx, shutdown.child_token());
+
+    let api_state = api::ApiState {
+        node_id: Arc::from(config.node_id.as_str()),
+        started_at: process::unix_now(),
+        board: board.clone(),
+        events: events.clone(),
+    };
+    let api_task = tokio::spawn(api::serve(listener, api_state, shutdown.clone()));
+
+    let mut source = manifests::ManifestSource::new(config.clone(), board.clone(), events.clone());
+    if let Some(state) = source.initial() {
+        supervisor.apply(state).await;
+    }
+    // systemd (Type=notify) learns that the agent is up; instances may still be starting.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    let mut rescan = tokio::time::interval(manifests::RESCAN_INTERVAL);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    rescan.tick().await;
+    loop {
+        let reloaded = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reading the manifests again.");
+                source.reload(true)
+            }
+            _ = rescan.tick() => source.reload(false),
+        };
+        if let Some(state) = reloaded {
+            supervisor.apply(state).await;
+        }
+    }
+
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("Shutting down; instances keep running.");
+    let _ = supervisor_task.await;
+    match tokio::time::timeout(std::time::Duration::from_millis(300), api_task).await {
+        Ok(Ok(Err(error))) => tracing::warn!(%error, "API server error."),
+        Err(_) => tracing::debug!("API connections still open at shutdown; dropped."),
+        _ => {}
+    }
+    Ok(())
+}
+
+fn create_dir(path: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(path).with_context(|| format!("cannot create directory {}", path.display()))
+}

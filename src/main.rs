@@ -1,0 +1,82 @@
+//! `ker-agent`: parses the command line, sets up logging, and runs the chosen command.
+//! The daemon itself is `ker_agent::run`; shutdown is an input to it (a token that
+//! SIGTERM and SIGINT cancel).
+
+use ker_agent::cli::{self, Command, EXIT_FAILURE};
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = match cli::parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    match cli.command {
+        Command::Version => {
+            println!("ker-agent {}", ker_agent::VERSION);
+            ExitCode::SUCCESS
+        }
+        Command::Check { config } => cli::check(&config),
+        Command::Status { api, json } => match runtime(1) {
+            Ok(rt) => rt.block_on(cli::status(&api, json)),
+            Err(code) => code,
+        },
+        Command::Run { config } => {
+            cli::init_logging();
+            let config = match cli::load_config(&config) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            let rt = match runtime(2) {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            let result = rt.block_on(async {
+                let shutdown = CancellationToken::new();
+                let signals = match watch_signals(shutdown.clone()) {
+                    Ok(handle) => handle,
+                    Err(e) => return Err(e),
+                };
+                let result = ker_agent::run(config, shutdown).await;
+                signals.abort();
+                result
+            });
+            // Do not wait for stray blocking work: instances are independent processes.
+            rt.shutdown_timeout(std::time::Duration::from_millis(100));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("ker-agent: error: {error:#}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
+        }
+    }
+}
+
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("ker-agent: error: cannot start the async runtime: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        })
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT.
+fn watch_signals(shutdown: CancellationToken) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::spawn(async move {
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = which, "Stopping the agent.");
+        shutdown.cancel();
+    }))
+}

@@ -1,0 +1,265 @@
+//! One running instance process, started by this agent or adopted from a record,
+//! behind one type: wait for its exit at once (child wait or pidfd readiness, never a
+//! polling loop) and send it signals through a pidfd, which cannot hit a reused pid.
+
+use crate::procfs;
+use crate::record::InstanceRecord;
+use crate::sys::{self, ChildSetup, PidFd};
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Environment variables passed through to instances; everything else is cleared.
+const PASSED_ENV: &[&str] = &["LANG", "LC_ALL", "TZ"];
+const CHILD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    /// An adopted process is not the agent's child, so its status cannot be read.
+    Unknown,
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exit::Code(code) => write!(f, "exit code {code}"),
+            Exit::Signal(signal) => write!(f, "killed by {}", sys::signal_name(*signal)),
+            Exit::Unknown => f.write_str("exit status unknown (adopted process)"),
+        }
+    }
+}
+
+/// A failed start.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot open log file {path}: {source}")]
+    Log { path: PathBuf, source: io::Error },
+    #[error("cannot start {binary}: {source}")]
+    Exec { binary: PathBuf, source: io::Error },
+    #[error("started {binary} as pid {pid} but cannot read its identity from /proc: {reason}")]
+    Identity { binary: PathBuf, pid: u32, reason: String },
+}
+
+/// What to start.
+pub struct Launch<'a> {
+    pub binary: &'a Path,
+    pub args: Vec<std::ffi::OsString>,
+    pub working_dir: &'a Path,
+    pub log_file: &'a Path,
+    pub setup: ChildSetup,
+}
+
+/// A live instance process.
+pub struct Process {
+    pid: u32,
+    pidfd: PidFd,
+    /// The child handle when this agent started it: reaps it and reads its status.
+    child: Option<tokio::process::Child>,
+    record: InstanceRecord,
+}
+
+/// What a record turned out to be.
+pub enum Adoption {
+    Adopted(Box<Process>),
+    /// The recorded process is gone (or the pid now belongs to another process).
+    Gone(String),
+}
+
+impl Process {
+    /// Starts a new process in its own session, with a cleared environment, stdin from
+    /// /dev/null and stdout/stderr appended to the instance's log. Returns it with a
+    /// record (everything but `config_hash` and `restarts`, which the caller sets).
+    pub fn spawn(launch: Launch<'_>, boot_id: &str, base: InstanceRecord) -> Result<Process, SpawnError> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(launch.log_file)
+            .map_err(|source| SpawnError::Log {
+                path: launch.log_file.to_path_buf(),
+                source,
+            })?;
+        let log_err = log.try_clone().map_err(|source| SpawnError::Log {
+            path: launch.log_file.to_path_buf(),
+            source,
+        })?;
+        let mut command = tokio::process::Command::new(launch.binary);
+        command
+            .args(&launch.args)
+            .current_dir(launch.working_dir)
+            .env_clear()
+            .env("PATH", CHILD_PATH)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .kill_on_drop(false);
+        for name in PASSED_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
+        sys::configure_child(&mut command, &launch.setup);
+        let exec_error = |source| SpawnError::Exec {
+            binary: launch.binary.to_path_buf(),
+            source,
+        };
+        let child = command.spawn().map_err(exec_error)?;
+        let identity_error = |pid: u32, reason: String| SpawnError::Identity {
+            binary: launch.binary.to_path_buf(),
+            pid,
+            reason,
+        };
+        let pid = child
+            .id()
+            .ok_or_else(|| identity_error(0, "the child has no pid".into()))?;
+        // The child is not reaped until this agent waits for it, so its pid cannot be
+        // reused between the spawn and these reads.
+        let pidfd = PidFd::open(pid).map_err(|e| identity_error(pid, format!("pidfd_open: {e}")))?;
+        let stat = procfs::read_stat(pid)
+            .map_err(|e| identity_error(pid, e.to_string()))?
+            .ok_or_else(|| identity_error(pid, "no /proc entry".into()))?;
+        let executable = procfs::read_exe(pid).map_err(|e| identity_error(pid, format!("exe: {e}")))?;
+        let record = InstanceRecord {
+            pid,
+            start_ticks: stat.start_ticks,
+            boot_id: boot_id.to_string(),
+            executable,
+            started_at: unix_now(),
+            ..base
+        };
+        Ok(Process {
+            pid,
+            pidfd,
+            child: Some(child),
+            record,
+        })
+    }
+
+    /// Adopts the process of `record` if it provably is the one the record was written
+    /// for: same boot, pid alive and not a zombie, same start time, same executable.
+    pub fn adopt(record: &InstanceRecord, boot_id: &str) -> Adoption {
+        if record.boot_id != boot_id {
+            return Adoption::Gone("the host rebooted since the record was written".into());
+        }
+        let pid = record.pid;
+        let check = || -> Result<(), String> {
+            let stat = procfs::read_stat(pid)
+                .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}"))?
+                .ok_or_else(|| format!("pid {pid} no longer exists"))?;
+            if stat.state == 'Z' || stat.state == 'X' {
+                return Err(format!("pid {pid} has exited"));
+            }
+            if stat.start_ticks != record.start_ticks {
+                return Err(format!(
+                    "pid {pid} is another process now (started at tick {}, recorded {})",
+                    stat.start_ticks, record.start_ticks
+                ));
+            }
+            let exe = procfs::read_exe(pid).map_err(|e| format!("cannot read /proc/{pid}/exe: {e}"))?;
+            if exe != record.executable {
+                return Err(format!(
+                    "pid {pid} runs {} instead of {}",
+                    exe.display(),
+                    record.executable.display()
+                ));
+            }
+            Ok(())
+        };
+        if let Err(reason) = check() {
+            return Adoption::Gone(reason);
+        }
+        let pidfd = match PidFd::open(pid) {
+            Ok(fd) => fd,
+            Err(e) => return Adoption::Gone(format!("pidfd_open({pid}): {e}")),
+        };
+        // The pidfd now pins this very process; checking again closes the window in
+        // which the pid could have been reused before it was opened.
+        if let Err(reason) = check() {
+            return Adoption::Gone(reason);
+        }
+        Adoption::Adopted(Box::new(Process {
+            pid,
+            pidfd,
+            child: None,
+            record: record.clone(),
+        }))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn record(&self) -> &InstanceRecord {
+        &self.record
+    }
+
+    pub fn record_mut(&mut self) -> &mut InstanceRecord {
+        &mut self.record
+    }
+
+    /// Whether this agent started the process (as opposed to adopting it).
+    pub fn is_own_child(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// How long the process has been running.
+    pub fn running_for(&self) -> Duration {
+        Duration::from_secs(unix_now().saturating_sub(self.record.started_at))
+    }
+
+    /// Waits until the process exits. Cancel-safe: it can be raced against other events
+    /// and called again.
+    pub async fn wait(&mut self) -> Exit {
+        if let Some(child) = &mut self.child {
+            use std::os::unix::process::ExitStatusExt;
+            return match child.wait().await {
+                Ok(status) => match (status.code(), status.signal()) {
+                    (Some(code), _) => Exit::Code(code),
+                    (None, Some(signal)) => Exit::Signal(signal),
+                    (None, None) => Exit::Unknown,
+                },
+                // wait(2) failing means the child is gone in a way we cannot see.
+                Err(_) => Exit::Unknown,
+            };
+        }
+        // A pidfd becomes readable when its process exits.
+        if self.pidfd.exited().await.is_ok() {
+            return Exit::Unknown;
+        }
+        // Readiness cannot be watched (not expected to happen): fall back to asking
+        // the kernel whether the process still exists, once a second.
+        while self.signal(0).is_ok() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Exit::Unknown
+    }
+
+    /// Sends `signal` to exactly this process.
+    pub fn signal(&self, signal: i32) -> io::Result<()> {
+        self.pidfd.send_signal(signal)
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,751 @@
+//! The instance spec: the desired configuration of one instance, parsed and checked
+//! field by field from a manifest (TOML) or a desired-state document (JSON).
+//!
+//! Checks that need the whole document (duplicate names and ports) are in `desired`.
+
+use crate::config::AgentConfig;
+use crate::engine::{self, EngineKind};
+use crate::problem::{control_character, Checker, Fields};
+use crate::units;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A password. Its `Debug` and `Display` never show it (invariant 6); only
+/// [`Secret::expose`] does, for the config file and `AUTH`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    pub fn new(value: &str) -> Secret {
+        Secret(Arc::from(value))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Whether an instance should run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Running,
+    Stopped,
+}
+
+/// `replica_of = "host:port"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaOf {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for ReplicaOf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// `[limits]` of a spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub nofile: Option<u64>,
+    pub oom_score_adj: Option<i32>,
+}
+
+/// A validated instance spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceSpec {
+    pub name: String,
+    pub engine: EngineKind,
+    pub version: String,
+    pub port: u16,
+    pub state: RunState,
+    pub maxmemory: Option<u64>,
+    /// The password, from `password` or read from `password_file`.
+    pub password: Option<Secret>,
+    pub replica_of: Option<ReplicaOf>,
+    pub restart_epoch: u64,
+    /// Overrides `[instances] stop_timeout` of agent.toml.
+    pub stop_timeout: Option<Duration>,
+    /// `[config]`: engine keys (lower-case) and their values as text.
+    pub config: BTreeMap<String, String>,
+    pub limits: Limits,
+}
+
+const FIELDS: &[&str] = &[
+    "name",
+    "engine",
+    "version",
+    "port",
+    "state",
+    "maxmemory",
+    "password",
+    "password_file",
+    "replica_of",
+    "restart_epoch",
+    "stop_timeout",
+    "config",
+    "limits",
+];
+
+/// What parsing a spec needs to know about the node.
+pub struct SpecContext<'a> {
+    pub config: &'a AgentConfig,
+    /// Directory that relative `password_file` paths are resolved against.
+    pub base_dir: Option<&'a Path>,
+}
+
+impl InstanceSpec {
+    /// Parses one spec, adding every problem to `c`. `path` prefixes field names
+    /// (`""` for a manifest file, `instances[3]` in a document).
+    pub fn parse(map: &Map<String, Value>, path: &str, ctx: &SpecContext<'_>, c: &mut Checker) -> Option<InstanceSpec> {
+        let before = c.problems.len();
+        let f = c.table(map, path, FIELDS);
+
+        let name = c.required_string(&f, "name");
+        if let Some(name) = &name {
+            if !valid_name(name) {
+                c.problem(
+                    f.path("name"),
+                    format!("{name:?} is not a valid name: use 1-63 characters a-z, 0-9 and '-', starting with a letter or digit"),
+                );
+            }
+        }
+
+        let engine = match c.string(&f, "engine") {
+            None if !f.has("engine") => Some(EngineKind::Redis),
+            None => None,
+            Some(text) => match EngineKind::parse(&text) {
+                Some(kind) if engine::for_kind(kind).is_some() => Some(kind),
+                Some(kind) => {
+                    c.problem(
+                        f.path("engine"),
+                        format!("engine {kind} is not supported by this version of ker-agent"),
+                    );
+                    None
+                }
+                None => {
+                    c.problem(
+                        f.path("engine"),
+                        format!("{text:?} is not an engine: use \"redis\" or \"pika\""),
+                    );
+                    None
+                }
+            },
+        };
+
+        let version = engine.and_then(|kind| parse_version(kind, &f, ctx.config, c));
+
+        let port = port_field(&f, "port", c, true);
+
+        let state = match c.string(&f, "state").as_deref() {
+            None => RunState::Running,
+            Some("running") => RunState::Running,
+            Some("stopped") => RunState::Stopped,
+            Some(other) => {
+                c.problem(
+                    f.path("state"),
+                    format!("{other:?} is not a state: use \"running\" or \"stopped\""),
+                );
+                RunState::Running
+            }
+        };
+
+        let maxmemory = size_field(&f, "maxmemory", c);
+
+        let password = parse_password(&f, ctx, c);
+
+        let replica_of = c
+            .string(&f, "replica_of")
+            .and_then(|text| match parse_host_port(&text) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    c.problem(f.path("replica_of"), e);
+                    None
+                }
+            });
+
+        let restart_epoch = c.unsigned(&f, "restart_epoch").unwrap_or(0);
+
+        let stop_timeout = c
+            .string(&f, "stop_timeout")
+            .and_then(|text| match units::parse_duration(&text) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    c.problem(f.path("stop_timeout"), e);
+                    None
+                }
+            });
+
+        let config = parse_engine_config(&f, engine.and_then(engine::for_kind), c);
+
+        let limits = parse_limits(&f, c);
+
+        if c.problems.len() > before {
+            return None;
+        }
+        Some(InstanceSpec {
+            name: name?,
+            engine: engine?,
+            version: version?,
+            port: port?,
+            state,
+            maxmemory,
+            password,
+            replica_of,
+            restart_epoch,
+            stop_timeout,
+            config,
+            limits,
+        })
+    }
+
+    /// A hash of everything in the spec that the running process depends on. A process
+    /// started from a spec with another hash must be reconfigured or restarted.
+    ///
+    /// Architecture invariant: the encoding is explicit and stable, and a field at its
+    /// default adds nothing, so that an agent upgrade that adds spec fields does not
+    /// change the hash of existing instances (and so never restarts them).
+    pub fn config_hash(&self) -> String {
+        let mut h = Sha256::new();
+        let mut field = |key: &str, value: &str| {
+            h.update(key.as_bytes());
+            h.update([0]);
+            h.update(value.as_bytes());
+            h.update([0]);
+        };
+        field("engine", self.engine.as_str());
+        field("version", &self.version);
+        field("port", &self.port.to_string());
+        if let Some(m) = self.maxmemory {
+            field("maxmemory", &m.to_string());
+        }
+        if let Some(p) = &self.password {
+            field("password", p.expose());
+        }
+        if let Some(r) = &self.replica_of {
+            field("replica_of", &r.to_string());
+        }
+        if self.restart_epoch != 0 {
+            field("restart_epoch", &self.restart_epoch.to_string());
+        }
+        for (k, v) in &self.config {
+            field(&format!("config.{k}"), v);
+        }
+        if let Some(n) = self.limits.nofile {
+            field("limits.nofile", &n.to_string());
+        }
+        if let Some(o) = self.limits.oom_score_adj {
+            field("limits.oom_score_adj", &o.to_string());
+        }
+        let digest = h.finalize();
+        digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// A minimal running Redis spec, for tests.
+    #[cfg(test)]
+    pub fn example(name: &str, port: u16) -> InstanceSpec {
+        InstanceSpec {
+            name: name.to_string(),
+            engine: EngineKind::Redis,
+            version: "7.0".into(),
+            port,
+            state: RunState::Running,
+            maxmemory: None,
+            password: None,
+            replica_of: None,
+            restart_epoch: 0,
+            stop_timeout: None,
+            config: BTreeMap::new(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// `[a-z0-9][a-z0-9-]{0,62}`.
+pub fn valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+fn parse_version(kind: EngineKind, f: &Fields<'_>, config: &AgentConfig, c: &mut Checker) -> Option<String> {
+    let allowed = config.versions(kind);
+    match c.string(f, "version") {
+        Some(v) if allowed.contains(&v.as_str()) => Some(v),
+        Some(v) => {
+            c.problem(
+                f.path("version"),
+                format!(
+                    "{v:?} is not an allowed {kind} version (agent.toml [engines.{kind}.versions] allows: {})",
+                    list_or_none(&allowed)
+                ),
+            );
+            None
+        }
+        None if f.has("version") => None,
+        None => match allowed.as_slice() {
+            [only] => Some(only.to_string()),
+            _ => {
+                c.problem(
+                    f.path("version"),
+                    format!(
+                        "missing: agent.toml allows more or less than one {kind} version ({}), so the spec must name one",
+                        list_or_none(&allowed)
+                    ),
+                );
+                None
+            }
+        },
+    }
+}
+
+fn list_or_none(items: &[&str]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn port_field(f: &Fields<'_>, key: &str, c: &mut Checker, required: bool) -> Option<u16> {
+    if required && !f.has(key) {
+        c.problem(f.path(key), "missing (required)");
+        return None;
+    }
+    let n = c.unsigned(f, key)?;
+    match u16::try_from(n) {
+        Ok(port) if port >= 1024 => Some(port),
+        _ => {
+            c.problem(f.path(key), format!("{n} is outside 1024-65535"));
+            None
+        }
+    }
+}
+
+fn size_field(f: &Fields<'_>, key: &str, c: &mut Checker) -> Option<u64> {
+    match f.map.get(key)? {
+        Value::String(_) => {
+            let text = c.string(f, key)?;
+            match units::parse_size(&text) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    c.problem(f.path(key), e);
+                    None
+                }
+            }
+        }
+        Value::Number(_) => c.unsigned(f, key),
+        other => {
+            c.problem(
+                f.path(key),
+                format!(
+                    "expected a size such as \"256mb\", found {}",
+                    crate::problem::kind(other)
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn parse_password(f: &Fields<'_>, ctx: &SpecContext<'_>, c: &mut Checker) -> Option<Secret> {
+    let inline = match f.map.get("password") {
+        None => None,
+        Some(Value::String(s)) => {
+            if control_character(s).is_some() {
+                // The message must not echo the password.
+                c.problem(f.path("password"), "contains a control character, which is not allowed");
+                None
+            } else if s.is_empty() {
+                c.problem(f.path("password"), "must not be empty (leave it out for no password)");
+                None
+            } else {
+                Some(Secret::new(s))
+            }
+        }
+        Some(other) => {
+            c.problem(
+                f.path("password"),
+                format!("expected a string, found {}", crate::problem::kind(other)),
+            );
+            None
+        }
+    };
+    let file = c.string(f, "password_file");
+    if f.has("password") && f.has("password_file") {
+        c.problem(
+            f.path("password_file"),
+            "set either `password` or `password_file`, not both",
+        );
+        return None;
+    }
+    let Some(file) = file else {
+        return inline;
+    };
+    let mut path = PathBuf::from(&file);
+    if path.is_relative() {
+        match ctx.base_dir {
+            Some(base) => path = base.join(path),
+            None => {
+                c.problem(f.path("password_file"), format!("{file:?} must be an absolute path"));
+                return None;
+            }
+        }
+    }
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let password = text.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                c.problem(f.path("password_file"), format!("{} is empty", path.display()));
+                None
+            } else if control_character(password).is_some() {
+                c.problem(
+                    f.path("password_file"),
+                    format!("{} holds a control character, which is not allowed", path.display()),
+                );
+                None
+            } else {
+                Some(Secret::new(password))
+            }
+        }
+        Err(e) => {
+            c.problem(f.path("password_file"), format!("cannot read {}: {e}", path.display()));
+            None
+        }
+    }
+}
+
+/// Parses `host:port` or `[ipv6]:port`.
+pub fn parse_host_port(text: &str) -> Result<ReplicaOf, String> {
+    let bad = || format!("{text:?} is not host:port (e.g. \"10.0.0.5:6379\" or \"[fd00::5]:6379\")");
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, rest) = rest.split_once(']').ok_or_else(bad)?;
+        (host, rest.strip_prefix(':').ok_or_else(bad)?)
+    } else {
+        let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+        if host.contains(':') {
+            return Err(bad());
+        }
+        (host, port)
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'));
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if !host_ok || port == 0 {
+        return Err(bad());
+    }
+    Ok(ReplicaOf {
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// `[config]`: scalar values without control characters; when the engine is known,
+/// also the keys it refuses.
+fn parse_engine_config(
+    f: &Fields<'_>,
+    engine: Option<&dyn engine::Engine>,
+    c: &mut Checker,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Some(table) = c.subtable(f, "config") else {
+        return out;
+    };
+    for (key, value) in table {
+        let field = crate::problem::join(&f.path("config"), key);
+        let lower = key.to_ascii_lowercase();
+        if let Some(problem) = control_character(key) {
+            c.problem(field, format!("key {problem}"));
+            continue;
+        }
+        if let Some(why) = engine.and_then(|e| e.refuse_config_key(&lower)) {
+            c.problem(field, format!("not allowed under [config]: {why}"));
+            continue;
+        }
+        let text = match value {
+            Value::String(s) => match control_character(s) {
+                Some(problem) => {
+                    c.problem(field, problem);
+                    continue;
+                }
+                None => s.clone(),
+            },
+            Value::Bool(true) => "yes".into(),
+            Value::Bool(false) => "no".into(),
+            Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+            other => {
+                c.problem(
+                    field,
+                    format!(
+                        "expected a string, integer or boolean, found {}",
+                        crate::problem::kind(other)
+                    ),
+                );
+                continue;
+            }
+        };
+        if out.insert(lower.clone(), text).is_some() {
+            c.problem(field, format!("{lower:?} is set twice (keys are case-insensitive)"));
+        }
+    }
+    out
+}
+
+fn parse_limits(f: &Fields<'_>, c: &mut Checker) -> Limits {
+    let mut limits = Limits::default();
+    let Some(table) = c.subtable(f, "limits") else {
+        return limits;
+    };
+    let lf = c.table(table, &f.path("limits"), &["nofile", "oom_score_adj"]);
+    if let Some(n) = c.unsigned(&lf, "nofile") {
+        if (64..=(1 << 30)).contains(&n) {
+            limits.nofile = Some(n);
+        } else {
+            c.problem(lf.path("nofile"), format!("{n} is outside 64-1073741824"));
+        }
+    }
+    if let Some(n) = c.integer(&lf, "oom_score_adj") {
+        match i32::try_from(n) {
+            Ok(v) if (-1000..=1000).contains(&v) => limits.oom_score_adj = Some(v),
+            _ => c.problem(lf.path("oom_score_adj"), format!("{n} is outside -1000..1000")),
+        }
+    }
+    limits
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::parse_toml;
+
+    pub fn test_config() -> AgentConfig {
+        let doc = parse_toml(
+            "node_id = \"n\"\n[engines.redis.versions]\n\"7.0\" = \"/bin/sh\"\n\"7.2\" = \"/bin/sh\"\n",
+            "agent.toml",
+        )
+        .unwrap();
+        AgentConfig::from_document(&doc, "agent.toml", Path::new("/k/agent.toml"), Path::new("/k")).unwrap()
+    }
+
+    fn parse(text: &str) -> Result<InstanceSpec, Vec<String>> {
+        let config = test_config();
+        let ctx = SpecContext {
+            config: &config,
+            base_dir: None,
+        };
+        let map = parse_toml(text, "a.toml").map_err(|p| p.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        let mut c = Checker::new("a.toml");
+        InstanceSpec::parse(&map, "", &ctx, &mut c).ok_or_else(|| c.problems.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn full_spec() {
+        let spec = parse(
+            r#"
+            name = "cache-1"
+            engine = "redis"
+            version = "7.0"
+            port = 6380
+            state = "stopped"
+            maxmemory = "256mb"
+            password = "s3cret"
+            replica_of = "10.0.0.5:6379"
+            restart_epoch = 2
+            stop_timeout = "30s"
+            [config]
+            "maxmemory-policy" = "allkeys-lru"
+            appendonly = true
+            hz = 20
+            [limits]
+            nofile = 65536
+            oom_score_adj = -100
+            "#,
+        )
+        .unwrap();
+        assert_eq!(spec.name, "cache-1");
+        assert_eq!(spec.state, RunState::Stopped);
+        assert_eq!(spec.maxmemory, Some(256 << 20));
+        assert_eq!(spec.password, Some(Secret::new("s3cret")));
+        assert_eq!(spec.replica_of.as_ref().unwrap().to_string(), "10.0.0.5:6379");
+        assert_eq!(spec.config["appendonly"], "yes");
+        assert_eq!(spec.config["hz"], "20");
+        assert_eq!(spec.limits.nofile, Some(65536));
+        assert_eq!(spec.limits.oom_score_adj, Some(-100));
+        assert_eq!(spec.stop_timeout, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let problems = parse(
+            r#"
+            name = "Cache_1"
+            version = "7.0"
+            port = 80
+            state = "paused"
+            maxmemory = "lots"
+            password = "a"
+            password_file = "/x"
+            replica_of = "nohost"
+            typo = 1
+            [config]
+            port = 1
+            dir = "/tmp"
+            "maxmemory-policy" = "a\nb"
+            [limits]
+            nofile = 1
+            oom_score_adj = 5000
+            "#,
+        )
+        .unwrap_err();
+        let expect = [
+            "a.toml: name: \"Cache_1\" is not a valid name",
+            "a.toml: port: 80 is outside 1024-65535",
+            "a.toml: state: \"paused\" is not a state",
+            "a.toml: maxmemory: \"lots\" is not a size",
+            "a.toml: password_file: set either `password` or `password_file`, not both",
+            "a.toml: replica_of: \"nohost\" is not host:port",
+            "a.toml: typo: unknown key",
+            "a.toml: config.port: not allowed under [config]: the agent owns it",
+            "a.toml: config.dir: not allowed under [config]",
+            "a.toml: config.maxmemory-policy: contains the control character '\\n'",
+            "a.toml: limits.nofile: 1 is outside",
+            "a.toml: limits.oom_score_adj: 5000 is outside",
+        ];
+        for e in expect {
+            assert!(
+                problems.iter().any(|p| p.starts_with(e)),
+                "missing {e:?} in {problems:#?}"
+            );
+        }
+        assert_eq!(problems.len(), expect.len(), "{problems:#?}");
+    }
+
+    #[test]
+    fn an_unknown_engine_still_gets_its_config_values_checked() {
+        let problems =
+            parse("name = \"a\"\nengine = \"memcached\"\nport = 7000\n[config]\nx = \"a\\u0000b\"\n").unwrap_err();
+        assert!(
+            problems[0].starts_with("a.toml: engine: \"memcached\" is not an engine"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with("a.toml: config.x: contains the control character"),
+            "{problems:?}"
+        );
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    #[test]
+    fn version_must_be_allowed_and_is_required_when_ambiguous() {
+        let problems = parse("name = \"a\"\nport = 7000\nversion = \"6.2\"\n").unwrap_err();
+        assert!(
+            problems[0].contains("\"6.2\" is not an allowed redis version"),
+            "{problems:?}"
+        );
+        assert!(problems[0].contains("\"7.0\", \"7.2\""), "{problems:?}");
+        let problems = parse("name = \"a\"\nport = 7000\n").unwrap_err();
+        assert!(problems[0].starts_with("a.toml: version: missing"), "{problems:?}");
+    }
+
+    #[test]
+    fn password_never_appears_in_problems() {
+        let problems =
+            parse("name = \"a\"\nport = 7000\nversion = \"7.0\"\npassword = \"hunter2\\u0007\"\n").unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert!(!problems[0].contains("hunter2"), "{problems:?}");
+        assert!(format!("{:?}", Secret::new("hunter2")) == "Secret(<redacted>)");
+    }
+
+    #[test]
+    fn password_file_is_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "from-file\n").unwrap();
+        let config = test_config();
+        let ctx = SpecContext {
+            config: &config,
+            base_dir: Some(dir.path()),
+        };
+        let map = parse_toml(
+            "name = \"a\"\nport = 7000\nversion = \"7.0\"\npassword_file = \"pw\"\n",
+            "a.toml",
+        )
+        .unwrap();
+        let mut c = Checker::new("a.toml");
+        let spec = InstanceSpec::parse(&map, "", &ctx, &mut c).unwrap();
+        assert_eq!(spec.password, Some(Secret::new("from-file")));
+
+        let map = parse_toml(
+            "name = \"a\"\nport = 7000\nversion = \"7.0\"\npassword_file = \"missing\"\n",
+            "a.toml",
+        )
+        .unwrap();
+        let mut c = Checker::new("a.toml");
+        assert!(InstanceSpec::parse(&map, "", &ctx, &mut c).is_none());
+        assert!(c.problems[0].message.starts_with("cannot read "), "{:?}", c.problems);
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("a"));
+        assert!(valid_name("0cache-1"));
+        assert!(valid_name(&"a".repeat(63)));
+        assert!(!valid_name(&"a".repeat(64)));
+        assert!(!valid_name("-a"));
+        assert!(!valid_name("A"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a_b"));
+        assert!(!valid_name("a.b"));
+    }
+
+    #[test]
+    fn host_port() {
+        assert_eq!(parse_host_port("h:1").unwrap().to_string(), "h:1");
+        assert_eq!(parse_host_port("[fd00::5]:6379").unwrap().host, "fd00::5");
+        assert!(parse_host_port("fd00::5:6379").is_err());
+        assert!(parse_host_port("h:0").is_err());
+        assert!(parse_host_port("h:99999").is_err());
+        assert!(parse_host_port(":1").is_err());
+        assert!(parse_host_port("a b:1").is_err());
+    }
+
+    #[test]
+    fn config_hash_is_stable_and_ignores_state_and_stop_timeout() {
+        let spec = InstanceSpec::example("a", 7000);
+        // Pinned: a change of this value restarts every instance on agent upgrade.
+        assert_eq!(spec.config_hash(), spec.config_hash());
+        let pinned = spec.config_hash();
+        let mut stopped = spec.clone();
+        stopped.state = RunState::Stopped;
+        stopped.stop_timeout = Some(Duration::from_secs(1));
+        assert_eq!(stopped.config_hash(), pinned);
+        let mut changed = spec.clone();
+        changed.config.insert("hz".into(), "20".into());
+        assert_ne!(changed.config_hash(), pinned);
+        let mut epoch = spec.clone();
+        epoch.restart_epoch = 1;
+        assert_ne!(epoch.config_hash(), pinned);
+        assert_eq!(pinned, "47a48cc253f3106dbc0e4bc3b86c1a79");
+    }
+}

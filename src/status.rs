@@ -1,0 +1,199 @@
+//! What the agent observed: one [`InstanceStatus`] per instance, published by its
+//! worker into the shared [`StatusBoard`], and the state of the desired-state inputs.
+//! The local API (and later the reports) read snapshots of it.
+
+use crate::engine::EngineKind;
+use crate::problem::Problem;
+use crate::process::{unix_now, unix_now_millis, Exit};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// Where an instance is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Declared, not acted on yet.
+    Pending,
+    /// Process started or adopted, not answering PING yet (or loading its dataset).
+    Starting,
+    /// Running and answering PING.
+    Running,
+    /// Exited unexpectedly; restarting after a back-off delay.
+    Backoff,
+    /// Crashed several times in a row; still restarting, with growing delays.
+    CrashLoop,
+    /// A graceful stop is in progress.
+    Stopping,
+    /// Not running, as desired.
+    Stopped,
+    /// Another process holds the port; the agent waits for it to go away.
+    Conflict,
+    /// Could not be started (e.g. the binary or a directory is missing); retried.
+    Failed,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Backoff => "backoff",
+            Phase::CrashLoop => "crash-loop",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+            Phase::Conflict => "conflict",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// What is desired of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Want {
+    Running,
+    Stopped,
+    /// No longer declared: stop it, then forget it.
+    Removed,
+}
+
+/// How the last stop went.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StopOutcome {
+    /// `SHUTDOWN SAVE`, `SHUTDOWN NOSAVE`, `SIGTERM`, or `SIGKILL after timeout`.
+    pub how: String,
+    /// True when the process had to be killed.
+    pub forced: bool,
+    pub at: u64,
+    pub took_ms: u64,
+}
+
+/// How the last unexpected exit went.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ExitOutcome {
+    pub exit: Exit,
+    pub at: u64,
+}
+
+/// The observed state of one instance.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct InstanceStatus {
+    pub name: String,
+    pub engine: EngineKind,
+    pub version: String,
+    pub port: u16,
+    pub want: Want,
+    pub phase: Phase,
+    pub ready: bool,
+    pub pid: Option<u32>,
+    /// Restarts after unexpected exits, kept across agent restarts.
+    pub restarts: u64,
+    /// Consecutive unexpected exits without a stable run in between.
+    pub consecutive_crashes: u32,
+    /// Process start, seconds since the Unix epoch.
+    pub started_at: Option<u64>,
+    pub uptime_seconds: Option<u64>,
+    pub last_exit: Option<ExitOutcome>,
+    pub last_stop: Option<StopOutcome>,
+    /// When the next restart attempt is due, milliseconds since the Unix epoch.
+    pub next_restart_at_ms: Option<u64>,
+    /// Set once the worker has brought the instance to a settled phase.
+    pub reconciled: bool,
+    /// Human-readable detail: why not ready, conflict holder, last log lines…
+    pub message: String,
+}
+
+impl InstanceStatus {
+    /// Fills the fields computed from the current time.
+    fn with_clock(mut self, now_s: u64) -> InstanceStatus {
+        self.uptime_seconds = self.started_at.map(|s| now_s.saturating_sub(s));
+        self
+    }
+}
+
+/// The last desired state that was rejected, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Rejection {
+    pub source: String,
+    pub at: u64,
+    pub problems: Vec<String>,
+}
+
+/// Bookkeeping of the desired state, for `/v1/status` and `/readyz`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DesiredInfo {
+    /// Generation of the last accepted desired state, if any.
+    pub generation: Option<u64>,
+    pub source: Option<String>,
+    pub accepted_at: Option<u64>,
+    pub last_rejection: Option<Rejection>,
+}
+
+/// Shared, lock-protected status of every instance. Locks are held only to copy.
+#[derive(Clone, Default)]
+pub struct StatusBoard {
+    instances: Arc<Mutex<BTreeMap<String, InstanceStatus>>>,
+    desired: Arc<Mutex<DesiredInfo>>,
+}
+
+impl StatusBoard {
+    pub fn publish(&self, status: InstanceStatus) {
+        let mut map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(status.name.clone(), status);
+    }
+
+    pub fn remove(&self, name: &str) {
+        let mut map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(name);
+    }
+
+    /// Every instance, sorted by name.
+    pub fn snapshot(&self) -> Vec<InstanceStatus> {
+        let now = unix_now();
+        let map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().cloned().map(|s| s.with_clock(now)).collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<InstanceStatus> {
+        let now = unix_now();
+        let map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(name).cloned().map(|s| s.with_clock(now))
+    }
+
+    pub fn desired(&self) -> DesiredInfo {
+        self.desired.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn accepted(&self, generation: u64, source: &str) {
+        let mut d = self.desired.lock().unwrap_or_else(|p| p.into_inner());
+        d.generation = Some(generation);
+        d.source = Some(source.to_string());
+        d.accepted_at = Some(unix_now());
+    }
+
+    /// The inputs are valid again: forget the last rejection.
+    pub fn clear_rejection(&self) {
+        self.desired.lock().unwrap_or_else(|p| p.into_inner()).last_rejection = None;
+    }
+
+    pub fn rejected(&self, source: &str, problems: &[Problem]) {
+        let mut d = self.desired.lock().unwrap_or_else(|p| p.into_inner());
+        d.last_rejection = Some(Rejection {
+            source: source.to_string(),
+            at: unix_now(),
+            problems: problems.iter().map(ToString::to_string).collect(),
+        });
+    }
+
+    /// Ready when a desired state was accepted and every instance has been reconciled
+    /// once.
+    pub fn ready(&self) -> bool {
+        self.desired().generation.is_some() && self.snapshot().iter().all(|s| s.reconciled)
+    }
+
+    /// Milliseconds until `at_ms`, for display.
+    pub fn millis_until(at_ms: u64) -> u64 {
+        at_ms.saturating_sub(unix_now_millis())
+    }
+}

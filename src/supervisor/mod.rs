@@ -1,0 +1,178 @@
+//! The supervisor: turns each accepted desired state into one worker task per
+//! instance. It diffs names only; each worker gets its new spec through a watch
+//! channel and decides on its own what that means for its process.
+//!
+//! At the first accepted state it also looks for records of instances that are no
+//! longer declared (removed while the agent was down) and gives each a worker that
+//! stops it.
+
+pub mod plan;
+mod worker;
+
+pub use worker::WorkerContext;
+
+use crate::desired::DesiredState;
+use crate::events::Event;
+use crate::spec::InstanceSpec;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use worker::{SpecSlot, Worker};
+
+/// How long the supervisor waits for its workers when the agent shuts down. Workers
+/// return at once on shutdown; this only bounds the wait.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+/// A handle to send desired states to the supervisor task.
+#[derive(Clone)]
+pub struct SupervisorHandle {
+    tx: mpsc::Sender<DesiredState>,
+}
+
+impl SupervisorHandle {
+    /// Hands over an accepted (and already persisted) desired state.
+    pub async fn apply(&self, state: DesiredState) {
+        // The supervisor only stops receiving when the agent shuts down.
+        let _ = self.tx.send(state).await;
+    }
+}
+
+pub struct Supervisor {
+    ctx: Arc<WorkerContext>,
+    shutdown: CancellationToken,
+    workers: BTreeMap<String, watch::Sender<SpecSlot>>,
+    tasks: JoinSet<String>,
+    desired: BTreeMap<String, Arc<InstanceSpec>>,
+    orphans_checked: bool,
+}
+
+impl Supervisor {
+    /// Starts the supervisor task.
+    pub fn spawn(
+        ctx: Arc<WorkerContext>,
+        shutdown: CancellationToken,
+    ) -> (SupervisorHandle, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(8);
+        let supervisor = Supervisor {
+            ctx,
+            shutdown,
+            workers: BTreeMap::new(),
+            tasks: JoinSet::new(),
+            desired: BTreeMap::new(),
+            orphans_checked: false,
+        };
+        (SupervisorHandle { tx }, tokio::spawn(supervisor.run(rx)))
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<DesiredState>) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                state = rx.recv() => match state {
+                    Some(state) => self.apply(state),
+                    None => break,
+                },
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
+                    Ok(name) => self.worker_finished(name),
+                    Err(error) => tracing::error!(%error, "Instance worker failed."),
+                },
+            }
+        }
+        let tasks = &mut self.tasks;
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!("Some instance workers did not finish in time; leaving them.");
+        }
+    }
+
+    fn apply(&mut self, state: DesiredState) {
+        let specs = state.specs();
+        for (name, spec) in &specs {
+            match self.workers.get(name) {
+                Some(tx) => {
+                    tx.send_if_modified(|slot| {
+                        let changed = slot.as_deref() != Some(spec.as_ref());
+                        if changed {
+                            *slot = Some(spec.clone());
+                        }
+                        changed
+                    });
+                }
+                None => self.start_worker(name.clone(), Some(spec.clone())),
+            }
+        }
+        for (name, tx) in &self.workers {
+            if !specs.contains_key(name) {
+                tx.send_if_modified(|slot| slot.take().is_some());
+            }
+        }
+        self.desired = specs;
+        if !self.orphans_checked {
+            self.orphans_checked = true;
+            for name in crate::record::recorded_names(&self.ctx.config.instances_dir()) {
+                if !self.desired.contains_key(&name) && !self.workers.contains_key(&name) {
+                    tracing::info!(instance = %name, "Found the record of an undeclared instance; it will be stopped.");
+                    self.start_worker(name, None);
+                }
+            }
+        }
+        self.ctx.board.accepted(state.generation, state.source.as_str());
+        self.ctx.events.emit(
+            "",
+            Event::DesiredAccepted {
+                generation: state.generation,
+                instances: state.instances.len(),
+            },
+        );
+    }
+
+    fn start_worker(&mut self, name: String, spec: SpecSlot) {
+        if let Some(spec) = &spec {
+            // Shown as pending until the worker's first decision.
+            self.ctx.board.publish(crate::status::InstanceStatus {
+                name: name.clone(),
+                engine: spec.engine,
+                version: spec.version.clone(),
+                port: spec.port,
+                want: match spec.state {
+                    crate::spec::RunState::Running => crate::status::Want::Running,
+                    crate::spec::RunState::Stopped => crate::status::Want::Stopped,
+                },
+                phase: crate::status::Phase::Pending,
+                ready: false,
+                pid: None,
+                restarts: 0,
+                consecutive_crashes: 0,
+                started_at: None,
+                uptime_seconds: None,
+                last_exit: None,
+                last_stop: None,
+                next_restart_at_ms: None,
+                reconciled: false,
+                message: String::new(),
+            });
+        }
+        let (tx, rx) = watch::channel(spec);
+        let worker = Worker::new(name.clone(), self.ctx.clone(), rx, self.shutdown.child_token());
+        let task_name = name.clone();
+        self.tasks.spawn(async move {
+            worker.run().await;
+            task_name
+        });
+        self.workers.insert(name, tx);
+    }
+
+    /// A worker ended: its instance was removed and stopped, or the agent shuts down.
+    /// If the instance was declared again meanwhile, it gets a new worker.
+    fn worker_finished(&mut self, name: String) {
+        self.workers.remove(&name);
+        if let Some(spec) = self.desired.get(&name).cloned() {
+            if !self.shutdown.is_cancelled() {
+                self.start_worker(name, Some(spec));
+            }
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! Test harness: runs the real `ker-agent` binary against real `redis-server`
+//! processes, each test in its own temporary directory with its own ports. On a
+//! failing test it prints the agent's command, directory, exit status, log and last
+//! status; on drop it kills every process started from its directory (agents leave
+//! instances running by design).
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+pub const AGENT: &str = env!("CARGO_BIN_EXE_ker-agent");
+
+/// The redis-server the tests use: `$REDIS_SERVER` or Debian's.
+pub fn redis_server() -> PathBuf {
+    let path = std::env::var_os("REDIS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/redis-server"));
+    assert!(
+        path.is_file(),
+        "{} not found: install it (apt-get install -y redis-server) or set REDIS_SERVER",
+        path.display()
+    );
+    path
+}
+
+/// A TCP port that is free now, outside the ephemeral range so that client sockets
+/// do not take it. Ports are handed out from a per-process random start.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20000 + (std::process::id() % 500) as u16 * 20,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(port < 32000, "ran out of test ports");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One agent set-up in a temporary directory.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub api_port: u16,
+    pub agent: Option<Child>,
+    pub last_exit: Option<ExitStatus>,
+    starts: u32,
+}
+
+impl Harness {
+    pub fn new() -> Harness {
+        Harness::with_agent_toml("", "")
+    }
+
+    /// A harness whose agent.toml gets `extra_versions` lines in
+    /// `[engines.redis.versions]` and `extra_instances` lines in `[instances]`.
+    pub fn with_agent_toml(extra_versions: &str, extra_instances: &str) -> Harness {
+        let dir = tempfile::Builder::new()
+            .prefix("ker-agent-test-")
+            .tempdir()
+            .expect("temp dir");
+        let api_port = free_port();
+        let h = Harness {
+            dir,
+            api_port,
+            agent: None,
+            last_exit: None,
+            starts: 0,
+        };
+        std::fs::create_dir_all(h.manifest_dir()).unwrap();
+        let config = format!(
+            "node_id = \"test-node\"\n\
+             data_dir = \"data\"\n\
+             manifest_dir = \"instances.d\"\n\
+             [engines.redis.versions]\n\
+             \"7.0\" = \"{}\"\n\
+             {extra_versions}\n\
+             [api]\n\
+             listen = \"127.0.0.1:{api_port}\"\n\
+             [instances]\n\
+             log_dir = \"log\"\n\
+             {extra_instances}\n",
+            redis_server().display()
+        );
+        std::fs::write(h.config_path(), config).unwrap();
+        h
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("agent.toml")
+    }
+
+    pub fn manifest_dir(&self) -> PathBuf {
+        self.path().join("instances.d")
+    }
+
+    pub fn instance_dir(&self, name: &str) -> PathBuf {
+        self.path().join("data/instances").join(name)
+    }
+
+    pub fn instance_log(&self, name: &str) -> PathBuf {
+        self.path().join("log").join(format!("{name}.log"))
+    }
+
+    pub fn agent_log(&self) -> PathBuf {
+        self.path().join("agent.log")
+    }
+
+    /// Writes `instances.d/<name>.toml` for a Redis instance on `port`, with `extra`
+    /// TOML lines (top-level keys first, then tables).
+    pub fn manifest(&self, name: &str, port: u16, extra: &str) {
+        self.manifest_with_version(name, "7.0", port, extra);
+    }
+
+    /// Like [`Harness::manifest`] with another allowed version.
+    pub fn manifest_with_version(&self, name: &str, version: &str, port: u16, extra: &str) {
+        let text = format!("name = \"{name}\"\nengine = \"redis\"\nversion = \"{version}\"\nport = {port}\n{extra}\n");
+        self.write_manifest(name, &text);
+    }
+
+    pub fn write_manifest(&self, name: &str, text: &str) {
+        // Written to a temp name and renamed, as configuration tools do.
+        let tmp = self.manifest_dir().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.manifest_dir().join(format!("{name}.toml"))).unwrap();
+    }
+
+    pub fn remove_manifest(&self, name: &str) {
+        std::fs::remove_file(self.manifest_dir().join(format!("{name}.toml"))).unwrap();
+    }
+
+    /// Runs `ker-agent <args>` to completion.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(AGENT)
+            .args(args)
+            .current_dir(self.path())
+            .output()
+            .expect("run ker-agent")
+    }
+
+    /// Starts `ker-agent run` and waits until its API answers.
+    pub fn start_agent(&mut self) {
+        assert!(self.agent.is_none(), "agent already running");
+        self.starts += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.agent_log())
+            .unwrap();
+        writeln!(&log, "===== agent start #{} =====", self.starts).unwrap();
+        let child = Command::new(AGENT)
+            .args(["run", "--config"])
+            .arg(self.config_path())
+            .current_dir(self.path())
+            .env("KER_AGENT_LOG", "debug")
+            .env("KER_TEST_MARKER", "must-not-reach-instances")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start ker-agent");
+        self.agent = Some(child);
+        self.wait_for("the agent's API to answer /healthz", Duration::from_secs(10), |h| {
+            h.http_get("/healthz").map(|(code, _)| code == 200).unwrap_or(false)
+        });
+    }
+
+    pub fn agent_pid(&self) -> u32 {
+        self.agent.as_ref().expect("agent running").id()
+    }
+
+    /// Sends `signal` to the agent.
+    pub fn signal_agent(&self, signal: i32) {
+        send_signal(self.agent_pid(), signal);
+    }
+
+    /// Sends `signal` to the agent and waits for it to exit; returns how long it took.
+    pub fn stop_agent(&mut self, signal: i32) -> Duration {
+        let began = Instant::now();
+        self.signal_agent(signal);
+        let mut child = self.agent.take().expect("agent running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.last_exit = Some(status);
+                return began.elapsed();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "agent did not exit within 10 s after signal {signal}\n{}",
+                    self.diagnostics()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// `GET path` on the agent's API → (status code, body).
+    pub fn http_get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_request(self.api_port, "GET", path)
+    }
+
+    /// `/v1/status` as JSON.
+    pub fn status(&self) -> Value {
+        let (code, body) = self
+            .http_get("/v1/status")
+            .unwrap_or_else(|e| panic!("GET /v1/status: {e}\n{}", self.diagnostics()));
+        assert_eq!(code, 200, "GET /v1/status: {body}");
+        serde_json::from_str(&body).expect("status is JSON")
+    }
+
+    /// The status of one instance from `/v1/status`, or `Null`.
+    pub fn instance(&self, name: &str) -> Value {
+        self.status()["instances"]
+            .as_array()
+            .and_then(|list| list.iter().find(|i| i["name"] == name).cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Waits until instance `name` is running and ready; returns its pid.
+    pub fn wait_ready(&self, name: &str) -> u32 {
+        self.wait_for(
+            &format!("{name} to be running and ready"),
+            Duration::from_secs(20),
+            |h| {
+                let i = h.instance(name);
+                i["phase"] == "running" && i["ready"] == true
+            },
+        );
+        self.instance(name)["pid"].as_u64().expect("pid") as u32
+    }
+
+    /// Polls `condition` every 20 ms until it holds, or fails the test with diagnostics.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut condition: impl FnMut(&Harness) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if condition(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("timed out after {timeout:?} waiting for {what}\n{}", self.diagnostics());
+    }
+
+    /// Everything useful to understand a failure.
+    pub fn diagnostics(&self) -> String {
+        let log = std::fs::read_to_string(self.agent_log()).unwrap_or_else(|e| format!("(no agent log: {e})"));
+        let status = http_request(self.api_port, "GET", "/v1/status")
+            .map(|(_, body)| body)
+            .unwrap_or_else(|e| format!("(no status: {e})"));
+        format!(
+            "--- command: {AGENT} run --config {}\n--- dir: {}\n--- agent exit: {:?}\n--- agent log:\n{log}\n--- last status:\n{status}\n",
+            self.config_path().display(),
+            self.path().display(),
+            self.last_exit,
+        )
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.diagnostics());
+        }
+        if let Some(mut child) = self.agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Instances outlive agents by design: kill everything started from this directory.
+        kill_processes_mentioning(self.path());
+    }
+}
+
+/// SIGKILLs every process whose command line mentions `dir` and waits for them to go.
+pub fn kill_processes_mentioning(dir: &Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    let pids: Vec<u32> = processes()
+        .into_iter()
+        .filter(|(pid, cmdline)| *pid != std::process::id() && cmdline.contains(&needle))
+        .map(|(pid, _)| pid)
+        .collect();
+    for pid in &pids {
+        send_signal(*pid, SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Every process with its command line (NULs as spaces).
+pub fn processes() -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Ok(bytes) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&bytes).replace('\0', " ");
+            out.push((pid, cmdline));
+        }
+    }
+    out
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match ker_agent::procfs::read_stat(pid) {
+        Ok(Some(stat)) => stat.state != 'Z' && stat.state != 'X',
+        _ => false,
+    }
+}
+
+pub const SIGKILL: i32 = 9;
+pub const SIGTERM: i32 = 15;
+pub const SIGINT: i32 = 2;
+pub const SIGHUP: i32 = 1;
+pub const SIGSTOP: i32 = 19;
+pub const SIGCONT: i32 = 18;
+
+/// Sends a signal with `kill(1)`, so that the tests need no unsafe code.
+pub fn send_signal(pid: u32, signal: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run kill");
+}
+
+/// A minimal HTTP/1.0 client: enough for the agent's JSON API.
+pub fn http_request(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad response: {response:?}")))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// A synchronous Redis connection to `127.0.0.1:port`.
+pub fn redis(port: u16, password: Option<&str>) -> redis::RedisResult<redis::Connection> {
+    let url = match password {
+        Some(pw) => format!("redis://:{pw}@127.0.0.1:{port}/"),
+        None => format!("redis://127.0.0.1:{port}/"),
+    };
+    let client = redis::Client::open(url)?;
+    let conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    Ok(conn)
+}
+
+/// Whether `127.0.0.1:port` answers PING with PONG.
+pub fn pong(port: u16, password: Option<&str>) -> bool {
+    redis(port, password)
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+        .map(|r| r == "PONG")
+        .unwrap_or(false)
+}
+
+/// The pid of the process listening on `port`, from /proc.
+pub fn listener_pid(port: u16) -> Option<u32> {
+    ker_agent::procfs::find_listener(port).and_then(|h| h.pid)
+}
