@@ -204,6 +204,11 @@ impl AgentConfig {
                 }
                 if list.is_empty() {
                     c.problem(fields.path("bind"), "must name at least one address");
+                } else if bind.len() == list.len() && !bind.iter().any(|ip| ip.is_loopback() || ip.is_unspecified()) {
+                    c.problem(
+                        fields.path("bind"),
+                        "must include a loopback address (127.0.0.1) or a wildcard (0.0.0.0): the agent talks to instances over loopback",
+                    );
                 }
                 instances.bind = bind;
             }
@@ -354,6 +359,18 @@ mod tests {
             );
         }
         assert_eq!(problems.len(), expect.len(), "{problems:#?}");
+    }
+
+    #[test]
+    fn bind_must_reach_loopback() {
+        let problems = messages(load(
+            "[engines.redis.versions]\n\"7.0\" = \"/bin/sh\"\n[instances]\nbind = [\"10.0.0.5\"]\n",
+        ));
+        assert!(
+            problems[0].starts_with("agent.toml: instances.bind: must include a loopback"),
+            "{problems:?}"
+        );
+        assert!(load("[engines.redis.versions]\n\"7.0\" = \"/bin/sh\"\n[instances]\nbind = [\"0.0.0.0\"]\n").is_ok());
     }
 
     #[test]

@@ -34,8 +34,11 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Runs the agent until `shutdown` is cancelled. Instances keep running when it
 /// returns (invariant 2).
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Installed first: SIGHUP's default action would end the agent.
+    let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
     let config = Arc::new(config);
     create_dir(&config.data_dir)?;
+    let _lock = lock_data_dir(&config.data_dir)?;
     create_dir(&config.instances_dir())?;
     create_dir(&config.instances.log_dir)?;
     let boot_id = procfs::boot_id().context("cannot read the boot id from /proc/sys/kernel/random/boot_id")?;
@@ -77,7 +80,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     // systemd (Type=notify) learns that the agent is up; instances may still be starting.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
-    let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
     let mut rescan = tokio::time::interval(manifests::RESCAN_INTERVAL);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     rescan.tick().await;
@@ -104,6 +106,35 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         _ => {}
     }
     Ok(())
+}
+
+/// Makes sure only one agent works on a data directory: two would fight over every
+/// instance. The lock is released when the agent exits, however it exits.
+fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = data_dir.join("agent.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if !sys::try_lock_exclusive(&file).with_context(|| format!("cannot lock {}", path.display()))? {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        anyhow::bail!(
+            "another ker-agent (pid {}) is already running with data_dir {}",
+            holder.trim(),
+            data_dir.display()
+        );
+    }
+    let written = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    written.with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(file)
 }
 
 fn create_dir(path: &std::path::Path) -> anyhow::Result<()> {

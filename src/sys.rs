@@ -150,6 +150,22 @@ pub fn clock_ticks_per_second() -> u64 {
     u64::try_from(ticks).ok().filter(|t| *t > 0).unwrap_or(100)
 }
 
+/// Takes an exclusive lock on `file` without waiting. `Ok(false)` when another
+/// process holds it. The lock lasts as long as the file stays open.
+pub fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
+    // SAFETY: flock only takes a descriptor that `file` keeps open during the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(error)
+    }
+}
+
 /// Name of a signal number, for logs and status ("SIGKILL").
 pub fn signal_name(signal: i32) -> String {
     let name = match signal {

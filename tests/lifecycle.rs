@@ -337,3 +337,20 @@ fn run_with_an_invalid_config_exits_64_naming_the_field() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_second_agent_on_the_same_data_dir_refuses_to_start() {
+    let mut h = Harness::new();
+    h.manifest("a", free_port(), "");
+    h.start_agent();
+    let pid = h.wait_ready("a");
+    let out = h.cli(&["run", "--config", h.config_path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!(
+        "another ker-agent (pid {}) is already running with data_dir",
+        h.agent_pid()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert_eq!(h.instance("a")["pid"], pid);
+}

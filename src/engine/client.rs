@@ -44,8 +44,23 @@ pub enum ClientError {
 impl ClientError {
     /// The server is up but loading its dataset (`-LOADING`).
     pub fn is_loading(&self) -> bool {
-        matches!(self, ClientError::Server { reason, .. } | ClientError::Connect { reason, .. }
-            if reason.contains("LOADING"))
+        self.server_reason().is_some_and(|r| r.contains("LOADING"))
+    }
+
+    /// The server wants (other) credentials: `NOAUTH`, `WRONGPASS`, or an `AUTH`
+    /// without a configured password. Pika prefixes these with `ERR`, so the text is
+    /// searched, not only its first word.
+    pub fn is_auth(&self) -> bool {
+        self.server_reason().is_some_and(|r| {
+            r.contains("NOAUTH") || r.contains("WRONGPASS") || r.contains("without any password configured")
+        })
+    }
+
+    fn server_reason(&self) -> Option<&str> {
+        match self {
+            ClientError::Server { reason, .. } | ClientError::Connect { reason, .. } => Some(reason),
+            _ => None,
+        }
     }
 }
 
@@ -158,5 +173,62 @@ fn describe(error: &redis::RedisError) -> String {
     match (error.code(), error.detail()) {
         (Some(code), Some(detail)) => format!("{code} {detail}"),
         _ => error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error replies (`< -...` lines) that follow `> command` in a fixture file.
+    fn replies_to(fixture: &str, command: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut lines = fixture.lines();
+        while let Some(line) = lines.next() {
+            if line.trim_start_matches('>').trim() == command {
+                if let Some(reply) = lines.by_ref().find(|l| l.starts_with("< ")) {
+                    out.push(
+                        reply[2..]
+                            .trim_start_matches('-')
+                            .trim_end_matches("\\r\\n")
+                            .to_string(),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    fn server_error(reason: &str) -> ClientError {
+        ClientError::Server {
+            port: 1,
+            command: "PING",
+            reason: reason.to_string(),
+        }
+    }
+
+    #[test]
+    fn real_loading_and_auth_replies_are_classified() {
+        let loading = include_str!("../../tests/fixtures/redis/loading-error.txt");
+        let ping = replies_to(loading, "PING");
+        assert_eq!(ping, ["LOADING Redis is loading the dataset in memory"]);
+        assert!(server_error(&ping[0]).is_loading());
+        assert!(!server_error(&ping[0]).is_auth());
+
+        let redis_auth = include_str!("../../tests/fixtures/redis/auth-noauth.txt");
+        let pika_auth = include_str!("../../tests/fixtures/pika/auth-noauth-with-userpass.txt");
+        for (fixture, command) in [
+            (redis_auth, "PING"),
+            (redis_auth, "AUTH wrongpass"),
+            (pika_auth, "PING"),
+        ] {
+            let replies = replies_to(fixture, command);
+            assert!(!replies.is_empty(), "no reply to {command}");
+            for reply in replies {
+                assert!(server_error(&reply).is_auth(), "{reply:?} not seen as an auth error");
+                assert!(!server_error(&reply).is_loading(), "{reply:?}");
+            }
+        }
+        assert!(!server_error("ERR syntax error").is_auth());
     }
 }
