@@ -389,6 +389,14 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Arbitrary text is a config or a list of problems, never a panic.
+        #[test]
+        fn any_text_is_handled(text in "(node_id|data_dir|engines|api|listen|\\[|\\]|=|\"|\\.|[a-z0-9 ]|\n){0,80}") {
+            let _ = load(&text);
+        }
+    }
+
     #[test]
     fn controller_is_refused_with_a_reason() {
         let problems = messages(load(

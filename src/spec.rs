@@ -706,6 +706,49 @@ pub(crate) mod tests {
         assert!(c.problems[0].message.starts_with("cannot read "), "{:?}", c.problems);
     }
 
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,20}".prop_map(Value::String),
+            "[0-9]{1,6}(k|kb|m|mb|g|gb|s|ms)?".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z_-]{1,12}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Any document, of any shape, is either a spec or a list of problems: never a
+        /// panic, and never a spec with problems.
+        #[test]
+        fn parsing_never_panics(
+            fields in proptest::collection::btree_map(
+                proptest::sample::select(FIELDS.iter().map(|s| s.to_string()).chain(["bogus".to_string()]).collect::<Vec<_>>()),
+                json_value(),
+                0..10,
+            )
+        ) {
+            let config = test_config();
+            let ctx = SpecContext { config: &config, base_dir: None };
+            let map: Map<String, Value> = fields.into_iter().collect();
+            let mut c = Checker::new("x");
+            let spec = InstanceSpec::parse(&map, "", &ctx, &mut c);
+            proptest::prop_assert!(spec.is_some() != !c.problems.is_empty());
+            for p in &c.problems {
+                proptest::prop_assert!(!p.field.is_empty());
+            }
+        }
+    }
+
     #[test]
     fn names() {
         assert!(valid_name("a"));

@@ -354,3 +354,40 @@ fn a_second_agent_on_the_same_data_dir_refuses_to_start() {
     assert!(stderr.contains(&expected), "{stderr}");
     assert_eq!(h.instance("a")["pid"], pid);
 }
+
+#[test]
+fn a_server_loading_its_dataset_is_starting_not_failed() {
+    let mut h = Harness::new();
+    let port = free_port();
+    h.manifest(
+        "big",
+        port,
+        "[config]\n\"enable-debug-command\" = \"local\"\nsave = \"\"\n",
+    );
+    h.start_agent();
+    let first = h.wait_ready("big");
+    // ~1.5 M keys make a dataset that takes about a second to load.
+    let mut conn = redis(port, None).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    redis::cmd("DEBUG")
+        .arg("POPULATE")
+        .arg(1_500_000)
+        .query::<()>(&mut conn)
+        .unwrap();
+    redis::cmd("SAVE").query::<()>(&mut conn).unwrap();
+    drop(conn);
+    send_signal(first, SIGKILL);
+    h.wait_for("the restarted server to report loading", Duration::from_secs(20), |h| {
+        let i = h.instance("big");
+        i["phase"] == "starting" && i["message"] == "loading the dataset"
+    });
+    assert_eq!(h.instance("big")["ready"], false);
+    let pid = h.wait_ready("big");
+    assert_ne!(pid, first);
+    let mut conn = redis(port, None).unwrap();
+    assert_eq!(redis::cmd("DBSIZE").query::<u64>(&mut conn).unwrap(), 1_500_000);
+    let (_, body) = h.http_get("/v1/instances/big").unwrap();
+    assert!(body.contains("\"kind\":\"loading\""), "{body}");
+    // Loading was waited out: the only exit is the kill above.
+    assert_eq!(body.matches("\"kind\":\"exited\"").count(), 1, "{body}");
+}
