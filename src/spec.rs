@@ -742,7 +742,7 @@ pub(crate) mod tests {
             let map: Map<String, Value> = fields.into_iter().collect();
             let mut c = Checker::new("x");
             let spec = InstanceSpec::parse(&map, "", &ctx, &mut c);
-            proptest::prop_assert!(spec.is_some() != !c.problems.is_empty());
+            proptest::prop_assert!(spec.is_some() == c.problems.is_empty());
             for p in &c.problems {
                 proptest::prop_assert!(!p.field.is_empty());
             }
