@@ -287,12 +287,17 @@ impl Drop for Harness {
     }
 }
 
-/// SIGKILLs every process whose command line mentions `dir` and waits for them to go.
+/// SIGKILLs every process whose command line or working directory mentions `dir`,
+/// and waits for them to go. (redis-server rewrites its command line to show its
+/// address, but its working directory is its data directory.)
 pub fn kill_processes_mentioning(dir: &Path) {
     let needle = dir.to_string_lossy().into_owned();
     let pids: Vec<u32> = processes()
         .into_iter()
-        .filter(|(pid, cmdline)| *pid != std::process::id() && cmdline.contains(&needle))
+        .filter(|(pid, cmdline)| {
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+            *pid != std::process::id() && (cmdline.contains(&needle) || cwd.starts_with(&needle))
+        })
         .map(|(pid, _)| pid)
         .collect();
     for pid in &pids {
