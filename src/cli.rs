@@ -248,7 +248,15 @@ pub fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
-    tracing_subscriber::registry().with(filter).with(fmt).init();
+    // Under systemd, journald stamps every line itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt.without_time())
+            .init();
+    } else {
+        tracing_subscriber::registry().with(filter).with(fmt).init();
+    }
 }
 
 #[cfg(test)]

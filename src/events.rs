@@ -34,6 +34,9 @@ pub enum Event {
     RecordUnreadable {
         error: String,
     },
+    RecordUnverifiable {
+        reason: String,
+    },
     Exited {
         pid: u32,
         exit: Exit,
@@ -91,6 +94,7 @@ impl Event {
             Event::Adopted { .. } => "adopted",
             Event::RecordStale { .. } => "record-stale",
             Event::RecordUnreadable { .. } => "record-unreadable",
+            Event::RecordUnverifiable { .. } => "record-unverifiable",
             Event::Exited { .. } => "exited",
             Event::RestartScheduled { .. } => "restart-scheduled",
             Event::StartFailed { .. } => "start-failed",
@@ -122,6 +126,9 @@ impl Event {
             }
             Event::RecordStale { reason } => format!("record does not match a live process: {reason}"),
             Event::RecordUnreadable { error } => format!("record unreadable: {error}"),
+            Event::RecordUnverifiable { reason } => {
+                format!("record names a live process that cannot be verified: {reason}")
+            }
             Event::Exited { pid, exit, ran_for } => {
                 format!(
                     "pid {pid} exited unexpectedly ({exit}) after {}",
@@ -173,6 +180,9 @@ impl Event {
             }
             Event::RecordStale { reason } => warn!(instance, %reason, "Instance record stale; the process is gone."),
             Event::RecordUnreadable { error } => error!(instance, %error, "Instance record unreadable."),
+            Event::RecordUnverifiable { reason } => {
+                error!(instance, %reason, "Instance record names a process that cannot be verified; leaving it alone.")
+            }
             Event::Exited { pid, exit, ran_for } => {
                 warn!(instance, pid, %exit, ran_for_s = ran_for.as_secs(), "Instance exited.")
             }

@@ -83,9 +83,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let mut rescan = tokio::time::interval(manifests::RESCAN_INTERVAL);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     rescan.tick().await;
+    // With WatchdogSec= in the unit, systemd restarts an agent whose main loop hangs
+    // (which is safe: instances are adopted).
+    let watchdog_period = sd_notify::watchdog_enabled().map(|timeout| timeout / 2);
+    let mut watchdog = tokio::time::interval(watchdog_period.unwrap_or(std::time::Duration::from_secs(3600)));
     loop {
         let reloaded = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = watchdog.tick(), if watchdog_period.is_some() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                None
+            }
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP: reading the manifests again.");
                 source.reload(true)

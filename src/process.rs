@@ -71,6 +71,16 @@ pub enum Adoption {
     Adopted(Box<Process>),
     /// The recorded process is gone (or the pid now belongs to another process).
     Gone(String),
+    /// The process exists but the agent cannot read enough of it to prove it is the
+    /// recorded one (e.g. `/proc/<pid>/exe` is not readable with the agent's
+    /// privileges). It is neither adopted nor forgotten.
+    Unverifiable(String),
+}
+
+/// Why a record check failed.
+enum CheckFailure {
+    Gone(String),
+    Unverifiable(String),
 }
 
 impl Process {
@@ -150,40 +160,61 @@ impl Process {
             return Adoption::Gone("the host rebooted since the record was written".into());
         }
         let pid = record.pid;
-        let check = || -> Result<(), String> {
+        let check = || -> Result<(), CheckFailure> {
+            let unreadable = |what: &str, e: std::io::Error| {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    CheckFailure::Unverifiable(format!("cannot read /proc/{pid}/{what}: {e}"))
+                } else {
+                    CheckFailure::Gone(format!("cannot read /proc/{pid}/{what}: {e}"))
+                }
+            };
             let stat = procfs::read_stat(pid)
-                .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}"))?
-                .ok_or_else(|| format!("pid {pid} no longer exists"))?;
+                .map_err(|e| unreadable("stat", e))?
+                .ok_or_else(|| CheckFailure::Gone(format!("pid {pid} no longer exists")))?;
             if stat.state == 'Z' || stat.state == 'X' {
-                return Err(format!("pid {pid} has exited"));
+                return Err(CheckFailure::Gone(format!("pid {pid} has exited")));
             }
             if stat.start_ticks != record.start_ticks {
-                return Err(format!(
+                return Err(CheckFailure::Gone(format!(
                     "pid {pid} is another process now (started at tick {}, recorded {})",
                     stat.start_ticks, record.start_ticks
-                ));
+                )));
             }
-            let exe = procfs::read_exe(pid).map_err(|e| format!("cannot read /proc/{pid}/exe: {e}"))?;
+            let exe = match procfs::read_exe(pid) {
+                Ok(exe) => exe,
+                // The process may have exited since the stat was read.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(CheckFailure::Gone(format!("pid {pid} no longer exists")))
+                }
+                Err(e) => return Err(unreadable("exe", e)),
+            };
             if exe != record.executable {
-                return Err(format!(
+                return Err(CheckFailure::Gone(format!(
                     "pid {pid} runs {} instead of {}",
                     exe.display(),
                     record.executable.display()
-                ));
+                )));
             }
             Ok(())
         };
-        if let Err(reason) = check() {
-            return Adoption::Gone(reason);
+        let verdict = |failure| match failure {
+            CheckFailure::Gone(reason) => Adoption::Gone(reason),
+            CheckFailure::Unverifiable(reason) => Adoption::Unverifiable(reason),
+        };
+        if let Err(failure) = check() {
+            return verdict(failure);
         }
         let pidfd = match PidFd::open(pid) {
             Ok(fd) => fd,
-            Err(e) => return Adoption::Gone(format!("pidfd_open({pid}): {e}")),
+            Err(e) if e.raw_os_error() == Some(sys::ESRCH) => {
+                return Adoption::Gone(format!("pid {pid} no longer exists"))
+            }
+            Err(e) => return Adoption::Unverifiable(format!("pidfd_open({pid}): {e}")),
         };
         // The pidfd now pins this very process; checking again closes the window in
         // which the pid could have been reused before it was opened.
-        if let Err(reason) = check() {
-            return Adoption::Gone(reason);
+        if let Err(failure) = check() {
+            return verdict(failure);
         }
         Adoption::Adopted(Box::new(Process {
             pid,

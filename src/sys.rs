@@ -18,8 +18,9 @@ pub struct ChildSetup {
 }
 
 /// Makes `command` start its child in a new session (so it outlives the agent and gets
-/// none of the agent's terminal signals), with the limits of `setup`, and with every
-/// inherited file descriptor above stderr marked close-on-exec.
+/// none of the agent's terminal signals), with the limits of `setup`, without the
+/// agent's ambient capabilities, and with every inherited file descriptor above stderr
+/// marked close-on-exec.
 ///
 /// Errors in the child (for example a limit above the hard limit) make the spawn fail
 /// with that error in the parent.
@@ -65,6 +66,21 @@ pub fn configure_child(command: &mut tokio::process::Command, setup: &ChildSetup
             if written < 0 {
                 return Err(write_error);
             }
+        }
+        // The agent may hold ambient capabilities (CAP_SYS_RESOURCE under systemd) to set
+        // the limits above; the instance gets none of them.
+        // SAFETY: prctl with PR_CAP_AMBIENT_CLEAR_ALL takes no pointers.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
         }
         // Mark every descriptor above stderr close-on-exec rather than closing it: the
         // standard library still needs its own (already close-on-exec) pipe to report
@@ -193,4 +209,4 @@ pub fn signal_name(signal: i32) -> String {
     name.to_string()
 }
 
-pub use libc::{SIGKILL, SIGTERM};
+pub use libc::{ESRCH, SIGKILL, SIGTERM};

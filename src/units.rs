@@ -41,6 +41,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 pub fn format_duration_short(d: Duration) -> String {
     let secs = d.as_secs();
     match secs {
+        0 if d.is_zero() => "0s".to_string(),
         0 => format!("{}ms", d.as_millis()),
         1..=59 => format!("{secs}s"),
         60..=3599 => format!("{}m{}s", secs / 60, secs % 60),
@@ -83,6 +84,7 @@ mod tests {
     #[test]
     fn short_format() {
         assert_eq!(format_duration_short(Duration::from_millis(250)), "250ms");
+        assert_eq!(format_duration_short(Duration::ZERO), "0s");
         assert_eq!(format_duration_short(Duration::from_secs(59)), "59s");
         assert_eq!(format_duration_short(Duration::from_secs(61)), "1m1s");
         assert_eq!(format_duration_short(Duration::from_secs(3720)), "1h2m");

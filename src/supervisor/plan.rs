@@ -23,8 +23,10 @@ pub struct Observed {
     pub running: Option<String>,
     /// When a restart after a crash is allowed (back-off), if one is pending.
     pub restart_not_before: Option<Instant>,
-    /// Another process holds one of the instance's ports.
-    pub port_taken: bool,
+    /// A process the agent does not own stands in the way: a foreign listener on one
+    /// of the ports, or a live process that the record names but that the agent cannot
+    /// verify. It must not be touched, and no second server may be started.
+    pub blocked: bool,
 }
 
 /// Why a process is stopped.
@@ -54,7 +56,8 @@ pub enum Action {
     Start,
     /// Start once the back-off delay has passed.
     WaitUntil(Instant),
-    /// A foreign process holds the port: report it, leave it alone, look again later.
+    /// A process the agent does not own is in the way: report it, leave it alone, look
+    /// again later.
     Conflict,
     Stop(StopReason),
     /// Removed and nothing runs: the worker ends.
@@ -72,7 +75,7 @@ pub fn reconcile(desired: &Desired, observed: &Observed, now: Instant) -> Action
         (Desired::Running { .. }, Some(_)) => Action::Stop(StopReason::SpecChanged),
         (Desired::Running { .. }, None) => match observed.restart_not_before {
             Some(at) if at > now => Action::WaitUntil(at),
-            _ if observed.port_taken => Action::Conflict,
+            _ if observed.blocked => Action::Conflict,
             _ => Action::Start,
         },
     }
@@ -141,7 +144,7 @@ mod tests {
         Observed {
             running: running.map(str::to_string),
             restart_not_before: None,
-            port_taken: false,
+            blocked: false,
         }
     }
 
@@ -168,10 +171,10 @@ mod tests {
         let later = now + Duration::from_secs(1);
         let mut o = observed(None);
         o.restart_not_before = Some(later);
-        o.port_taken = true;
+        o.blocked = true;
         assert_eq!(reconcile(&running("a"), &o, now), Action::WaitUntil(later));
         assert_eq!(reconcile(&running("a"), &o, later), Action::Conflict);
-        o.port_taken = false;
+        o.blocked = false;
         assert_eq!(reconcile(&running("a"), &o, later), Action::Start);
     }
 
@@ -202,7 +205,7 @@ mod tests {
             Action::Stop(_) => o.running = None,
             Action::WaitUntil(at) => *now = *at,
             // The foreign process goes away eventually.
-            Action::Conflict => o.port_taken = false,
+            Action::Conflict => o.blocked = false,
             Action::Idle | Action::Finish => {}
         }
     }
@@ -223,13 +226,13 @@ mod tests {
             desired in desired_strategy(),
             running in proptest::option::of("[ab]"),
             backoff_ms in proptest::option::of(0u64..5000),
-            port_taken: bool,
+            blocked: bool,
         ) {
             let mut now = Instant::now();
             let mut o = Observed {
                 running,
                 restart_not_before: backoff_ms.map(|ms| now + Duration::from_millis(ms)),
-                port_taken,
+                blocked,
             };
             let mut steps = 0;
             loop {

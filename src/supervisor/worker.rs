@@ -83,6 +83,8 @@ pub struct Worker {
     last_stop: Option<StopOutcome>,
     log_tail: Vec<String>,
     conflict: Option<PortHolder>,
+    /// The record names a live process the agent cannot verify (see `Adoption`).
+    unverified: Option<String>,
     failure: Option<String>,
     stopping: Option<String>,
     /// The pid being stopped, shown while the process is out of `process`.
@@ -120,6 +122,7 @@ impl Worker {
             last_stop: None,
             log_tail: Vec::new(),
             conflict: None,
+            unverified: None,
             failure: None,
             stopping: None,
             stopping_pid: None,
@@ -158,12 +161,16 @@ impl Worker {
                 }
                 self.last_desired_hash = Some(config_hash.clone());
             }
+            if self.unverified.is_some() && self.process.is_none() {
+                // Maybe the agent can read the process now (or it is gone).
+                self.adopt(spec.as_ref());
+            }
             let now = Instant::now();
-            let port_taken = self.check_ports(spec.as_deref(), &desired, now);
+            let blocked = self.unverified.is_some() || self.check_ports(spec.as_deref(), &desired, now);
             let observed = Observed {
                 running: self.process.as_ref().map(|p| p.record().config_hash.clone()),
                 restart_not_before: self.restart_not_before,
-                port_taken,
+                blocked,
             };
             let mut wake_at = None;
             match plan::reconcile(&desired, &observed, now) {
@@ -282,15 +289,23 @@ impl Worker {
                 // Best guess for the password the process runs with: the declared one.
                 self.current = spec.cloned();
                 self.process = Some(*process);
+                self.unverified = None;
                 self.ready = false;
                 self.probe_delay = Duration::ZERO;
                 self.probe_began = Instant::now();
             }
             Adoption::Gone(reason) => {
+                self.unverified = None;
                 self.emit(Event::RecordStale { reason });
                 if let Err(e) = record::remove(&dir) {
                     tracing::warn!(instance = %self.name, error = %e, "Cannot remove stale record.");
                 }
+            }
+            Adoption::Unverifiable(reason) => {
+                if self.unverified.as_ref() != Some(&reason) {
+                    self.emit(Event::RecordUnverifiable { reason: reason.clone() });
+                }
+                self.unverified = Some(reason);
             }
         }
     }
@@ -646,7 +661,7 @@ impl Worker {
         }
         match want {
             Want::Stopped | Want::Removed => Phase::Stopped,
-            Want::Running if self.conflict.is_some() => Phase::Conflict,
+            Want::Running if self.conflict.is_some() || self.unverified.is_some() => Phase::Conflict,
             Want::Running if self.failure.is_some() => Phase::Failed,
             Want::Running if self.crashes.in_crash_loop() => Phase::CrashLoop,
             Want::Running if self.restart_not_before.is_some() => Phase::Backoff,
@@ -683,9 +698,12 @@ impl Worker {
                 Some(stop) => format!("stopped by {}", stop.how),
                 None => String::new(),
             },
-            Phase::Conflict => match &self.conflict {
-                Some(holder) => format!("{holder}; it is not an instance of this agent and is left alone"),
-                None => String::new(),
+            Phase::Conflict => match (&self.unverified, &self.conflict) {
+                (Some(reason), _) => format!(
+                    "the recorded process cannot be verified ({reason}); it is left alone and no second server is started"
+                ),
+                (None, Some(holder)) => format!("{holder}; it is not an instance of this agent and is left alone"),
+                (None, None) => String::new(),
             },
             Phase::Failed => format!("{}; {}", self.failure.clone().unwrap_or_default(), restart_in()),
             Phase::Backoff | Phase::CrashLoop => {
