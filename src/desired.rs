@@ -213,7 +213,7 @@ pub fn persist(state: &DesiredState, path: &Path) -> Result<(), crate::atomic_fi
     });
     let mut bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
     bytes.push(b'\n');
-    crate::atomic_file::write(path, &bytes, 0o600)
+    crate::atomic_file::write(path, &bytes, 0o600, crate::atomic_file::Durability::Durable)
 }
 
 /// Reads the last accepted state back. `Ok(None)` when there is none yet. The specs

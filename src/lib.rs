@@ -13,6 +13,7 @@ pub mod desired;
 pub mod engine;
 pub mod events;
 pub mod manifests;
+pub mod ports;
 pub mod problem;
 pub mod process;
 pub mod procfs;

@@ -1,6 +1,6 @@
-//! Reads what the agent needs to know about processes and sockets from `/proc`:
-//! a process's identity (start time, executable, state) to prove it is the one the
-//! agent started, the boot id, and which process listens on a TCP port.
+//! Reads what the agent needs to know about processes from `/proc`: a process's
+//! identity (start time, executable, state) to prove it is the one the agent started,
+//! the boot id, the host name, and the tail of a log file.
 //!
 //! Parsing is separated from reading so that the parsers are unit-tested on text.
 
@@ -92,84 +92,6 @@ pub fn uptime_seconds() -> io::Result<f64> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc/uptime"))
 }
 
-/// Socket inodes listening on TCP `port` on any address, from the text of
-/// `/proc/net/tcp` or `/proc/net/tcp6`.
-pub fn parse_tcp_listeners(text: &str, port: u16) -> Vec<u64> {
-    const LISTEN: &str = "0A";
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let local = fields.get(1)?;
-            let state = fields.get(3)?;
-            let inode = fields.get(9)?;
-            let (_, local_port) = local.rsplit_once(':')?;
-            let local_port = u16::from_str_radix(local_port, 16).ok()?;
-            (local_port == port && *state == LISTEN)
-                .then(|| inode.parse().ok())
-                .flatten()
-        })
-        .collect()
-}
-
-/// A process found holding a port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortHolder {
-    pub port: u16,
-    /// The holding process, when it could be found (another user's process may not be
-    /// visible to an unprivileged agent).
-    pub pid: Option<u32>,
-    pub comm: Option<String>,
-}
-
-impl std::fmt::Display for PortHolder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (self.pid, &self.comm) {
-            (Some(pid), Some(comm)) => write!(f, "port {} is held by pid {pid} ({comm})", self.port),
-            (Some(pid), None) => write!(f, "port {} is held by pid {pid}", self.port),
-            _ => write!(f, "port {} is held by another process", self.port),
-        }
-    }
-}
-
-/// Finds a TCP listener on `port` (any address, IPv4 or IPv6) and, if it can, the
-/// process that holds it. `None` when the port is free.
-pub fn find_listener(port: u16) -> Option<PortHolder> {
-    let mut inodes = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        if let Ok(text) = fs::read_to_string(table) {
-            inodes.extend(parse_tcp_listeners(&text, port));
-        }
-    }
-    let inode = *inodes.first()?;
-    let pid = pid_of_socket(inode);
-    Some(PortHolder {
-        port,
-        pid,
-        comm: pid.and_then(read_comm),
-    })
-}
-
-/// Scans `/proc/*/fd` for the process that has socket `inode` open. Only used when a
-/// conflict is found, so its cost does not matter.
-fn pid_of_socket(inode: u64) -> Option<u32> {
-    let wanted = PathBuf::from(format!("socket:[{inode}]"));
-    for entry in fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if fs::read_link(fd.path()).is_ok_and(|target| target == wanted) {
-                return Some(pid);
-            }
-        }
-    }
-    None
-}
-
 /// The last lines of a log file, reading at most the last 8 KiB.
 pub fn tail_lines(path: &Path, lines: usize) -> io::Result<Vec<String>> {
     use std::io::{Read, Seek, SeekFrom};
@@ -228,27 +150,5 @@ mod tests {
             strip_deleted(PathBuf::from("/usr/bin/redis-server")),
             PathBuf::from("/usr/bin/redis-server")
         );
-    }
-
-    #[test]
-    fn listeners_are_found_by_port_and_state() {
-        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-   0: 0100007F:18EB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1 0000000000000000 100 0 0 10 0\n\
-   1: 0100007F:18EB 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 222 1 0000000000000000 20 4 30 10 -1\n\
-   2: 00000000:18EC 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 333 1 0000000000000000 100 0 0 10 0\n";
-        assert_eq!(parse_tcp_listeners(text, 0x18EB), vec![111]);
-        assert_eq!(parse_tcp_listeners(text, 0x18EC), vec![333]);
-        assert!(parse_tcp_listeners(text, 1).is_empty());
-        assert!(parse_tcp_listeners("garbage\nmore garbage", 1).is_empty());
-    }
-
-    #[test]
-    fn a_real_listener_is_found_with_its_pid() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let holder = find_listener(port).expect("listener not found");
-        assert_eq!(holder.pid, Some(std::process::id()));
-        drop(listener);
-        assert_eq!(find_listener(port), None);
     }
 }

@@ -2,6 +2,7 @@
 //! instance. It is the agent's proof of ownership (invariant 1): a later agent adopts
 //! the process only if pid, start time, executable and boot all still match.
 
+use crate::atomic_file::Durability;
 use crate::engine::EngineKind;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -59,7 +60,9 @@ pub fn read(instance_dir: &Path) -> Result<Option<InstanceRecord>, RecordError> 
 pub fn write(instance_dir: &Path, record: &InstanceRecord) -> Result<(), crate::atomic_file::WriteError> {
     let mut bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
     bytes.push(b'\n');
-    crate::atomic_file::write(&path(instance_dir), &bytes, 0o600)
+    // A record is worthless after a reboot (its boot id no longer matches), so it
+    // only has to survive a crash of the agent: no fsync.
+    crate::atomic_file::write(&path(instance_dir), &bytes, 0o600, Durability::UntilReboot)
 }
 
 /// Removes the record; a missing one is fine.

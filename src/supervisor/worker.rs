@@ -8,8 +8,9 @@ use super::plan::{self, Action, CrashHistory, Desired, Observed, StopReason};
 use crate::config::AgentConfig;
 use crate::engine::{self, Engine, EngineKind, Layout, Readiness, StopRequest, Target};
 use crate::events::{Event, EventLog};
+use crate::ports::{self, PortHolder};
 use crate::process::{unix_now, unix_now_millis, Adoption, Exit, Launch, Process};
-use crate::procfs::{self, PortHolder};
+use crate::procfs;
 use crate::record::{self, InstanceRecord};
 use crate::spec::{InstanceSpec, RunState};
 use crate::status::{ExitOutcome, InstanceStatus, Phase, StatusBoard, StopOutcome, Want};
@@ -321,7 +322,7 @@ impl Worker {
             .map(|e| e.ports(spec.port))
             .unwrap_or_default()
             .into_iter()
-            .find_map(procfs::find_listener);
+            .find_map(ports::find_listener);
         match (&holder, &self.conflict) {
             (Some(h), Some(old)) if h == old => {}
             (Some(h), _) => self.emit(Event::Conflict { holder: h.to_string() }),
@@ -754,5 +755,11 @@ fn prepare_files(layout: &Layout, rendered: &str) -> Result<(), String> {
         return Ok(());
     }
     // 0600: the file may hold the instance's password.
-    crate::atomic_file::write(&layout.config_file, rendered.as_bytes(), 0o600).map_err(|e| e.to_string())
+    crate::atomic_file::write(
+        &layout.config_file,
+        rendered.as_bytes(),
+        0o600,
+        crate::atomic_file::Durability::UntilReboot,
+    )
+    .map_err(|e| e.to_string())
 }

@@ -390,5 +390,5 @@ pub fn pong(port: u16, password: Option<&str>) -> bool {
 
 /// The pid of the process listening on `port`, from /proc.
 pub fn listener_pid(port: u16) -> Option<u32> {
-    ker_agent::procfs::find_listener(port).and_then(|h| h.pid)
+    ker_agent::ports::find_listener(port).and_then(|h| h.pid)
 }
