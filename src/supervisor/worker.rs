@@ -450,15 +450,19 @@ impl Worker {
             exit,
             ran_for,
         });
-        if let Err(e) = record::remove(&self.instance_dir()) {
-            tracing::warn!(instance = %self.name, error = %e, "Cannot remove the record of an exited process.");
-        }
         self.last_exit = Some(ExitOutcome { exit, at: unix_now() });
         self.log_tail = procfs::tail_lines(&self.log_file(), LOG_TAIL_LINES).unwrap_or_default();
         self.ready = false;
         self.loading = false;
         self.restart_pending = true;
         let delay = self.crashes.on_crash(ran_for, fastrand::f64());
+        // An immediate restart overwrites the record; removing it first would only
+        // delay the restart. A stale record is harmless: its pid fails the proof.
+        if !delay.is_zero() {
+            if let Err(e) = record::remove(&self.instance_dir()) {
+                tracing::warn!(instance = %self.name, error = %e, "Cannot remove the record of an exited process.");
+            }
+        }
         self.schedule_restart(delay);
     }
 
