@@ -231,8 +231,9 @@ fn a_server_that_exits_at_once_goes_into_a_crash_loop_with_growing_backoff() {
         h.instance("bad")["phase"] == "crash-loop"
     });
     // Let a few more restarts happen to see the delays grow.
-    h.wait_for("5 restarts", Duration::from_secs(30), |h| {
-        h.instance("bad")["restarts"].as_u64().unwrap_or(0) >= 5
+    h.wait_for("5 restarts, then waiting in crash-loop", Duration::from_secs(30), |h| {
+        let bad = h.instance("bad");
+        bad["restarts"].as_u64().unwrap_or(0) >= 5 && bad["phase"] == "crash-loop"
     });
     let bad = h.instance("bad");
     let message = bad["message"].as_str().unwrap();
