@@ -21,8 +21,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// How often a port held by a foreign process is looked at again.
-const CONFLICT_RECHECK: Duration = Duration::from_secs(2);
+/// How soon a port held by a foreign process is looked at again: quickly at first (a
+/// process that is exiting frees its port within milliseconds), then every 2 s.
+const CONFLICT_RECHECK_FIRST: Duration = Duration::from_millis(50);
+const CONFLICT_RECHECK_MAX: Duration = Duration::from_secs(2);
 /// Limit for connecting to an instance and for each reply.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Readiness probes start this fast (redis-server answers ~7 ms after exec)…
@@ -84,6 +86,8 @@ pub struct Worker {
     last_stop: Option<StopOutcome>,
     log_tail: Vec<String>,
     conflict: Option<PortHolder>,
+    /// Delay before the next look at a conflict.
+    conflict_recheck: Duration,
     /// The record names a live process the agent cannot verify (see `Adoption`).
     unverified: Option<String>,
     failure: Option<String>,
@@ -123,6 +127,7 @@ impl Worker {
             last_stop: None,
             log_tail: Vec::new(),
             conflict: None,
+            conflict_recheck: CONFLICT_RECHECK_FIRST,
             unverified: None,
             failure: None,
             stopping: None,
@@ -182,7 +187,10 @@ impl Worker {
                     }
                 }
                 Action::WaitUntil(at) => wake_at = Some(at),
-                Action::Conflict => wake_at = Some(now + CONFLICT_RECHECK),
+                Action::Conflict => {
+                    wake_at = Some(now + self.conflict_recheck);
+                    self.conflict_recheck = (self.conflict_recheck * 2).min(CONFLICT_RECHECK_MAX);
+                }
                 Action::Stop(reason) => match self.stop(reason, spec.as_deref()).await {
                     Flow::Continue => continue,
                     Flow::Cancelled => return,
@@ -328,6 +336,9 @@ impl Worker {
             (Some(h), _) => self.emit(Event::Conflict { holder: h.to_string() }),
             (None, Some(_)) => self.emit(Event::ConflictCleared),
             (None, None) => {}
+        }
+        if holder.is_none() {
+            self.conflict_recheck = CONFLICT_RECHECK_FIRST;
         }
         self.conflict = holder;
         self.conflict.is_some()
