@@ -3,6 +3,7 @@
 
 use crate::events::{EventEntry, EventLog};
 use crate::status::{DesiredInfo, InstanceStatus, StatusBoard};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -110,7 +111,11 @@ async fn status(State(state): State<ApiState>) -> Json<NodeStatus> {
     })
 }
 
-async fn instance(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+async fn instance(State(state): State<ApiState>, name: Result<Path<String>, PathRejection>) -> Response {
+    let name = match name {
+        Ok(Path(name)) => name,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    };
     match state.board.get(&name) {
         Some(status) => Json(InstanceDetail {
             events: state.events.for_instance(&name, INSTANCE_EVENTS),

@@ -84,6 +84,11 @@ pub fn check(config_path: &std::path::Path) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
+    let missing = config.missing_binaries();
+    if !missing.is_empty() {
+        print_problems(&missing);
+        return ExitCode::from(EXIT_USAGE);
+    }
     let Some(dir) = &config.manifest_dir else {
         println!("{}: ok (no manifest_dir)", config_path.display());
         return ExitCode::SUCCESS;
@@ -116,6 +121,8 @@ struct Row {
     pid: Option<u32>,
     restarts: u64,
     uptime_seconds: Option<u64>,
+    #[serde(default)]
+    next_restart_at_ms: Option<u64>,
     message: String,
 }
 
@@ -195,7 +202,18 @@ fn render_table(doc: &StatusDoc) -> String {
             r.uptime_seconds.map_or("-".into(), |s| {
                 crate::units::format_duration_short(Duration::from_secs(s))
             }),
-            r.message.replace('\n', " "),
+            match r.next_restart_at_ms {
+                Some(at) => {
+                    let wait = Duration::from_millis(at.saturating_sub(crate::process::unix_now_millis()));
+                    format!(
+                        "{} (restart in {})",
+                        r.message,
+                        crate::units::format_duration_short(wait)
+                    )
+                }
+                None => r.message.clone(),
+            }
+            .replace('\n', " "),
         ]);
     }
     let columns = rows[0].len();

@@ -147,9 +147,6 @@ impl AgentConfig {
                         Some(binary) if !Path::new(binary).is_absolute() => {
                             c.problem(field, format!("{binary:?} must be an absolute path"));
                         }
-                        Some(binary) if !Path::new(binary).is_file() => {
-                            c.problem(field, format!("{binary} does not exist or is not a file"));
-                        }
                         Some(binary) => {
                             allowed.insert(version.clone(), PathBuf::from(binary));
                         }
@@ -242,6 +239,26 @@ impl AgentConfig {
             api,
             instances,
         })
+    }
+
+    /// The allowed binaries that do not exist (yet). `check` reports them as problems;
+    /// `run` only warns, so that one version that is not installed yet does not leave
+    /// every other instance unsupervised: instances of that version fail to start, and
+    /// are retried.
+    pub fn missing_binaries(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        for (kind, versions) in &self.engines {
+            for (version, binary) in versions {
+                if !binary.is_file() {
+                    problems.push(Problem {
+                        file: self.path.display().to_string(),
+                        field: crate::problem::join(&format!("engines.{kind}.versions"), version),
+                        message: format!("{} does not exist or is not a file", binary.display()),
+                    });
+                }
+            }
+        }
+        problems
     }
 
     /// The binary allowed for `engine` at `version`.
@@ -347,7 +364,6 @@ mod tests {
         let expect = [
             "agent.toml: nodeid: unknown key",
             "agent.toml: engines.redis.versions.\"7.0\": \"relative/redis-server\" must be an absolute path",
-            "agent.toml: engines.redis.versions.\"7.2\": /does/not/exist does not exist",
             "agent.toml: api.listen: \"localhost\" is not an address:port",
             "agent.toml: instances.stop_timeout: \"soon\" is not a duration",
             "agent.toml: instances.bind[0]: \"nowhere\" is not an IP address",
@@ -371,6 +387,16 @@ mod tests {
             "{problems:?}"
         );
         assert!(load("[engines.redis.versions]\n\"7.0\" = \"/bin/sh\"\n[instances]\nbind = [\"0.0.0.0\"]\n").is_ok());
+    }
+
+    #[test]
+    fn missing_binaries_are_listed_separately() {
+        let config = load("[engines.redis.versions]\n\"7.0\" = \"/bin/sh\"\n\"7.2\" = \"/does/not/exist\"\n").unwrap();
+        let missing: Vec<String> = config.missing_binaries().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            missing,
+            ["/etc/k/agent.toml: engines.redis.versions.\"7.2\": /does/not/exist does not exist or is not a file"]
+        );
     }
 
     #[test]

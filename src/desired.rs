@@ -29,13 +29,23 @@ impl Source {
 }
 
 /// One spec and where it was declared.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Declared {
     /// The manifest file or document path, for messages.
     pub origin: String,
     /// The spec as written, kept to persist it.
     pub raw: Map<String, Value>,
     pub spec: Arc<InstanceSpec>,
+}
+
+impl std::fmt::Debug for Declared {
+    /// Without `raw`: it holds the password as written.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Declared")
+            .field("origin", &self.origin)
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A validated desired state.
@@ -109,6 +119,17 @@ pub fn check_set(instances: &[Declared], config: &AgentConfig) -> Vec<Problem> {
 /// Reads every `*.toml` in `dir` (sorted by file name; hidden files skipped) into a
 /// desired state. Any problem in any file rejects the whole set.
 pub fn load_manifests(dir: &Path, config: &AgentConfig, generation: u64) -> Result<DesiredState, Vec<Problem>> {
+    load_manifests_watching(dir, config, generation, &mut Vec::new())
+}
+
+/// [`load_manifests`], also collecting the password files the manifests name (whether
+/// they are valid or not), so that a reload can watch them for changes.
+pub fn load_manifests_watching(
+    dir: &Path,
+    config: &AgentConfig,
+    generation: u64,
+    password_files: &mut Vec<PathBuf>,
+) -> Result<DesiredState, Vec<Problem>> {
     let files = manifest_files(dir).map_err(|e| {
         vec![Problem {
             file: dir.display().to_string(),
@@ -142,6 +163,9 @@ pub fn load_manifests(dir: &Path, config: &AgentConfig, generation: u64) -> Resu
                 continue;
             }
         };
+        if let Some(file) = raw.get("password_file").and_then(Value::as_str) {
+            password_files.push(dir.join(file));
+        }
         let mut c = Checker::new(origin.clone());
         match InstanceSpec::parse(&raw, "", &ctx, &mut c) {
             Some(spec) => instances.push(Declared {
@@ -211,7 +235,11 @@ pub fn persist(state: &DesiredState, path: &Path) -> Result<(), crate::atomic_fi
             "spec": Value::Object(d.raw.clone()),
         })).collect::<Vec<_>>(),
     });
-    let mut bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+    let mut bytes = serde_json::to_vec_pretty(&doc).map_err(|e| crate::atomic_file::WriteError {
+        path: path.to_path_buf(),
+        step: "serialize",
+        source: std::io::Error::other(e),
+    })?;
     bytes.push(b'\n');
     crate::atomic_file::write(path, &bytes, 0o600, crate::atomic_file::Durability::Durable)
 }

@@ -1,7 +1,6 @@
 //! One type per thing that happens to an instance or to the desired state. Emitting
 //! an event logs it as key/value fields and keeps it in a bounded in-memory history
-//! (newest last; the oldest are dropped and counted), which the local API shows per
-//! instance.
+//! (newest last; the oldest are dropped), which the local API shows per instance.
 
 use crate::process::{unix_now_millis, Exit};
 use crate::units::format_duration_short;
@@ -13,75 +12,26 @@ use tracing::{error, info, warn};
 /// Something that happened.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Started {
-        pid: u32,
-        after_crash: bool,
-    },
-    Ready {
-        pid: u32,
-        after: Duration,
-    },
-    Loading {
-        pid: u32,
-    },
-    Adopted {
-        pid: u32,
-        running_for: Duration,
-    },
-    RecordStale {
-        reason: String,
-    },
-    RecordUnreadable {
-        error: String,
-    },
-    RecordUnverifiable {
-        reason: String,
-    },
-    Exited {
-        pid: u32,
-        exit: Exit,
-        ran_for: Duration,
-    },
-    RestartScheduled {
-        delay: Duration,
-        consecutive: u32,
-    },
-    StartFailed {
-        error: String,
-    },
-    Conflict {
-        holder: String,
-    },
+    Started { pid: u32, after_crash: bool },
+    Ready { pid: u32, after: Duration },
+    Loading { pid: u32 },
+    Adopted { pid: u32, running_for: Duration },
+    RecordStale { reason: String },
+    RecordUnreadable { error: String },
+    RecordUnverifiable { reason: String },
+    Exited { pid: u32, exit: Exit, ran_for: Duration },
+    RestartScheduled { delay: Duration, consecutive: u32 },
+    StartFailed { error: String },
+    Conflict { holder: String },
     ConflictCleared,
-    Stopping {
-        pid: u32,
-        reason: &'static str,
-        method: String,
-    },
-    StopRefused {
-        command: String,
-        error: String,
-    },
-    Stopped {
-        pid: u32,
-        how: String,
-        took: Duration,
-    },
-    KilledAfterTimeout {
-        pid: u32,
-        timeout: Duration,
-    },
-    ConfigWriteFailed {
-        error: String,
-    },
-    DesiredAccepted {
-        generation: u64,
-        instances: usize,
-    },
-    DesiredRejected {
-        problems: usize,
-        first: String,
-    },
+    Stopping { pid: u32, reason: &'static str },
+    StopRequested { pid: u32, method: String },
+    StopRefused { command: String, error: String },
+    Stopped { pid: u32, how: String, took: Duration },
+    KilledAfterTimeout { pid: u32, timeout: Duration },
+    ConfigWriteFailed { error: String },
+    DesiredAccepted { generation: u64, instances: usize },
+    DesiredRejected { problems: usize, first: String },
 }
 
 impl Event {
@@ -101,6 +51,7 @@ impl Event {
             Event::Conflict { .. } => "conflict",
             Event::ConflictCleared => "conflict-cleared",
             Event::Stopping { .. } => "stopping",
+            Event::StopRequested { .. } => "stop-requested",
             Event::StopRefused { .. } => "stop-refused",
             Event::Stopped { .. } => "stopped",
             Event::KilledAfterTimeout { .. } => "killed-after-timeout",
@@ -144,7 +95,8 @@ impl Event {
             Event::StartFailed { error } => format!("start failed: {error}"),
             Event::Conflict { holder } => format!("conflict: {holder}; it is not ours and is left alone"),
             Event::ConflictCleared => "conflict cleared: the port is free".into(),
-            Event::Stopping { pid, reason, method } => format!("stopping pid {pid} ({reason}) with {method}"),
+            Event::Stopping { pid, reason } => format!("stopping pid {pid} ({reason})"),
+            Event::StopRequested { pid, method } => format!("asked pid {pid} to stop with {method}"),
             Event::StopRefused { command, error } => format!("{command} refused: {error}"),
             Event::Stopped { pid, how, took } => {
                 format!("pid {pid} stopped by {how} in {}", format_duration_short(*took))
@@ -165,6 +117,8 @@ impl Event {
         }
     }
 
+    /// Logs the event as key/value fields; text values are quoted (recorded as `&str`)
+    /// so that a log parser can split them.
     fn log(&self, instance: &str) {
         match self {
             Event::Started { pid, after_crash } => info!(instance, pid, after_crash, "Instance started."),
@@ -178,14 +132,32 @@ impl Event {
                     "Instance adopted."
                 )
             }
-            Event::RecordStale { reason } => warn!(instance, %reason, "Instance record stale; the process is gone."),
-            Event::RecordUnreadable { error } => error!(instance, %error, "Instance record unreadable."),
-            Event::RecordUnverifiable { reason } => {
-                error!(instance, %reason, "Instance record names a process that cannot be verified; leaving it alone.")
+            Event::RecordStale { reason } => {
+                warn!(
+                    instance,
+                    reason = reason.as_str(),
+                    "Instance record stale; the process is gone."
+                )
             }
-            Event::Exited { pid, exit, ran_for } => {
-                warn!(instance, pid, %exit, ran_for_s = ran_for.as_secs(), "Instance exited.")
+            Event::RecordUnreadable { error } => {
+                error!(
+                    instance,
+                    error = error.as_str(),
+                    "Instance record unreadable; set aside."
+                )
             }
+            Event::RecordUnverifiable { reason } => error!(
+                instance,
+                reason = reason.as_str(),
+                "Instance record names a process that cannot be verified; leaving it alone."
+            ),
+            Event::Exited { pid, exit, ran_for } => warn!(
+                instance,
+                pid,
+                exit = exit.to_string().as_str(),
+                ran_for_s = ran_for.as_secs(),
+                "Instance exited."
+            ),
             Event::RestartScheduled { delay, consecutive } => {
                 info!(
                     instance,
@@ -194,16 +166,30 @@ impl Event {
                     "Instance restarting."
                 )
             }
-            Event::StartFailed { error } => error!(instance, %error, "Instance failed to start."),
-            Event::Conflict { holder } => {
-                warn!(instance, %holder, "Instance port conflict; not signalling a foreign process.")
-            }
+            Event::StartFailed { error } => error!(instance, error = error.as_str(), "Instance failed to start."),
+            Event::Conflict { holder } => warn!(
+                instance,
+                holder = holder.as_str(),
+                "Instance port conflict; not signalling a foreign process."
+            ),
             Event::ConflictCleared => info!(instance, "Instance port conflict cleared."),
-            Event::Stopping { pid, reason, method } => info!(instance, pid, reason, %method, "Instance stopping."),
-            Event::StopRefused { command, error } => warn!(instance, %command, %error, "Instance refused to stop."),
-            Event::Stopped { pid, how, took } => {
-                info!(instance, pid, %how, took_ms = took.as_millis() as u64, "Instance stopped.")
+            Event::Stopping { pid, reason } => info!(instance, pid, reason, "Instance stopping."),
+            Event::StopRequested { pid, method } => {
+                info!(instance, pid, method = method.as_str(), "Instance asked to stop.")
             }
+            Event::StopRefused { command, error } => warn!(
+                instance,
+                command = command.as_str(),
+                error = error.as_str(),
+                "Instance refused to stop."
+            ),
+            Event::Stopped { pid, how, took } => info!(
+                instance,
+                pid,
+                how = how.as_str(),
+                took_ms = took.as_millis() as u64,
+                "Instance stopped."
+            ),
             Event::KilledAfterTimeout { pid, timeout } => {
                 warn!(
                     instance,
@@ -212,12 +198,18 @@ impl Event {
                     "Instance killed after stop timeout."
                 )
             }
-            Event::ConfigWriteFailed { error } => error!(instance, %error, "Instance config not written."),
+            Event::ConfigWriteFailed { error } => {
+                error!(instance, error = error.as_str(), "Instance config not written.")
+            }
             Event::DesiredAccepted { generation, instances } => {
                 info!(generation, instances, "Desired state accepted.")
             }
             Event::DesiredRejected { problems, first } => {
-                error!(problems, %first, "Desired state rejected; nothing changed.")
+                error!(
+                    problems,
+                    first = first.as_str(),
+                    "Desired state rejected; nothing changed."
+                )
             }
         }
     }
@@ -242,7 +234,6 @@ pub struct EventLog {
 
 struct History {
     entries: VecDeque<EventEntry>,
-    dropped: u64,
 }
 
 impl EventLog {
@@ -250,7 +241,6 @@ impl EventLog {
         EventLog {
             inner: Mutex::new(History {
                 entries: VecDeque::with_capacity(capacity.min(1024)),
-                dropped: 0,
             }),
             capacity,
         }
@@ -268,7 +258,6 @@ impl EventLog {
         let mut history = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if history.entries.len() >= self.capacity {
             history.entries.pop_front();
-            history.dropped += 1;
         }
         history.entries.push_back(entry);
     }
@@ -287,11 +276,6 @@ impl EventLog {
         out.reverse();
         out
     }
-
-    /// How many events were dropped because the history was full.
-    pub fn dropped(&self) -> u64 {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).dropped
-    }
 }
 
 #[cfg(test)]
@@ -299,7 +283,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn history_is_bounded_and_counts_drops() {
+    fn history_is_bounded() {
         let log = EventLog::new(3);
         for pid in 0..5 {
             log.emit(
@@ -314,7 +298,7 @@ mod tests {
         let a = log.for_instance("a", 10);
         assert_eq!(a.len(), 2);
         assert_eq!(a[1].message, "started as pid 4");
-        assert_eq!(log.dropped(), 3);
+        assert_eq!(log.for_instance("a", 10)[0].message, "started as pid 3");
         assert_eq!(log.for_instance("b", 10)[0].kind, "conflict-cleared");
     }
 }

@@ -37,6 +37,12 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Installed first: SIGHUP's default action would end the agent.
     let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    for missing in config.missing_binaries() {
+        tracing::warn!(
+            problem = missing.to_string().as_str(),
+            "An allowed engine binary is missing; instances of that version cannot start."
+        );
+    }
     let config = Arc::new(config);
     create_dir(&config.data_dir)?;
     let _lock = lock_data_dir(&config.data_dir)?;
@@ -74,8 +80,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     };
     let api_task = tokio::spawn(api::serve(listener, api_state, shutdown.clone()));
 
-    let mut source = manifests::ManifestSource::new(config.clone(), board.clone(), events.clone());
-    if let Some(state) = source.initial() {
+    let source = Arc::new(std::sync::Mutex::new(manifests::ManifestSource::new(
+        config.clone(),
+        board.clone(),
+        events.clone(),
+    )));
+    if let Some(state) = read_manifests(&source, None).await {
         supervisor.apply(state).await;
     }
     // systemd (Type=notify) learns that the agent is up; instances may still be starting.
@@ -97,9 +107,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             }
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP: reading the manifests again.");
-                source.reload(true)
+                read_manifests(&source, Some(true)).await
             }
-            _ = rescan.tick() => source.reload(false),
+            _ = rescan.tick() => read_manifests(&source, Some(false)).await,
         };
         if let Some(state) = reloaded {
             supervisor.apply(state).await;
@@ -115,6 +125,38 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         _ => {}
     }
     Ok(())
+}
+
+/// Reads the manifests off the runtime's threads (files, password files, and an fsync
+/// of desired.json), with a time limit so that a hung disk cannot stall the agent's
+/// main loop. `reload`: `None` for the initial read, else whether it is forced.
+async fn read_manifests(
+    source: &Arc<std::sync::Mutex<manifests::ManifestSource>>,
+    reload: Option<bool>,
+) -> Option<desired::DesiredState> {
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+    let source = source.clone();
+    let work = tokio::task::spawn_blocking(move || {
+        let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
+        match reload {
+            None => source.initial(),
+            Some(force) => source.reload(force),
+        }
+    });
+    match tokio::time::timeout(LIMIT, work).await {
+        Ok(Ok(state)) => state,
+        Ok(Err(error)) => {
+            tracing::error!(error = error.to_string().as_str(), "Reading the manifests failed.");
+            None
+        }
+        Err(_) => {
+            tracing::error!(
+                limit_s = LIMIT.as_secs(),
+                "Reading the manifests did not finish in time; is the disk hung?"
+            );
+            None
+        }
+    }
 }
 
 /// Makes sure only one agent works on a data directory: two would fight over every

@@ -22,6 +22,8 @@ pub struct ManifestSource {
     events: Arc<EventLog>,
     accepted: Option<DesiredState>,
     fingerprint: Option<Fingerprint>,
+    /// Password files the manifests name, watched like the manifests themselves.
+    password_files: Vec<PathBuf>,
 }
 
 impl ManifestSource {
@@ -32,6 +34,7 @@ impl ManifestSource {
             events,
             accepted: None,
             fingerprint: None,
+            password_files: Vec::new(),
         }
     }
 
@@ -81,13 +84,21 @@ impl ManifestSource {
             }
             return None;
         };
-        let fingerprint = desired::fingerprint(&dir, &self.password_files());
+        let fingerprint = desired::fingerprint(&dir, &self.password_files);
         if !force && self.fingerprint.as_ref() == Some(&fingerprint) {
             return None;
         }
         self.fingerprint = Some(fingerprint);
         let next_generation = self.accepted.as_ref().map_or(1, |s| s.generation + 1);
-        let state = match desired::load_manifests(&dir, &self.config, next_generation) {
+        let mut password_files = Vec::new();
+        let loaded = desired::load_manifests_watching(&dir, &self.config, next_generation, &mut password_files);
+        if password_files != self.password_files {
+            // Watch what the manifests name now (a password file that does not exist
+            // yet included), and take their current state as the baseline.
+            self.password_files = password_files;
+            self.fingerprint = Some(desired::fingerprint(&dir, &self.password_files));
+        }
+        let state = match loaded {
             Ok(state) => state,
             Err(problems) => {
                 self.reject(&problems);
@@ -102,6 +113,8 @@ impl ManifestSource {
             }
         }
         if let Err(error) = desired::persist(&state, &self.config.desired_state_path()) {
+            // Try again at the next rescan, not only after the next edit.
+            self.fingerprint = None;
             let problem = Problem {
                 file: self.config.desired_state_path().display().to_string(),
                 field: "-".into(),
@@ -116,7 +129,7 @@ impl ManifestSource {
 
     fn reject(&self, problems: &[Problem]) {
         for problem in problems {
-            tracing::error!(%problem, "Manifest problem.");
+            tracing::error!(problem = problem.to_string().as_str(), "Manifest problem.");
         }
         self.events.emit(
             "",
@@ -126,19 +139,6 @@ impl ManifestSource {
             },
         );
         self.board.rejected("manifests", problems);
-    }
-
-    /// The password files the accepted specs read, so that a rotated password file is
-    /// noticed like an edited manifest.
-    fn password_files(&self) -> Vec<PathBuf> {
-        let (Some(state), Some(dir)) = (&self.accepted, &self.config.manifest_dir) else {
-            return Vec::new();
-        };
-        state
-            .instances
-            .iter()
-            .filter_map(|d| d.raw.get("password_file")?.as_str().map(|p| dir.join(p)))
-            .collect()
     }
 }
 

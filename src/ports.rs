@@ -31,14 +31,26 @@ impl std::fmt::Display for PortHolder {
 }
 
 /// Finds a TCP listener on `port` (any address, IPv4 or IPv6) and, if it can, the
-/// process that holds it. `None` when nothing listens there.
+/// process that holds it. `None` when nothing listens there. Can take long when the
+/// port is taken (see [`holder`]).
 pub fn find_listener(port: u16) -> Option<PortHolder> {
-    // A wildcard bind fails if anything listens on the port on any IPv4 address (or
-    // on a dual-stack IPv6 wildcard). Sockets in TIME_WAIT do not make it fail: the
-    // standard library sets SO_REUSEADDR.
-    if TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok() && !listens_on_ipv6(port) {
+    if is_free(port) {
         return None;
     }
+    holder(port)
+}
+
+/// Cheap: whether nothing listens on `port`. A wildcard bind fails if anything listens
+/// on the port on any IPv4 address (or on a dual-stack IPv6 wildcard). Sockets in
+/// TIME_WAIT do not make it fail: the standard library sets SO_REUSEADDR.
+pub fn is_free(port: u16) -> bool {
+    TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok() && !listens_on_ipv6(port)
+}
+
+/// Expensive (reads the socket tables and every process's descriptors): the listener
+/// on `port` and its process. `None` when no socket listens there after all (a bind
+/// can also fail for a connected socket that uses the port).
+pub fn holder(port: u16) -> Option<PortHolder> {
     let inode = listening_inodes(port).into_iter().next()?;
     let pid = pid_of_socket(inode);
     Some(PortHolder {

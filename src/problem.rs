@@ -49,10 +49,6 @@ impl Checker {
         }
     }
 
-    pub fn file(&self) -> &str {
-        &self.file
-    }
-
     pub fn problem(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem {
             file: self.file.clone(),

@@ -121,22 +121,36 @@ impl Process {
             binary: launch.binary.to_path_buf(),
             source,
         };
-        let child = command.spawn().map_err(exec_error)?;
+        let mut child = command.spawn().map_err(exec_error)?;
         let identity_error = |pid: u32, reason: String| SpawnError::Identity {
             binary: launch.binary.to_path_buf(),
             pid,
             reason,
         };
-        let pid = child
-            .id()
-            .ok_or_else(|| identity_error(0, "the child has no pid".into()))?;
+        let Some(pid) = child.id() else {
+            return Err(identity_error(0, "the child has no pid".into()));
+        };
         // The child is not reaped until this agent waits for it, so its pid cannot be
         // reused between the spawn and these reads.
-        let pidfd = PidFd::open(pid).map_err(|e| identity_error(pid, format!("pidfd_open: {e}")))?;
-        let stat = procfs::read_stat(pid)
-            .map_err(|e| identity_error(pid, e.to_string()))?
-            .ok_or_else(|| identity_error(pid, "no /proc entry".into()))?;
-        let executable = procfs::read_exe(pid).map_err(|e| identity_error(pid, format!("exe: {e}")))?;
+        let identity = (|| {
+            let pidfd = PidFd::open(pid).map_err(|e| format!("pidfd_open: {e}"))?;
+            let stat = procfs::read_stat(pid)
+                .map_err(|e| format!("/proc/{pid}/stat: {e}"))?
+                .ok_or_else(|| format!("/proc/{pid}/stat: no such process"))?;
+            let executable = procfs::read_exe(pid).map_err(|e| format!("/proc/{pid}/exe: {e}"))?;
+            Ok::<_, String>((pidfd, stat, executable))
+        })();
+        let (pidfd, stat, executable) = match identity {
+            Ok(identity) => identity,
+            Err(reason) => {
+                // A process the agent cannot prove it owns must not outlive this call:
+                // it would hold the port and the data directory unsupervised. The
+                // child is not reaped yet, so the signal cannot reach anything else;
+                // the runtime reaps it.
+                let _ = child.start_kill();
+                return Err(identity_error(pid, reason));
+            }
+        };
         let record = InstanceRecord {
             pid,
             start_ticks: stat.start_ticks,
@@ -161,11 +175,14 @@ impl Process {
         }
         let pid = record.pid;
         let check = || -> Result<(), CheckFailure> {
+            // Only a definite answer ("no such process", another start time, another
+            // executable) makes the process gone; any other error (EMFILE, EACCES, EIO…)
+            // proves nothing either way, and the record is kept for another look.
             let unreadable = |what: &str, e: std::io::Error| {
-                if e.kind() == std::io::ErrorKind::PermissionDenied {
-                    CheckFailure::Unverifiable(format!("cannot read /proc/{pid}/{what}: {e}"))
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    CheckFailure::Gone(format!("pid {pid} no longer exists"))
                 } else {
-                    CheckFailure::Gone(format!("cannot read /proc/{pid}/{what}: {e}"))
+                    CheckFailure::Unverifiable(format!("cannot read /proc/{pid}/{what}: {e}"))
                 }
             };
             let stat = procfs::read_stat(pid)
@@ -180,14 +197,7 @@ impl Process {
                     stat.start_ticks, record.start_ticks
                 )));
             }
-            let exe = match procfs::read_exe(pid) {
-                Ok(exe) => exe,
-                // The process may have exited since the stat was read.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(CheckFailure::Gone(format!("pid {pid} no longer exists")))
-                }
-                Err(e) => return Err(unreadable("exe", e)),
-            };
+            let exe = procfs::read_exe(pid).map_err(|e| unreadable("exe", e))?;
             if exe != record.executable {
                 return Err(CheckFailure::Gone(format!(
                     "pid {pid} runs {} instead of {}",
@@ -230,15 +240,6 @@ impl Process {
 
     pub fn record(&self) -> &InstanceRecord {
         &self.record
-    }
-
-    pub fn record_mut(&mut self) -> &mut InstanceRecord {
-        &mut self.record
-    }
-
-    /// Whether this agent started the process (as opposed to adopting it).
-    pub fn is_own_child(&self) -> bool {
-        self.child.is_some()
     }
 
     /// How long the process has been running.

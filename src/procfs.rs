@@ -36,11 +36,14 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
     })
 }
 
-/// Reads `/proc/<pid>/stat`. `Ok(None)` when there is no such process.
+/// Reads `/proc/<pid>/stat`. `Ok(None)` when there is no such process; text that
+/// cannot be parsed is an error, not "no process".
 pub fn read_stat(pid: u32) -> io::Result<Option<ProcStat>> {
     let path = format!("/proc/{pid}/stat");
     match fs::read_to_string(&path) {
-        Ok(text) => Ok(parse_stat(&text)),
+        Ok(text) => parse_stat(&text)
+            .map(Some)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{path}: unexpected format"))),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err(error),
     }
@@ -81,15 +84,6 @@ pub fn hostname() -> Option<String> {
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
-}
-
-/// Seconds since boot, from `/proc/uptime`.
-pub fn uptime_seconds() -> io::Result<f64> {
-    let text = fs::read_to_string("/proc/uptime")?;
-    text.split_whitespace()
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc/uptime"))
 }
 
 /// The last lines of a log file, reading at most the last 8 KiB.

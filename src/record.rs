@@ -25,6 +25,13 @@ pub struct InstanceRecord {
     pub started_at: u64,
     /// Restarts after crashes so far, carried across agent restarts.
     pub restarts: u64,
+    /// Unexpected exits in a row before this start, so that an agent restarted during a
+    /// crash loop keeps backing off.
+    #[serde(default)]
+    pub consecutive_crashes: u32,
+    /// Where the agent reaches the process (an address it binds, and its port).
+    #[serde(default)]
+    pub address: Option<std::net::SocketAddr>,
     pub engine: EngineKind,
     pub version: String,
     pub port: u16,
@@ -58,7 +65,11 @@ pub fn read(instance_dir: &Path) -> Result<Option<InstanceRecord>, RecordError> 
 
 /// Writes the record atomically.
 pub fn write(instance_dir: &Path, record: &InstanceRecord) -> Result<(), crate::atomic_file::WriteError> {
-    let mut bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
+    let mut bytes = serde_json::to_vec_pretty(record).map_err(|e| crate::atomic_file::WriteError {
+        path: path(instance_dir),
+        step: "serialize",
+        source: std::io::Error::other(e),
+    })?;
     bytes.push(b'\n');
     // A record is worthless after a reboot (its boot id no longer matches), so it
     // only has to survive a crash of the agent: no fsync.
@@ -104,6 +115,8 @@ mod tests {
             config_hash: "h".into(),
             started_at: 1,
             restarts: 2,
+            consecutive_crashes: 1,
+            address: Some("127.0.0.1:7000".parse().unwrap()),
             engine: EngineKind::Redis,
             version: "7.0".into(),
             port: 7000,

@@ -18,7 +18,7 @@ pub enum Phase {
     Starting,
     /// Running and answering PING.
     Running,
-    /// Exited unexpectedly; restarting after a back-off delay.
+    /// Exited unexpectedly (or failed to start); restarting after a back-off delay.
     Backoff,
     /// Crashed several times in a row; still restarting, with growing delays.
     CrashLoop,
@@ -28,7 +28,8 @@ pub enum Phase {
     Stopped,
     /// Another process holds the port; the agent waits for it to go away.
     Conflict,
-    /// Could not be started (e.g. the binary or a directory is missing); retried.
+    /// Could not be started (e.g. the binary or a directory is missing); retried with
+    /// back-off.
     Failed,
 }
 
@@ -105,6 +106,32 @@ pub struct InstanceStatus {
 }
 
 impl InstanceStatus {
+    /// A declared instance its worker has not acted on yet.
+    pub fn pending(name: &str, spec: &crate::spec::InstanceSpec) -> InstanceStatus {
+        InstanceStatus {
+            name: name.to_string(),
+            engine: spec.engine,
+            version: spec.version.clone(),
+            port: spec.port,
+            want: match spec.state {
+                crate::spec::RunState::Running => Want::Running,
+                crate::spec::RunState::Stopped => Want::Stopped,
+            },
+            phase: Phase::Pending,
+            ready: false,
+            pid: None,
+            restarts: 0,
+            consecutive_crashes: 0,
+            started_at: None,
+            uptime_seconds: None,
+            last_exit: None,
+            last_stop: None,
+            next_restart_at_ms: None,
+            reconciled: false,
+            message: String::new(),
+        }
+    }
+
     /// Fills the fields computed from the current time.
     fn with_clock(mut self, now_s: u64) -> InstanceStatus {
         self.uptime_seconds = self.started_at.map(|s| now_s.saturating_sub(s));

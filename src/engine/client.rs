@@ -1,43 +1,66 @@
 //! A short-lived, authenticated connection to one local instance, on top of the `redis`
-//! crate. Every call has a timeout, and every error names the port; a password is
+//! crate. Every call has a timeout, and every error names the address; a password is
 //! never part of an error.
 
 use crate::spec::Secret;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Value};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-/// How the agent reaches an instance: always over loopback.
+/// How the agent reaches one of its instances, and which process it expects there.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub port: u16,
+    /// An address the instance listens on (a wildcard is reached over loopback).
+    pub addr: SocketAddr,
     pub password: Option<Secret>,
     /// Limit for connecting and for each reply.
     pub timeout: Duration,
+    /// The pid the agent started or adopted: whatever answers on the address must be
+    /// this process, or the agent is talking to a stranger.
+    pub pid: u32,
+}
+
+impl Target {
+    /// The address to reach an instance listening on `bind:port`.
+    pub fn address(bind: IpAddr, port: u16) -> SocketAddr {
+        let ip = match bind {
+            IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            other => other,
+        };
+        SocketAddr::new(ip, port)
+    }
 }
 
 /// A failed call to an instance.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to 127.0.0.1:{port}: {reason}")]
-    Connect { port: u16, reason: String },
-    #[error("127.0.0.1:{port} did not answer {command} within {timeout:?}")]
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error("{addr} did not answer {command} within {timeout:?}")]
     Timeout {
-        port: u16,
+        addr: SocketAddr,
         command: &'static str,
         timeout: Duration,
     },
-    #[error("127.0.0.1:{port} answered {command} with an error: {reason}")]
+    #[error("{addr} answered {command} with an error: {reason}")]
     Server {
-        port: u16,
+        addr: SocketAddr,
         command: &'static str,
         reason: String,
     },
-    #[error("connection to 127.0.0.1:{port} failed during {command}: {reason}")]
+    #[error("connection to {addr} failed during {command}: {reason}")]
     Io {
-        port: u16,
+        addr: SocketAddr,
         command: &'static str,
         reason: String,
+    },
+    #[error("{addr} is answered by pid {found}, not by pid {expected}: another process holds the port")]
+    Stranger {
+        addr: SocketAddr,
+        expected: u32,
+        found: String,
     },
 }
 
@@ -67,29 +90,24 @@ impl ClientError {
 /// An open connection.
 pub struct Connection {
     inner: MultiplexedConnection,
-    port: u16,
+    addr: SocketAddr,
     timeout: Duration,
 }
 
 impl Connection {
-    /// Connects to `127.0.0.1:port` and authenticates when the target has a password.
+    /// Connects to the target's address and authenticates when it has a password.
     pub async fn open(target: &Target) -> Result<Connection, ClientError> {
         let mut settings = RedisConnectionInfo::default().set_skip_set_lib_name();
         if let Some(password) = &target.password {
             settings = settings.set_password(password.expose());
         }
-        let port = target.port;
-        let info = ConnectionAddr::Tcp("127.0.0.1".to_string(), port)
+        let addr = target.addr;
+        let connect_error = |reason: String| ClientError::Connect { addr, reason };
+        let info = ConnectionAddr::Tcp(addr.ip().to_string(), addr.port())
             .into_connection_info()
-            .map_err(|e| ClientError::Connect {
-                port,
-                reason: e.to_string(),
-            })?
+            .map_err(|e| connect_error(e.to_string()))?
             .set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(|e| ClientError::Connect {
-            port,
-            reason: e.to_string(),
-        })?;
+        let client = redis::Client::open(info).map_err(|e| connect_error(e.to_string()))?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(target.timeout))
             .set_response_timeout(Some(target.timeout));
@@ -100,19 +118,32 @@ impl Connection {
         )
         .await
         .map_err(|_| ClientError::Timeout {
-            port,
+            addr,
             command: "connect",
             timeout: target.timeout,
         })?
-        .map_err(|e| ClientError::Connect {
-            port,
-            reason: describe(&e),
-        })?;
+        .map_err(|e| connect_error(describe(&e)))?;
         Ok(Connection {
             inner,
-            port,
+            addr,
             timeout: target.timeout,
         })
+    }
+
+    /// Checks that the server is the expected process (`INFO server` → `process_id`).
+    pub async fn verify_pid(&mut self, expected: u32) -> Result<(), ClientError> {
+        let reply = self.call("INFO", &["server"]).await?;
+        let text = as_text(&reply).unwrap_or_default();
+        let found = info_field(&text, "process_id").unwrap_or("none").to_string();
+        if found == expected.to_string() {
+            Ok(())
+        } else {
+            Err(ClientError::Stranger {
+                addr: self.addr,
+                expected,
+                found,
+            })
+        }
     }
 
     /// Sends one command and returns the reply.
@@ -124,23 +155,23 @@ impl Connection {
         for arg in args {
             cmd.arg(*arg);
         }
-        let port = self.port;
+        let addr = self.addr;
         match tokio::time::timeout(self.timeout, cmd.query_async::<Value>(&mut self.inner)).await {
             Err(_) => Err(ClientError::Timeout {
-                port,
+                addr,
                 command,
                 timeout: self.timeout,
             }),
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() => {
                 Err(ClientError::Io {
-                    port,
+                    addr,
                     command,
                     reason: describe(&e),
                 })
             }
             Ok(Err(e)) => Err(ClientError::Server {
-                port,
+                addr,
                 command,
                 reason: describe(&e),
             }),
@@ -156,6 +187,14 @@ impl Connection {
             _ => None,
         })
     }
+}
+
+/// The value of `key` in an `INFO` reply (`key:value` lines).
+pub fn info_field<'t>(text: &'t str, key: &str) -> Option<&'t str> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        (k == key).then_some(v.trim_end())
+    })
 }
 
 /// A reply as text, when it is a string.
@@ -201,7 +240,7 @@ mod tests {
 
     fn server_error(reason: &str) -> ClientError {
         ClientError::Server {
-            port: 1,
+            addr: "127.0.0.1:1".parse().unwrap(),
             command: "PING",
             reason: reason.to_string(),
         }
@@ -230,5 +269,28 @@ mod tests {
             }
         }
         assert!(!server_error("ERR syntax error").is_auth());
+    }
+
+    #[test]
+    fn process_id_is_read_from_real_info_replies() {
+        let redis = include_str!("../../tests/fixtures/redis/info-master.txt");
+        let pika = include_str!("../../tests/fixtures/pika/info-master.txt");
+        assert_eq!(info_field(redis, "process_id"), Some("32452"));
+        assert_eq!(info_field(pika, "process_id"), Some("20453"));
+        assert_eq!(info_field(redis, "no_such_field"), None);
+        assert_eq!(info_field("", "process_id"), None);
+    }
+
+    #[test]
+    fn wildcards_are_reached_over_loopback() {
+        assert_eq!(
+            Target::address("0.0.0.0".parse().unwrap(), 7).to_string(),
+            "127.0.0.1:7"
+        );
+        assert_eq!(Target::address("::".parse().unwrap(), 7).to_string(), "[::1]:7");
+        assert_eq!(
+            Target::address("10.1.2.3".parse().unwrap(), 7).to_string(),
+            "10.1.2.3:7"
+        );
     }
 }

@@ -11,7 +11,7 @@ mod redis;
 pub use client::{ClientError, Target};
 pub use redis::RedisEngine;
 
-use crate::spec::InstanceSpec;
+use crate::spec::{InstanceSpec, Secret};
 use std::ffi::OsString;
 use std::future::Future;
 use std::net::IpAddr;
@@ -108,11 +108,15 @@ pub trait Engine: Send + Sync + 'static {
     /// The command-line arguments, after the binary.
     fn args(&self, layout: &Layout) -> Vec<OsString>;
 
-    /// One readiness probe.
+    /// One readiness probe: ready only when the target's own process answers.
     fn probe<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Readiness>;
 
     /// Asks the server to stop gracefully.
     fn request_stop<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, StopRequest>;
+
+    /// The password a server started from the rendered config file `config_text` runs
+    /// with (an adopted process may have been started with an older spec).
+    fn configured_password(&self, config_text: &str) -> Option<Secret>;
 }
 
 static REDIS: RedisEngine = RedisEngine;

@@ -4,7 +4,7 @@
 
 use super::client::{as_text, ClientError, Connection, Target};
 use super::{BoxFuture, Engine, EngineKind, Layout, Readiness, StopRequest};
-use crate::spec::InstanceSpec;
+use crate::spec::{InstanceSpec, Secret};
 use std::ffi::OsString;
 use std::fmt::Write;
 
@@ -129,9 +129,14 @@ impl Engine for RedisEngine {
                 Err(e) => return Readiness::Unreachable(e.to_string()),
             };
             match conn.call("PING", &[]).await {
-                Ok(reply) if as_text(&reply).as_deref() == Some("PONG") => Readiness::Ready,
-                Ok(other) => Readiness::Unreachable(format!("PING answered {other:?} instead of PONG")),
-                Err(e) if e.is_loading() => Readiness::Starting("loading the dataset".into()),
+                Ok(reply) if as_text(&reply).as_deref() == Some("PONG") => {}
+                Ok(other) => return Readiness::Unreachable(format!("PING answered {other:?} instead of PONG")),
+                Err(e) if e.is_loading() => return Readiness::Starting("loading the dataset".into()),
+                Err(e) => return Readiness::Unreachable(e.to_string()),
+            }
+            // A PONG proves only that *something* answers on the port.
+            match conn.verify_pid(target.pid).await {
+                Ok(()) => Readiness::Ready,
                 Err(e) => Readiness::Unreachable(e.to_string()),
             }
         })
@@ -143,15 +148,14 @@ impl Engine for RedisEngine {
                 Ok(conn) => conn,
                 Err(e) => return StopRequest::Signal { reason: e.to_string() },
             };
+            // SHUTDOWN goes only to the process the agent owns; anything else (a
+            // stranger on the port, no password) is stopped through its pidfd.
+            if let Err(e) = conn.verify_pid(target.pid).await {
+                return StopRequest::Signal { reason: e.to_string() };
+            }
             // Ask the running server, not the spec: save points or AOF may have been
             // changed at runtime. When unsure, save: nothing is lost that way.
-            let persists = match persistence(&mut conn).await {
-                Ok(persists) => persists,
-                // Without the password (e.g. an undeclared instance found at start) only
-                // a signal can stop it; SIGTERM saves as configured, like SHUTDOWN.
-                Err(e) if e.is_auth() => return StopRequest::Signal { reason: e.to_string() },
-                Err(_) => true,
-            };
+            let persists = persistence(&mut conn).await.unwrap_or(true);
             let command = if persists { "SHUTDOWN SAVE" } else { "SHUTDOWN NOSAVE" };
             match conn.call(command, &[]).await {
                 // A successful SHUTDOWN never replies: the server closes the connection.
@@ -167,6 +171,16 @@ impl Engine for RedisEngine {
                     command: command.to_string(),
                     error: format!("unexpected reply {reply:?}"),
                 },
+            }
+        })
+    }
+
+    fn configured_password(&self, config_text: &str) -> Option<Secret> {
+        config_text.lines().find_map(|line| {
+            let args = split_config_line(line)?;
+            match args.as_slice() {
+                [key, value] if key == "requirepass" => Some(Secret::new(value)),
+                _ => None,
             }
         })
     }
@@ -195,9 +209,8 @@ pub fn quote(value: &str) -> String {
     out
 }
 
-/// Splits one line of `redis.conf` the way Redis does (`sdssplitargs`), for tests of
-/// the renderer. Returns `None` on unbalanced quotes.
-#[cfg(test)]
+/// Splits one line of `redis.conf` the way Redis does (`sdssplitargs`) for the quoting
+/// the renderer uses. Returns `None` on unbalanced quotes.
 pub fn split_config_line(line: &str) -> Option<Vec<String>> {
     let mut args = Vec::new();
     let mut chars = line.chars().peekable();
@@ -289,6 +302,15 @@ mod tests {
         let port_line = d.iter().position(|l| l[0] == "port").unwrap();
         let policy_line = d.iter().position(|l| l[0] == "maxmemory-policy").unwrap();
         assert!(policy_line < port_line, "spec keys must come before agent-owned keys");
+    }
+
+    #[test]
+    fn the_password_is_read_back_from_the_rendered_file() {
+        let mut spec = InstanceSpec::example("a", 7000);
+        spec.password = Some(Secret::new("p\"w \\d"));
+        let text = RedisEngine.render_config(&spec, &layout());
+        assert_eq!(RedisEngine.configured_password(&text), Some(Secret::new("p\"w \\d")));
+        assert_eq!(RedisEngine.configured_password("port 1\n"), None);
     }
 
     #[test]

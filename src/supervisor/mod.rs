@@ -14,7 +14,7 @@ pub use worker::WorkerContext;
 use crate::desired::DesiredState;
 use crate::events::Event;
 use crate::spec::InstanceSpec;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -44,7 +44,9 @@ pub struct Supervisor {
     ctx: Arc<WorkerContext>,
     shutdown: CancellationToken,
     workers: BTreeMap<String, watch::Sender<SpecSlot>>,
-    tasks: JoinSet<String>,
+    tasks: JoinSet<()>,
+    /// Which instance each worker task serves.
+    task_names: HashMap<tokio::task::Id, String>,
     desired: BTreeMap<String, Arc<InstanceSpec>>,
     orphans_checked: bool,
 }
@@ -61,6 +63,7 @@ impl Supervisor {
             shutdown,
             workers: BTreeMap::new(),
             tasks: JoinSet::new(),
+            task_names: HashMap::new(),
             desired: BTreeMap::new(),
             orphans_checked: false,
         };
@@ -75,9 +78,14 @@ impl Supervisor {
                     Some(state) => self.apply(state),
                     None => break,
                 },
-                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
-                    Ok(name) => self.worker_finished(name),
-                    Err(error) => tracing::error!(%error, "Instance worker failed."),
+                Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => match done {
+                    Ok((id, ())) => self.worker_finished(id),
+                    Err(error) => {
+                        let id = error.id();
+                        let name = self.task_names.get(&id).cloned().unwrap_or_default();
+                        tracing::error!(instance = name.as_str(), error = error.to_string().as_str(), "Instance worker failed; starting a new one.");
+                        self.worker_finished(id);
+                    }
                 },
             }
         }
@@ -132,42 +140,23 @@ impl Supervisor {
     fn start_worker(&mut self, name: String, spec: SpecSlot) {
         if let Some(spec) = &spec {
             // Shown as pending until the worker's first decision.
-            self.ctx.board.publish(crate::status::InstanceStatus {
-                name: name.clone(),
-                engine: spec.engine,
-                version: spec.version.clone(),
-                port: spec.port,
-                want: match spec.state {
-                    crate::spec::RunState::Running => crate::status::Want::Running,
-                    crate::spec::RunState::Stopped => crate::status::Want::Stopped,
-                },
-                phase: crate::status::Phase::Pending,
-                ready: false,
-                pid: None,
-                restarts: 0,
-                consecutive_crashes: 0,
-                started_at: None,
-                uptime_seconds: None,
-                last_exit: None,
-                last_stop: None,
-                next_restart_at_ms: None,
-                reconciled: false,
-                message: String::new(),
-            });
+            self.ctx
+                .board
+                .publish(crate::status::InstanceStatus::pending(&name, spec));
         }
         let (tx, rx) = watch::channel(spec);
         let worker = Worker::new(name.clone(), self.ctx.clone(), rx, self.shutdown.child_token());
-        let task_name = name.clone();
-        self.tasks.spawn(async move {
-            worker.run().await;
-            task_name
-        });
+        let handle = self.tasks.spawn(worker.run());
+        self.task_names.insert(handle.id(), name.clone());
         self.workers.insert(name, tx);
     }
 
     /// A worker ended: its instance was removed and stopped, or the agent shuts down.
     /// If the instance was declared again meanwhile, it gets a new worker.
-    fn worker_finished(&mut self, name: String) {
+    fn worker_finished(&mut self, id: tokio::task::Id) {
+        let Some(name) = self.task_names.remove(&id) else {
+            return;
+        };
         self.workers.remove(&name);
         if let Some(spec) = self.desired.get(&name).cloned() {
             if !self.shutdown.is_cancelled() {

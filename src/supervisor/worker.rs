@@ -11,8 +11,8 @@ use crate::events::{Event, EventLog};
 use crate::ports::{self, PortHolder};
 use crate::process::{unix_now, unix_now_millis, Adoption, Exit, Launch, Process};
 use crate::procfs;
-use crate::record::{self, InstanceRecord};
-use crate::spec::{InstanceSpec, RunState};
+use crate::record::{self, InstanceRecord, RecordError};
+use crate::spec::{InstanceSpec, RunState, Secret};
 use crate::status::{ExitOutcome, InstanceStatus, Phase, StatusBoard, StopOutcome, Want};
 use crate::sys::{self, ChildSetup};
 use std::path::PathBuf;
@@ -27,10 +27,15 @@ const CONFLICT_RECHECK_FIRST: Duration = Duration::from_millis(50);
 const CONFLICT_RECHECK_MAX: Duration = Duration::from_secs(2);
 /// Limit for connecting to an instance and for each reply.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Limit for file work (directories, config, record, /proc scans).
+const DISK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Readiness probes start this fast (redis-server answers ~7 ms after exec)…
 const PROBE_FIRST: Duration = Duration::from_millis(2);
 /// …and slow down to this while a server is not answering or loading.
 const PROBE_MAX: Duration = Duration::from_millis(200);
+/// A stop request the server refused (e.g. a failing save) is repeated this often
+/// until the stop timeout.
+const STOP_RETRY: Duration = Duration::from_secs(5);
 /// How many log lines the status shows after a crash.
 const LOG_TAIL_LINES: usize = 5;
 
@@ -54,10 +59,11 @@ enum Wake {
     Timer,
 }
 
-/// Whether a stop ran to its end.
-enum Flow {
-    Continue,
-    Cancelled,
+/// A stop in progress, for the status while the process is being stopped.
+struct Stopping {
+    pid: u32,
+    port: u16,
+    message: String,
 }
 
 pub struct Worker {
@@ -68,8 +74,8 @@ pub struct Worker {
     /// Engine, version and port, from the spec or (for an undeclared instance) its record.
     identity: Option<(EngineKind, String, u16)>,
     process: Option<Process>,
-    /// The spec the live process was started (or adopted) with.
-    current: Option<Arc<InstanceSpec>>,
+    /// The password the live process runs with (the declared one may be newer).
+    auth: Option<Secret>,
     ready: bool,
     loading: bool,
     probe_delay: Duration,
@@ -78,7 +84,6 @@ pub struct Worker {
     last_probe_error: Option<String>,
     crashes: CrashHistory,
     restart_not_before: Option<Instant>,
-    restart_at_ms: Option<u64>,
     /// The next start follows an unexpected exit and counts as a restart.
     restart_pending: bool,
     restarts: u64,
@@ -91,9 +96,10 @@ pub struct Worker {
     /// The record names a live process the agent cannot verify (see `Adoption`).
     unverified: Option<String>,
     failure: Option<String>,
-    stopping: Option<String>,
-    /// The pid being stopped, shown while the process is out of `process`.
-    stopping_pid: Option<u32>,
+    /// A difference between the running process and what the agent would start now
+    /// that does not restart it (e.g. agent.toml names another binary for the version).
+    drift: Option<String>,
+    stopping: Option<Stopping>,
     reconciled: bool,
     last_desired_hash: Option<String>,
 }
@@ -112,7 +118,7 @@ impl Worker {
             shutdown,
             identity: None,
             process: None,
-            current: None,
+            auth: None,
             ready: false,
             loading: false,
             probe_delay: PROBE_FIRST,
@@ -120,7 +126,6 @@ impl Worker {
             last_probe_error: None,
             crashes: CrashHistory::default(),
             restart_not_before: None,
-            restart_at_ms: None,
             restart_pending: false,
             restarts: 0,
             last_exit: None,
@@ -130,8 +135,8 @@ impl Worker {
             conflict_recheck: CONFLICT_RECHECK_FIRST,
             unverified: None,
             failure: None,
+            drift: None,
             stopping: None,
-            stopping_pid: None,
             reconciled: false,
             last_desired_hash: None,
         }
@@ -145,9 +150,13 @@ impl Worker {
         self.ctx.config.instances_dir().join(&self.name)
     }
 
+    fn log_file(&self) -> PathBuf {
+        self.ctx.config.instances.log_dir.join(format!("{}.log", self.name))
+    }
+
     pub async fn run(mut self) {
         let initial = self.specs.borrow().clone();
-        self.adopt(initial.as_ref());
+        self.adopt(initial.as_ref()).await;
         loop {
             if self.shutdown.is_cancelled() {
                 return;
@@ -162,17 +171,16 @@ impl Worker {
                 // earned by the old one (which may be exactly what was fixed).
                 if self.last_desired_hash.as_ref().is_some_and(|h| h != config_hash) {
                     self.restart_not_before = None;
-                    self.restart_at_ms = None;
                     self.crashes.reset();
                 }
                 self.last_desired_hash = Some(config_hash.clone());
             }
             if self.unverified.is_some() && self.process.is_none() {
                 // Maybe the agent can read the process now (or it is gone).
-                self.adopt(spec.as_ref());
+                self.adopt(spec.as_ref()).await;
             }
             let now = Instant::now();
-            let blocked = self.unverified.is_some() || self.check_ports(spec.as_deref(), &desired, now);
+            let blocked = self.unverified.is_some() || self.check_ports(spec.as_deref(), &desired, now).await;
             let observed = Observed {
                 running: self.process.as_ref().map(|p| p.record().config_hash.clone()),
                 restart_not_before: self.restart_not_before,
@@ -180,10 +188,14 @@ impl Worker {
             };
             let mut wake_at = None;
             match plan::reconcile(&desired, &observed, now) {
-                Action::Idle => {}
+                Action::Idle => wake_at = self.stable_run_check(),
                 Action::Start => {
                     if let Some(spec) = &spec {
                         self.start(spec).await;
+                    }
+                    if self.process.is_none() {
+                        // The start failed; the back-off decides when to try again.
+                        continue;
                     }
                 }
                 Action::WaitUntil(at) => wake_at = Some(at),
@@ -191,10 +203,12 @@ impl Worker {
                     wake_at = Some(now + self.conflict_recheck);
                     self.conflict_recheck = (self.conflict_recheck * 2).min(CONFLICT_RECHECK_MAX);
                 }
-                Action::Stop(reason) => match self.stop(reason, spec.as_deref()).await {
-                    Flow::Continue => continue,
-                    Flow::Cancelled => return,
-                },
+                Action::Stop(reason) => {
+                    if self.stop(reason, spec.as_deref()).await {
+                        continue;
+                    }
+                    return;
+                }
                 Action::Finish => {
                     self.ctx.board.remove(&self.name);
                     return;
@@ -202,8 +216,7 @@ impl Worker {
             }
             self.publish(&desired);
 
-            let wake = self.next_wake(wake_at).await;
-            match wake {
+            match self.next_wake(wake_at).await {
                 Wake::Shutdown => return,
                 Wake::SpecChanged | Wake::Timer => {}
                 Wake::Exited(exit) => self.on_exit(exit),
@@ -242,19 +255,27 @@ impl Worker {
         }
     }
 
+    /// Where and as whom the agent talks to the live process.
+    fn target(&self, process: &Process) -> Target {
+        let record = process.record();
+        let bind = self.ctx.config.instances.bind.first().copied();
+        let addr = record
+            .address
+            .unwrap_or_else(|| Target::address(bind.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()), record.port));
+        Target {
+            addr,
+            password: self.auth.clone(),
+            timeout: CALL_TIMEOUT,
+            pid: process.pid(),
+        }
+    }
+
     /// A readiness probe after the current probe delay, while the process is not ready.
     fn readiness_probe(&self) -> impl std::future::Future<Output = Readiness> + 'static {
-        let target = match (&self.process, self.ready, self.identity.as_ref()) {
-            (Some(process), false, Some((kind, _, _))) => engine::for_kind(*kind).map(|engine| {
-                (
-                    engine,
-                    Target {
-                        port: process.record().port,
-                        password: self.current.as_ref().and_then(|s| s.password.clone()),
-                        timeout: CALL_TIMEOUT,
-                    },
-                )
-            }),
+        let target = match (&self.process, self.ready) {
+            (Some(process), false) => {
+                engine::for_kind(process.record().engine).map(|engine| (engine, self.target(process)))
+            }
             _ => None,
         };
         let delay = self.probe_delay;
@@ -270,67 +291,132 @@ impl Worker {
     }
 
     /// Adopts the instance's process from its record, if the record proves it ours.
-    fn adopt(&mut self, spec: Option<&Arc<InstanceSpec>>) {
+    async fn adopt(&mut self, spec: Option<&Arc<InstanceSpec>>) {
         let dir = self.instance_dir();
-        let record = match record::read(&dir) {
-            Ok(Some(record)) => record,
-            Ok(None) => return,
-            Err(error) => {
+        let read = {
+            let dir = dir.clone();
+            blocking("read the instance record", move || record::read(&dir)).await
+        };
+        let record = match read {
+            Ok(Ok(Some(record))) => record,
+            Ok(Ok(None)) => return,
+            Ok(Err(RecordError::Invalid { path, source })) => {
                 self.emit(Event::RecordUnreadable {
-                    error: error.to_string(),
+                    error: format!("{} is not a valid record: {source}", path.display()),
                 });
                 // Keep it for a human to look at, out of the way of the next start.
-                let path = record::path(&dir);
                 let _ = std::fs::rename(&path, path.with_extension("json.unreadable"));
                 return;
             }
+            // Cannot read it now (EMFILE, EIO, a hung disk…): keep it, look again.
+            Ok(Err(error)) => return self.set_unverified(error.to_string()),
+            Err(error) => return self.set_unverified(error),
         };
         self.restarts = record.restarts;
         if self.identity.is_none() {
             self.identity = Some((record.engine, record.version.clone(), record.port));
         }
-        match Process::adopt(&record, &self.ctx.boot_id) {
-            Adoption::Adopted(process) => {
+        let boot_id = self.ctx.boot_id.clone();
+        let adoption = {
+            let record = record.clone();
+            blocking("verify the recorded process", move || Process::adopt(&record, &boot_id)).await
+        };
+        match adoption {
+            Ok(Adoption::Adopted(process)) => {
                 self.emit(Event::Adopted {
                     pid: process.pid(),
                     running_for: process.running_for(),
                 });
-                // Best guess for the password the process runs with: the declared one.
-                self.current = spec.cloned();
+                self.auth = self.running_password(&process, spec).await;
+                self.drift = self.binary_drift(&process);
+                self.crashes.consecutive = record.consecutive_crashes;
                 self.process = Some(*process);
                 self.unverified = None;
                 self.ready = false;
                 self.probe_delay = Duration::ZERO;
                 self.probe_began = Instant::now();
             }
-            Adoption::Gone(reason) => {
+            Ok(Adoption::Gone(reason)) => {
                 self.unverified = None;
+                let rebooted = record.boot_id != self.ctx.boot_id;
                 self.emit(Event::RecordStale { reason });
+                if !rebooted {
+                    // It died while no agent was watching, or while this agent was
+                    // between two starts: an unexpected exit like any other.
+                    self.crashes.consecutive = record.consecutive_crashes;
+                    let delay = self.crashes.on_crash(Duration::ZERO, fastrand::f64());
+                    self.restart_pending = true;
+                    self.schedule_restart(delay);
+                }
                 if let Err(e) = record::remove(&dir) {
-                    tracing::warn!(instance = %self.name, error = %e, "Cannot remove stale record.");
+                    tracing::warn!(instance = %self.name, error = %e, "Cannot remove a stale record.");
                 }
             }
-            Adoption::Unverifiable(reason) => {
-                if self.unverified.as_ref() != Some(&reason) {
-                    self.emit(Event::RecordUnverifiable { reason: reason.clone() });
-                }
-                self.unverified = Some(reason);
-            }
+            Ok(Adoption::Unverifiable(reason)) => self.set_unverified(reason),
+            Err(error) => self.set_unverified(error),
         }
     }
 
+    fn set_unverified(&mut self, reason: String) {
+        if self.unverified.as_ref() != Some(&reason) {
+            self.emit(Event::RecordUnverifiable { reason: reason.clone() });
+        }
+        self.unverified = Some(reason);
+    }
+
+    /// The password an adopted process was started with: the one in its rendered
+    /// config file, or else the declared one.
+    async fn running_password(&self, process: &Process, spec: Option<&Arc<InstanceSpec>>) -> Option<Secret> {
+        let declared = spec.and_then(|s| s.password.clone());
+        let engine = engine::for_kind(process.record().engine)?;
+        let path = self.instance_dir().join(engine.config_file_name());
+        match blocking("read the rendered config", move || std::fs::read_to_string(path)).await {
+            Ok(Ok(text)) => engine.configured_password(&text).or(declared),
+            _ => declared,
+        }
+    }
+
+    /// Whether agent.toml now names another binary for the version an adopted process
+    /// runs; that does not restart it (invariant 2), but the status says so.
+    fn binary_drift(&self, process: &Process) -> Option<String> {
+        let record = process.record();
+        let allowed = self.ctx.config.binary(record.engine, &record.version)?;
+        let allowed = std::fs::canonicalize(allowed).unwrap_or_else(|_| allowed.to_path_buf());
+        (allowed != record.executable).then(|| {
+            format!(
+                "runs {}, agent.toml now allows {} for version {:?}: it applies at the next restart (raise restart_epoch)",
+                record.executable.display(),
+                allowed.display(),
+                record.version
+            )
+        })
+    }
+
     /// Whether a foreign process holds one of the ports, checked only when a start is
-    /// about to happen.
-    fn check_ports(&mut self, spec: Option<&InstanceSpec>, desired: &Desired, now: Instant) -> bool {
+    /// about to happen. The bind probe is cheap; naming the holder is not, so it is done
+    /// once per conflict, off the runtime's threads.
+    async fn check_ports(&mut self, spec: Option<&InstanceSpec>, desired: &Desired, now: Instant) -> bool {
         let due = self.restart_not_before.is_none_or(|at| at <= now);
         let (Some(spec), Desired::Running { .. }, None, true) = (spec, desired, &self.process, due) else {
             return false;
         };
-        let holder = engine::for_kind(spec.engine)
+        let taken: Vec<u16> = engine::for_kind(spec.engine)
             .map(|e| e.ports(spec.port))
             .unwrap_or_default()
             .into_iter()
-            .find_map(ports::find_listener);
+            .filter(|p| !ports::is_free(*p))
+            .collect();
+        let holder = match (taken.first(), &self.conflict) {
+            (None, _) => None,
+            (Some(port), Some(known)) if known.port == *port => Some(known.clone()),
+            (Some(&port), _) => blocking("find the holder of a port", move || ports::holder(port))
+                .await
+                .unwrap_or(Some(PortHolder {
+                    port,
+                    pid: None,
+                    comm: None,
+                })),
+        };
         match (&holder, &self.conflict) {
             (Some(h), Some(old)) if h == old => {}
             (Some(h), _) => self.emit(Event::Conflict { holder: h.to_string() }),
@@ -365,18 +451,18 @@ impl Worker {
         let rendered = engine.render_config(spec, &layout);
         let prepared = {
             let layout = layout.clone();
-            tokio::task::spawn_blocking(move || prepare_files(&layout, &rendered)).await
+            blocking("prepare the instance's files", move || {
+                prepare_files(&layout, &rendered)
+            })
+            .await
         };
-        match prepared {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                self.emit(Event::ConfigWriteFailed { error: error.clone() });
-                return self.start_failed(error);
-            }
-            Err(join) => return self.start_failed(format!("file preparation did not finish: {join}")),
+        if let Err(error) = prepared.and_then(|r| r) {
+            self.emit(Event::ConfigWriteFailed { error: error.clone() });
+            return self.start_failed(error);
         }
 
         let after_crash = self.restart_pending;
+        let address = layout.bind.first().map(|ip| Target::address(*ip, spec.port));
         let base = InstanceRecord {
             pid: 0,
             start_ticks: 0,
@@ -385,6 +471,8 @@ impl Worker {
             config_hash: spec.config_hash(),
             started_at: 0,
             restarts: self.restarts + u64::from(after_crash),
+            consecutive_crashes: self.crashes.consecutive,
+            address,
             engine: spec.engine,
             version: spec.version.clone(),
             port: spec.port,
@@ -399,22 +487,21 @@ impl Worker {
                 oom_score_adj: spec.limits.oom_score_adj,
             },
         };
-        let process = match Process::spawn(launch, &self.ctx.boot_id, base) {
+        let mut process = match Process::spawn(launch, &self.ctx.boot_id, base) {
             Ok(process) => process,
             Err(error) => return self.start_failed(error.to_string()),
         };
-        // The record is the proof of ownership a later agent needs: write it before
-        // anything else can happen.
-        let record = process.record().clone();
-        let dir = layout.instance_dir.clone();
-        match tokio::task::spawn_blocking(move || record::write(&dir, &record)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(
-                instance = %self.name,
-                %error,
-                "Cannot write the instance record; a restarted agent will not be able to adopt this process."
-            ),
-            Err(join) => tracing::error!(instance = %self.name, error = %join, "Record write did not finish."),
+        // The record is the proof of ownership a later agent needs. Without it, the
+        // process would become a stranger on its own port: better not to run it.
+        let written = {
+            let record = process.record().clone();
+            let dir = layout.instance_dir.clone();
+            blocking("write the instance record", move || record::write(&dir, &record)).await
+        };
+        if let Err(error) = written.and_then(|r| r.map_err(|e| e.to_string())) {
+            let _ = process.signal(sys::SIGKILL);
+            let _ = tokio::time::timeout(DISK_TIMEOUT, process.wait()).await;
+            return self.start_failed(format!("{error}; the started process was killed"));
         }
         self.restarts = process.record().restarts;
         self.restart_pending = false;
@@ -423,7 +510,8 @@ impl Worker {
             after_crash,
         });
         self.process = Some(process);
-        self.current = Some(spec.clone());
+        self.auth = spec.password.clone();
+        self.drift = None;
         self.ready = false;
         self.loading = false;
         self.probe_delay = PROBE_FIRST;
@@ -431,7 +519,6 @@ impl Worker {
         self.last_probe_error = None;
         self.failure = None;
         self.restart_not_before = None;
-        self.restart_at_ms = None;
     }
 
     /// A start that did not produce a process counts like a crash for the back-off.
@@ -444,7 +531,6 @@ impl Worker {
 
     fn schedule_restart(&mut self, delay: Duration) {
         self.restart_not_before = Some(Instant::now() + delay);
-        self.restart_at_ms = Some(unix_now_millis() + delay.as_millis() as u64);
         self.emit(Event::RestartScheduled {
             delay,
             consecutive: self.crashes.consecutive,
@@ -461,19 +547,19 @@ impl Worker {
             exit,
             ran_for,
         });
+        // The record stays: the next start overwrites it, and until then it carries the
+        // restart counter and crash count to an agent that restarts in between (its pid
+        // fails the ownership proof, so it cannot cause harm).
         self.last_exit = Some(ExitOutcome { exit, at: unix_now() });
-        self.log_tail = procfs::tail_lines(&self.log_file(), LOG_TAIL_LINES).unwrap_or_default();
+        self.log_tail = procfs::tail_lines(&self.log_file(), LOG_TAIL_LINES)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|line| redact(&line, self.auth.as_ref()))
+            .collect();
         self.ready = false;
         self.loading = false;
         self.restart_pending = true;
         let delay = self.crashes.on_crash(ran_for, fastrand::f64());
-        // An immediate restart overwrites the record; removing it first would only
-        // delay the restart. A stale record is harmless: its pid fails the proof.
-        if !delay.is_zero() {
-            if let Err(e) = record::remove(&self.instance_dir()) {
-                tracing::warn!(instance = %self.name, error = %e, "Cannot remove the record of an exited process.");
-            }
-        }
         self.schedule_restart(delay);
     }
 
@@ -483,13 +569,15 @@ impl Worker {
         };
         match readiness {
             Readiness::Ready => {
-                let after = self.probe_began.elapsed();
                 self.ready = true;
                 self.loading = false;
                 self.last_probe_error = None;
                 self.conflict = None;
                 self.log_tail.clear();
-                self.emit(Event::Ready { pid, after });
+                self.emit(Event::Ready {
+                    pid,
+                    after: self.probe_began.elapsed(),
+                });
             }
             Readiness::Starting(_) => {
                 if !self.loading {
@@ -505,84 +593,128 @@ impl Worker {
         }
     }
 
-    /// Stops the process gracefully, then by SIGKILL after the stop timeout.
-    async fn stop(&mut self, reason: StopReason, spec: Option<&InstanceSpec>) -> Flow {
+    /// While a process that crashed before runs and is ready: when to forget the
+    /// earlier crashes (a stable run).
+    fn stable_run_check(&mut self) -> Option<Instant> {
+        let process = self
+            .process
+            .as_ref()
+            .filter(|_| self.ready && self.crashes.consecutive > 0)?;
+        let ran = process.running_for();
+        if ran >= CrashHistory::STABLE_AFTER {
+            self.crashes.reset();
+            return None;
+        }
+        Some(Instant::now() + (CrashHistory::STABLE_AFTER - ran))
+    }
+
+    /// Stops the process gracefully, then by SIGKILL after the stop timeout. Returns
+    /// false when the agent shut down meanwhile; the process is then left as it is,
+    /// with its record, and the next agent finishes the job.
+    async fn stop(&mut self, reason: StopReason, spec: Option<&InstanceSpec>) -> bool {
         let Some(mut process) = self.process.take() else {
-            return Flow::Continue;
+            return true;
         };
+        let began = Instant::now();
         let pid = process.pid();
         let timeout = spec
             .and_then(|s| s.stop_timeout)
-            .or_else(|| self.current.as_ref().and_then(|s| s.stop_timeout))
             .unwrap_or(self.ctx.config.instances.stop_timeout);
-        let target = Target {
-            port: process.record().port,
-            password: self.current.as_ref().and_then(|s| s.password.clone()),
-            timeout: CALL_TIMEOUT,
-        };
+        let deadline = began + timeout;
+        let target = self.target(&process);
         let engine: Option<&dyn Engine> = engine::for_kind(process.record().engine);
-        self.stopping = Some(format!("stopping ({})", reason.as_str()));
-        self.stopping_pid = Some(pid);
+        self.stopping = Some(Stopping {
+            pid,
+            port: process.record().port,
+            message: format!("stopping ({})", reason.as_str()),
+        });
         self.publish_current();
-        let began = Instant::now();
-
-        let request = match engine {
-            Some(engine) => tokio::select! {
-                request = engine.request_stop(&target) => request,
-                _ = self.shutdown.cancelled() => return self.abandon_stop(process),
-            },
-            None => StopRequest::Signal {
-                reason: "no engine".into(),
-            },
-        };
-        let method = match &request {
-            StopRequest::Sent { command } => command.clone(),
-            StopRequest::Refused { command, error } => {
-                self.emit(Event::StopRefused {
-                    command: command.clone(),
-                    error: error.clone(),
-                });
-                command.clone()
-            }
-            StopRequest::Signal { reason: why } => {
-                tracing::info!(instance = %self.name, pid, reason = %why, "Stop command not possible; sending SIGTERM.");
-                if let Err(e) = process.signal(sys::SIGTERM) {
-                    tracing::warn!(instance = %self.name, pid, error = %e, "SIGTERM failed.");
-                }
-                "SIGTERM".to_string()
-            }
-        };
         self.emit(Event::Stopping {
             pid,
             reason: reason.as_str(),
-            method: method.clone(),
         });
-        self.stopping = Some(format!("stopping ({}) with {method}", reason.as_str()));
-        self.publish_current();
 
-        let exited = tokio::select! {
-            _ = process.wait() => true,
-            _ = tokio::time::sleep(timeout) => false,
-            _ = self.shutdown.cancelled() => return self.abandon_stop(process),
+        // Ask, and ask again while the server refuses (a failing save may succeed once
+        // space is freed), until the process exits or the deadline passes.
+        let mut how;
+        let mut refusal: Option<String> = None;
+        let exited = loop {
+            let request = match engine {
+                Some(engine) => tokio::select! {
+                    request = engine.request_stop(&target) => request,
+                    _ = self.shutdown.cancelled() => return self.abandon_stop(process),
+                },
+                None => StopRequest::Signal {
+                    reason: "no engine".into(),
+                },
+            };
+            match request {
+                StopRequest::Sent { command } => {
+                    refusal = None;
+                    how = command;
+                }
+                StopRequest::Refused { command, error } => {
+                    self.emit(Event::StopRefused {
+                        command: command.clone(),
+                        error: error.clone(),
+                    });
+                    refusal = Some(format!("{command} refused: {error}"));
+                    how = command;
+                }
+                StopRequest::Signal { reason: why } => {
+                    tracing::info!(instance = %self.name, pid, reason = why.as_str(), "Stop command not possible; sending SIGTERM.");
+                    if let Err(e) = process.signal(sys::SIGTERM) {
+                        tracing::warn!(instance = %self.name, pid, error = %e, "SIGTERM failed.");
+                    }
+                    how = "SIGTERM".to_string();
+                }
+            }
+            self.emit(Event::StopRequested {
+                pid,
+                method: how.clone(),
+            });
+            if let Some(stopping) = &mut self.stopping {
+                stopping.message = match &refusal {
+                    Some(refusal) => format!("stopping ({}): {refusal}; retrying", reason.as_str()),
+                    None => format!("stopping ({}) with {how}", reason.as_str()),
+                };
+            }
+            self.publish_current();
+            let retry_at = if refusal.is_some() {
+                (Instant::now() + STOP_RETRY).min(deadline)
+            } else {
+                deadline
+            };
+            tokio::select! {
+                _ = process.wait() => break true,
+                _ = tokio::time::sleep_until(retry_at.into()) => {
+                    if Instant::now() >= deadline {
+                        break false;
+                    }
+                }
+                _ = self.shutdown.cancelled() => return self.abandon_stop(process),
+            }
         };
         let (how, forced) = if exited {
-            (method, false)
+            (how, false)
         } else {
             self.emit(Event::KilledAfterTimeout { pid, timeout });
             if let Err(e) = process.signal(sys::SIGKILL) {
                 tracing::warn!(instance = %self.name, pid, error = %e, "SIGKILL failed.");
             }
-            tokio::select! {
-                _ = process.wait() => {}
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {
-                    tracing::error!(instance = %self.name, pid, "Process still alive 5 s after SIGKILL.");
+            // SIGKILL cannot be ignored, but a process in uninterruptible sleep takes
+            // its time: wait, and keep saying so, rather than forget a live process.
+            loop {
+                tokio::select! {
+                    _ = process.wait() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                        tracing::error!(instance = %self.name, pid, "Process still alive after SIGKILL; waiting.");
+                    }
+                    _ = self.shutdown.cancelled() => return self.abandon_stop(process),
                 }
-                _ = self.shutdown.cancelled() => return self.abandon_stop(process),
             }
-            (
-                format!("SIGKILL after {}s ({method} did not finish)", timeout.as_secs()),
-                true,
-            )
+            let why = refusal.unwrap_or_else(|| format!("{how} did not finish"));
+            (format!("SIGKILL after {}s ({why})", timeout.as_secs()), true)
         };
         let took = began.elapsed();
         self.emit(Event::Stopped {
@@ -590,7 +722,11 @@ impl Worker {
             how: how.clone(),
             took,
         });
-        if let Err(e) = record::remove(&self.instance_dir()) {
+        let dir = self.instance_dir();
+        if let Err(e) = blocking("remove the instance record", move || record::remove(&dir))
+            .await
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
             tracing::warn!(instance = %self.name, error = %e, "Cannot remove the record of a stopped process.");
         }
         self.last_stop = Some(StopOutcome {
@@ -600,27 +736,21 @@ impl Worker {
             took_ms: took.as_millis() as u64,
         });
         self.stopping = None;
-        self.stopping_pid = None;
         self.ready = false;
         self.loading = false;
-        self.current = None;
+        self.auth = None;
+        self.drift = None;
         self.restart_not_before = None;
-        self.restart_at_ms = None;
         self.restart_pending = false;
-        Flow::Continue
+        true
     }
 
     /// The agent is shutting down during a stop: leave the process as it is (its record
     /// stays, so the next agent adopts it and finishes the job).
-    fn abandon_stop(&mut self, process: Process) -> Flow {
+    fn abandon_stop(&mut self, process: Process) -> bool {
         self.process = Some(process);
         self.stopping = None;
-        self.stopping_pid = None;
-        Flow::Cancelled
-    }
-
-    fn log_file(&self) -> PathBuf {
-        self.ctx.config.instances.log_dir.join(format!("{}.log", self.name))
+        false
     }
 
     fn publish_current(&mut self) {
@@ -630,7 +760,7 @@ impl Worker {
 
     /// Publishes the status derived from what the worker knows.
     fn publish(&mut self, desired: &Desired) {
-        let Some((engine, version, port)) = self.identity.clone() else {
+        let Some((engine, version, declared_port)) = self.identity.clone() else {
             return;
         };
         let want = match desired {
@@ -642,6 +772,19 @@ impl Worker {
         if !matches!(phase, Phase::Pending | Phase::Starting | Phase::Stopping) {
             self.reconciled = true;
         }
+        // The port of the live process, which may differ from a newly declared one.
+        let port = self
+            .process
+            .as_ref()
+            .map(|p| p.record().port)
+            .or(self.stopping.as_ref().map(|s| s.port))
+            .unwrap_or(declared_port);
+        let next_restart_at_ms = match (&self.process, want, self.restart_not_before) {
+            (None, Want::Running, Some(at)) => {
+                Some(unix_now_millis() + at.saturating_duration_since(Instant::now()).as_millis() as u64)
+            }
+            _ => None,
+        };
         let status = InstanceStatus {
             name: self.name.clone(),
             engine,
@@ -650,18 +793,18 @@ impl Worker {
             want,
             phase,
             ready: self.ready && self.process.is_some(),
-            pid: self.process.as_ref().map(Process::pid).or(self.stopping_pid),
+            pid: self
+                .process
+                .as_ref()
+                .map(Process::pid)
+                .or(self.stopping.as_ref().map(|s| s.pid)),
             restarts: self.restarts,
             consecutive_crashes: self.crashes.consecutive,
             started_at: self.process.as_ref().map(|p| p.record().started_at),
             uptime_seconds: None,
             last_exit: self.last_exit.clone(),
             last_stop: self.last_stop.clone(),
-            next_restart_at_ms: if self.process.is_none() && want == Want::Running {
-                self.restart_at_ms
-            } else {
-                None
-            },
+            next_restart_at_ms,
             reconciled: self.reconciled,
             message: self.message(phase),
         };
@@ -675,9 +818,12 @@ impl Worker {
         if self.process.is_some() {
             return if self.ready { Phase::Running } else { Phase::Starting };
         }
+        if self.unverified.is_some() {
+            return Phase::Conflict;
+        }
         match want {
             Want::Stopped | Want::Removed => Phase::Stopped,
-            Want::Running if self.conflict.is_some() || self.unverified.is_some() => Phase::Conflict,
+            Want::Running if self.conflict.is_some() => Phase::Conflict,
             Want::Running if self.failure.is_some() => Phase::Failed,
             Want::Running if self.crashes.in_crash_loop() => Phase::CrashLoop,
             Want::Running if self.restart_not_before.is_some() => Phase::Backoff,
@@ -686,14 +832,6 @@ impl Worker {
     }
 
     fn message(&self, phase: Phase) -> String {
-        let restart_in = || {
-            self.restart_at_ms
-                .map(|at| {
-                    let ms = StatusBoard::millis_until(at);
-                    format!("restarting in {:.1}s", ms as f64 / 1000.0)
-                })
-                .unwrap_or_default()
-        };
         let tail = || {
             if self.log_tail.is_empty() {
                 String::new()
@@ -708,8 +846,8 @@ impl Worker {
                 Some(e) => format!("waiting for PONG: {e}"),
                 None => "waiting for PONG".into(),
             },
-            Phase::Running => String::new(),
-            Phase::Stopping => self.stopping.clone().unwrap_or_default(),
+            Phase::Running => self.drift.clone().unwrap_or_default(),
+            Phase::Stopping => self.stopping.as_ref().map(|s| s.message.clone()).unwrap_or_default(),
             Phase::Stopped => match &self.last_stop {
                 Some(stop) => format!("stopped by {}", stop.how),
                 None => String::new(),
@@ -721,7 +859,10 @@ impl Worker {
                 (None, Some(holder)) => format!("{holder}; it is not an instance of this agent and is left alone"),
                 (None, None) => String::new(),
             },
-            Phase::Failed => format!("{}; {}", self.failure.clone().unwrap_or_default(), restart_in()),
+            Phase::Failed => format!(
+                "start failed: {}; retrying with back-off",
+                self.failure.clone().unwrap_or_default()
+            ),
             Phase::Backoff | Phase::CrashLoop => {
                 let exit = self
                     .last_exit
@@ -733,7 +874,7 @@ impl Worker {
                 } else {
                     String::new()
                 };
-                format!("{prefix}{exit}; {}{}", restart_in(), tail())
+                format!("{prefix}{exit}; waiting to restart{}", tail())
             }
         }
     }
@@ -749,23 +890,40 @@ fn desired_of(spec: Option<&InstanceSpec>) -> Desired {
     }
 }
 
+/// Runs file or /proc work off the runtime's threads, with a time limit. The error
+/// says what could not be done.
+async fn blocking<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    match tokio::time::timeout(DISK_TIMEOUT, tokio::task::spawn_blocking(work)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(join)) => Err(format!("cannot {what}: {join}")),
+        Err(_) => Err(format!(
+            "cannot {what}: no answer within {}s (hung disk?)",
+            DISK_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// Replaces the password in a log line: redis-server echoes offending config lines.
+fn redact(line: &str, password: Option<&Secret>) -> String {
+    match password {
+        Some(p) if !p.expose().is_empty() => line.replace(p.expose(), "<redacted>"),
+        _ => line.to_string(),
+    }
+}
+
 /// Creates the instance's directories and writes its config file atomically.
 fn prepare_files(layout: &Layout, rendered: &str) -> Result<(), String> {
     use std::os::unix::fs::DirBuilderExt;
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true).mode(0o750);
-    for dir in [&layout.instance_dir, &layout.data_dir] {
+    let log_dir = layout.log_file.parent().unwrap_or(&layout.instance_dir);
+    for dir in [&layout.instance_dir, &layout.data_dir, log_dir] {
         builder
             .create(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    if let Some(log_dir) = layout.log_file.parent() {
-        builder
-            .create(log_dir)
-            .map_err(|e| format!("cannot create {}: {e}", log_dir.display()))?;
-    }
     // A restart after a crash usually finds the file as it should be: skipping the
-    // write (and its fsyncs) keeps the restart fast.
+    // write keeps the restart fast.
     if std::fs::read(&layout.config_file).is_ok_and(|current| current == rendered.as_bytes()) {
         return Ok(());
     }
@@ -777,4 +935,20 @@ fn prepare_files(layout: &Layout, rendered: &str) -> Result<(), String> {
         crate::atomic_file::Durability::UntilReboot,
     )
     .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_log_lines() {
+        let pw = Secret::new("s3cret");
+        assert_eq!(
+            redact(">>> 'requirepass \"s3cret\" x'", Some(&pw)),
+            ">>> 'requirepass \"<redacted>\" x'"
+        );
+        assert_eq!(redact("nothing here", Some(&pw)), "nothing here");
+        assert_eq!(redact("s3cret", None), "s3cret");
+    }
 }
