@@ -43,7 +43,8 @@ pub struct ApiConfig {
 /// Settings that apply to every instance on the node.
 #[derive(Debug, Clone)]
 pub struct InstanceDefaults {
-    /// Addresses instances listen on. The agent itself talks to them over loopback.
+    /// Addresses instances listen on. The agent talks to an instance on the first one
+    /// (a wildcard is reached over loopback).
     pub bind: Vec<IpAddr>,
     /// Each instance logs to `log_dir/<name>.log`.
     pub log_dir: PathBuf,
@@ -201,11 +202,6 @@ impl AgentConfig {
                 }
                 if list.is_empty() {
                     c.problem(fields.path("bind"), "must name at least one address");
-                } else if bind.len() == list.len() && !bind.iter().any(|ip| ip.is_loopback() || ip.is_unspecified()) {
-                    c.problem(
-                        fields.path("bind"),
-                        "must include a loopback address (127.0.0.1) or a wildcard (0.0.0.0): the agent talks to instances over loopback",
-                    );
                 }
                 instances.bind = bind;
             }
@@ -375,18 +371,6 @@ mod tests {
             );
         }
         assert_eq!(problems.len(), expect.len(), "{problems:#?}");
-    }
-
-    #[test]
-    fn bind_must_reach_loopback() {
-        let problems = messages(load(
-            "[engines.redis.versions]\n\"7.0\" = \"/bin/sh\"\n[instances]\nbind = [\"10.0.0.5\"]\n",
-        ));
-        assert!(
-            problems[0].starts_with("agent.toml: instances.bind: must include a loopback"),
-            "{problems:?}"
-        );
-        assert!(load("[engines.redis.versions]\n\"7.0\" = \"/bin/sh\"\n[instances]\nbind = [\"0.0.0.0\"]\n").is_ok());
     }
 
     #[test]
