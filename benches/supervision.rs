@@ -3,7 +3,8 @@
 //! run. Four numbers:
 //!
 //! 1. kill -9 of an instance → PONG from the new process (agent), next to redis-server's
-//!    own exec → PONG (baseline);
+//!    own exec → PONG (baseline); every kill is an instance's first crash, half of them
+//!    of a process the agent started, half of one it adopted;
 //! 2. 100 instances from an empty data dir → all answering PING, agent vs. a plain spawn
 //!    loop (ratio);
 //! 3. agent restart with 100 running instances → /readyz 200, every process adopted,
@@ -743,7 +744,7 @@ struct KillResult {
     kill_to_exec: Vec<f64>,
     /// The same for the baseline: spawn → "Redis is starting".
     spawn_to_starting: Vec<f64>,
-    one_instance_memory: BTreeMap<String, u64>,
+    few_instances_memory: BTreeMap<String, u64>,
 }
 
 /// The agent's restart back-off is zero only for the first crash after a stable run
@@ -754,8 +755,6 @@ struct KillResult {
 /// (redis-server exec → PONG) are interleaved so that both see the same conditions.
 fn bench_kill(s: &Settings) -> KillResult {
     let mut run = AgentRun::new();
-    let port = free_port();
-    run.h.manifest("k", port, "");
     let base_port = free_port();
     let mut direct = Direct::new();
     let mut result = KillResult {
@@ -767,82 +766,97 @@ fn bench_kill(s: &Settings) -> KillResult {
         started_to_pong: Vec::new(),
         kill_to_exec: Vec::new(),
         spawn_to_starting: Vec::new(),
-        one_instance_memory: BTreeMap::new(),
+        few_instances_memory: BTreeMap::new(),
     };
-    // (agent start number, wall clock at the kill, instant of the kill, instant of
-    // PONG, new pid)
-    let mut kills: Vec<(u32, f64, Instant, Instant, u32)> = Vec::new();
-    let total = 2 * s.kills;
-    for round in 0..total {
+    // (agent start number, instance, wall clock at the kill, instant of the kill,
+    // instant of PONG, new pid)
+    let mut kills: Vec<(u32, String, f64, Instant, Instant, u32)> = Vec::new();
+    for round in 0..s.kills {
         // Baseline: exec → PONG of redis-server itself.
-        if round < s.kills {
-            let (t0, wall) = (Instant::now(), wall_seconds_of_day());
-            let pid = direct.spawn_with_args(base_port);
-            let (pong_at, answered) = wait_pong_from_new_pid(base_port, None, Duration::from_secs(10));
-            assert_eq!(answered, pid, "baseline: PONG from another process");
-            result.baseline.push(ms(pong_at - t0));
-            direct.kill_all();
-            let log = direct.dir.path().join("args").join("redis.log");
-            if let Some(starting) = redis_log_times(&[log], wall, Some(pid)).0.first() {
-                result.spawn_to_starting.push(*starting);
-            }
+        let (t0, wall) = (Instant::now(), wall_seconds_of_day());
+        let pid = direct.spawn_with_args(base_port);
+        let (pong_at, answered) = wait_pong_from_new_pid(base_port, None, Duration::from_secs(10));
+        assert_eq!(answered, pid, "baseline: PONG from another process");
+        result.baseline.push(ms(pong_at - t0));
+        direct.kill_all();
+        let log = direct.dir.path().join("args").join("redis.log");
+        if let Some(starting) = redis_log_times(&[log], wall, Some(pid)).0.first() {
+            result.spawn_to_starting.push(*starting);
         }
 
-        // A fresh agent run, so that this is a first crash.
-        let adopted = round % 2 == 1;
-        if run.h.agent.is_some() {
-            run.h.stop_agent(SIGTERM);
-            if !adopted {
-                // Make the next agent start the process itself.
-                if let Some(pid) = pid_on(port) {
-                    raw_kill(pid, libc::SIGKILL);
-                    while common::alive(pid) {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                }
+        // Every kill must be an instance's first crash: the agent restarts at once
+        // only then (later crashes within 60 s wait for the back-off, and the crash
+        // count survives agent restarts). So each round declares two new instances:
+        // one is killed while this agent's own child, the other after the next agent
+        // adopted it.
+        let (child, adopted) = (format!("c{round}"), format!("a{round}"));
+        let (child_port, adopted_port) = (free_port(), free_port());
+        run.h.manifest(&child, child_port, "");
+        run.h.manifest(&adopted, adopted_port, "");
+        for (name, port, is_adopted) in [(&child, child_port, false), (&adopted, adopted_port, true)] {
+            // A fresh agent: it starts the new instances, or adopts them.
+            if run.h.agent.is_some() {
+                run.h.stop_agent(SIGTERM);
             }
-        }
-        run.spawn(&s.agent_log);
-        run.wait_api();
-        run.h.wait_for("instance k ready", Duration::from_secs(10), |h| {
-            let i = h.instance("k");
-            i["ready"] == true && i["phase"] == "running"
-        });
-        if round + 1 == total {
-            result.one_instance_memory = memory(run.agent_pid());
-        }
-        let pid = run.h.instance("k")["pid"].as_u64().unwrap() as u32;
-        assert_eq!(pid_on(port), Some(pid), "the agent's pid does not answer on {port}");
-        // Let the agent finish writing its record and go idle.
-        std::thread::sleep(Duration::from_millis(50));
+            run.spawn(&s.agent_log);
+            run.wait_api();
+            run.h
+                .wait_for("the round's instances ready", Duration::from_secs(20), |h| {
+                    [&child, &adopted].iter().all(|n| {
+                        let i = h.instance(n);
+                        i["ready"] == true && i["phase"] == "running"
+                    })
+                });
+            let pid = run.h.instance(name)["pid"].as_u64().unwrap() as u32;
+            assert_eq!(pid_on(port), Some(pid), "the agent's pid does not answer on {port}");
+            let log = run.log_section(run.starts);
+            let was_adopted = log
+                .iter()
+                .any(|(_, l)| l.contains("Instance adopted.") && l.contains(&format!("instance=\"{name}\"")));
+            assert_eq!(
+                was_adopted, is_adopted,
+                "{name}: adopted {was_adopted}, expected {is_adopted}"
+            );
+            if round == 0 && is_adopted {
+                result.few_instances_memory = memory(run.agent_pid());
+            }
+            // Let the agent go idle.
+            std::thread::sleep(Duration::from_millis(50));
 
-        let wall = wall_seconds_of_day();
-        let t0 = Instant::now();
-        assert!(raw_kill(pid, libc::SIGKILL), "kill {pid}");
-        let (pong_at, new_pid) = wait_pong_from_new_pid(port, Some(pid), Duration::from_secs(10));
-        assert_ne!(new_pid, pid);
-        let took = ms(pong_at - t0);
-        if adopted {
-            result.adopted.push(took);
-        } else {
-            result.child.push(took);
+            let wall = wall_seconds_of_day();
+            let t0 = Instant::now();
+            assert!(raw_kill(pid, libc::SIGKILL), "kill {pid}");
+            let (pong_at, new_pid) = wait_pong_from_new_pid(port, Some(pid), Duration::from_secs(10));
+            assert_ne!(new_pid, pid);
+            let took = ms(pong_at - t0);
+            if is_adopted {
+                result.adopted.push(took);
+            } else {
+                result.child.push(took);
+            }
+            kills.push((run.starts, name.clone(), wall, t0, pong_at, new_pid));
+            // The agent sees the new process ready too before the next kill.
+            run.h
+                .wait_for("the instance ready again", Duration::from_secs(10), |h| {
+                    let i = h.instance(name);
+                    i["ready"] == true && i["pid"].as_u64() == Some(new_pid as u64)
+                });
         }
-        kills.push((run.starts, wall, t0, pong_at, new_pid));
-        // The agent sees the new process ready too before the next round.
-        run.h.wait_for("instance k ready again", Duration::from_secs(10), |h| {
-            let i = h.instance("k");
-            i["ready"] == true && i["pid"].as_u64() == Some(new_pid as u64)
-        });
     }
     run.h.stop_agent(SIGTERM);
 
-    let instance_log = run.h.instance_log("k");
-    for (start, wall, t0, pong_at, new_pid) in kills {
+    for (start, name, wall, t0, pong_at, new_pid) in kills {
+        let instance_log = run.h.instance_log(&name);
         let (starting, _) = redis_log_times(std::slice::from_ref(&instance_log), wall, Some(new_pid));
         if let Some(exec) = starting.first() {
             result.kill_to_exec.push(*exec);
         }
-        let lines = run.log_section(start);
+        let tag = format!("instance=\"{name}\"");
+        let lines: Vec<(f64, String)> = run
+            .log_section(start)
+            .into_iter()
+            .filter(|(_, l)| l.contains(&tag))
+            .collect();
         let exited = log_offsets(&lines, "Instance exited.", wall).0;
         let restarted = lines
             .iter()
@@ -1133,8 +1147,8 @@ fn main() {
             ));
         }
         notes.push(format!(
-            "1: agent with 1 instance: {}",
-            fmt_memory(&k.one_instance_memory)
+            "1: agent with 2 instances: {}",
+            fmt_memory(&k.few_instances_memory)
         ));
     }
 

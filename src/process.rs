@@ -10,7 +10,6 @@ use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Environment variables passed through to instances; everything else is cleared.
@@ -61,8 +60,8 @@ pub struct Launch<'a> {
 pub struct Process {
     pid: u32,
     pidfd: PidFd,
-    /// The child handle when this agent started it: reaps it and reads its status.
-    child: Option<tokio::process::Child>,
+    /// Started by this agent (so it can be reaped and its status read), not adopted.
+    own_child: bool,
     record: InstanceRecord,
 }
 
@@ -88,67 +87,63 @@ impl Process {
     /// /dev/null and stdout/stderr appended to the instance's log. Returns it with a
     /// record (everything but `config_hash` and `restarts`, which the caller sets).
     pub fn spawn(launch: Launch<'_>, boot_id: &str, base: InstanceRecord) -> Result<Process, SpawnError> {
+        let log_error = |source| SpawnError::Log {
+            path: launch.log_file.to_path_buf(),
+            source,
+        };
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o640)
             .open(launch.log_file)
-            .map_err(|source| SpawnError::Log {
-                path: launch.log_file.to_path_buf(),
-                source,
-            })?;
-        let log_err = log.try_clone().map_err(|source| SpawnError::Log {
-            path: launch.log_file.to_path_buf(),
+            .map_err(log_error)?;
+        let stdin = std::fs::File::open("/dev/null").map_err(|source| SpawnError::Log {
+            path: PathBuf::from("/dev/null"),
             source,
         })?;
-        let mut command = tokio::process::Command::new(launch.binary);
-        command
-            .args(&launch.args)
-            .current_dir(launch.working_dir)
-            .env_clear()
-            .env("PATH", CHILD_PATH)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .kill_on_drop(false);
+        let mut env: Vec<(String, std::ffi::OsString)> = vec![("PATH".into(), CHILD_PATH.into())];
         for name in PASSED_ENV {
             if let Some(value) = std::env::var_os(name) {
-                command.env(name, value);
+                env.push(((*name).to_string(), value));
             }
         }
-        sys::configure_child(&mut command, &launch.setup);
-        let exec_error = |source| SpawnError::Exec {
+        let (stdin, stdout): (std::os::fd::OwnedFd, std::os::fd::OwnedFd) = (stdin.into(), log.into());
+        let spawned = sys::spawn(&sys::Command {
+            program: launch.binary,
+            args: &launch.args,
+            env: &env,
+            cwd: launch.working_dir,
+            stdin: &stdin,
+            stdout: &stdout,
+            stderr: &stdout,
+            setup: &launch.setup,
+        })
+        .map_err(|source| SpawnError::Exec {
             binary: launch.binary.to_path_buf(),
             source,
-        };
-        let mut child = command.spawn().map_err(exec_error)?;
-        let identity_error = |pid: u32, reason: String| SpawnError::Identity {
-            binary: launch.binary.to_path_buf(),
-            pid,
-            reason,
-        };
-        let Some(pid) = child.id() else {
-            return Err(identity_error(0, "the child has no pid".into()));
-        };
+        })?;
+        let pid = spawned.pid;
         // The child is not reaped until this agent waits for it, so its pid cannot be
         // reused between the spawn and these reads.
         let identity = (|| {
-            let pidfd = PidFd::open(pid).map_err(|e| format!("pidfd_open: {e}"))?;
             let stat = procfs::read_stat(pid)
                 .map_err(|e| format!("/proc/{pid}/stat: {e}"))?
                 .ok_or_else(|| format!("/proc/{pid}/stat: no such process"))?;
             let executable = procfs::read_exe(pid).map_err(|e| format!("/proc/{pid}/exe: {e}"))?;
-            Ok::<_, String>((pidfd, stat, executable))
+            Ok::<_, String>((stat, executable))
         })();
-        let (pidfd, stat, executable) = match identity {
+        let (stat, executable) = match identity {
             Ok(identity) => identity,
             Err(reason) => {
                 // A process the agent cannot prove it owns must not outlive this call:
-                // it would hold the port and the data directory unsupervised. The
-                // child is not reaped yet, so the signal cannot reach anything else;
-                // the runtime reaps it.
-                let _ = child.start_kill();
-                return Err(identity_error(pid, reason));
+                // it would hold the port and the data directory unsupervised. It is
+                // not reaped yet, so the signal cannot reach anything else.
+                let _ = spawned.pidfd.send_signal(sys::SIGKILL);
+                return Err(SpawnError::Identity {
+                    binary: launch.binary.to_path_buf(),
+                    pid,
+                    reason,
+                });
             }
         };
         let record = InstanceRecord {
@@ -161,8 +156,8 @@ impl Process {
         };
         Ok(Process {
             pid,
-            pidfd,
-            child: Some(child),
+            pidfd: spawned.pidfd,
+            own_child: true,
             record,
         })
     }
@@ -229,7 +224,7 @@ impl Process {
         Adoption::Adopted(Box::new(Process {
             pid,
             pidfd,
-            child: None,
+            own_child: false,
             record: record.clone(),
         }))
     }
@@ -250,28 +245,27 @@ impl Process {
     /// Waits until the process exits. Cancel-safe: it can be raced against other events
     /// and called again.
     pub async fn wait(&mut self) -> Exit {
-        if let Some(child) = &mut self.child {
-            use std::os::unix::process::ExitStatusExt;
-            return match child.wait().await {
-                Ok(status) => match (status.code(), status.signal()) {
-                    (Some(code), _) => Exit::Code(code),
-                    (None, Some(signal)) => Exit::Signal(signal),
-                    (None, None) => Exit::Unknown,
-                },
-                // wait(2) failing means the child is gone in a way we cannot see.
-                Err(_) => Exit::Unknown,
-            };
+        loop {
+            // A pidfd becomes readable when its process exits.
+            if self.pidfd.exited().await.is_err() {
+                // Readiness cannot be watched (not expected to happen): fall back to
+                // asking the kernel whether the process still exists, once a second.
+                while self.signal(0).is_ok() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            if !self.own_child {
+                // Not the agent's child: its parent (init) reaps it and reads its status.
+                return Exit::Unknown;
+            }
+            match self.pidfd.try_reap() {
+                Ok(Some(sys::ExitStatus::Code(code))) => return Exit::Code(code),
+                Ok(Some(sys::ExitStatus::Signal(signal))) => return Exit::Signal(signal),
+                // Readable but not reapable yet (not expected): look again shortly.
+                Ok(None) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(_) => return Exit::Unknown,
+            }
         }
-        // A pidfd becomes readable when its process exits.
-        if self.pidfd.exited().await.is_ok() {
-            return Exit::Unknown;
-        }
-        // Readiness cannot be watched (not expected to happen): fall back to asking
-        // the kernel whether the process still exists, once a second.
-        while self.signal(0).is_ok() {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        Exit::Unknown
     }
 
     /// Sends `signal` to exactly this process.

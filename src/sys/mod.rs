@@ -1,0 +1,160 @@
+//! The only module that calls libc: starting instances (`spawn`), pidfds, a file lock
+//! and a few process-wide facts. Every `unsafe` block of the crate lives here, each with
+//! a `// SAFETY:` comment; everything else uses the safe functions below.
+
+mod spawn;
+
+pub use spawn::{spawn, ChildSetup, Command, Spawned};
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// A pidfd: a handle that keeps naming one process even after its pid is reused,
+/// registered with the async runtime so that its exit can be awaited.
+pub struct PidFd {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl PidFd {
+    /// Opens a pidfd for `pid`. Must be called inside the tokio runtime.
+    pub fn open(pid: u32) -> io::Result<PidFd> {
+        let pid =
+            libc::pid_t::try_from(pid).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd =
+            libc::c_int::try_from(fd).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "pidfd out of range"))?;
+        // SAFETY: fd is a freshly opened descriptor that nothing else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        PidFd::from_owned(owned)
+    }
+
+    /// Takes a pidfd the kernel returned (e.g. from `clone(CLONE_PIDFD)`).
+    fn from_owned(owned: OwnedFd) -> io::Result<PidFd> {
+        // SAFETY: the AsyncFd takes ownership of the OwnedFd, so the descriptor stays
+        // open and names the same pidfd until the AsyncFd is dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+        Ok(PidFd { fd })
+    }
+
+    /// Reaps the process if it is this agent's child and has exited: `Ok(Some(status))`
+    /// with the exit code or the signal, `Ok(None)` while it runs. `ECHILD` for a
+    /// process the agent did not start.
+    pub fn try_reap(&self) -> io::Result<Option<ExitStatus>> {
+        // SAFETY: siginfo_t is plain data that waitid fills in.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid on an open pidfd, writing into `info`.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                self.fd.get_ref().as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: after a successful waitid, si_pid and si_status are the fields of a
+        // child event; si_pid 0 means nothing had exited yet (WNOHANG).
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        Ok(Some(if info.si_code == libc::CLD_EXITED {
+            ExitStatus::Code(status)
+        } else {
+            ExitStatus::Signal(status)
+        }))
+    }
+
+    /// Resolves when the process has exited (the pidfd turns readable).
+    pub async fn exited(&self) -> io::Result<()> {
+        self.fd.readable().await.map(|_guard| ())
+    }
+
+    /// Sends `signal` to the process. Unlike kill(2) this can never hit another
+    /// process that was given the same pid later. Signal 0 only checks that the
+    /// process still exists.
+    pub fn send_signal(&self, signal: libc::c_int) -> io::Result<()> {
+        // SAFETY: the descriptor is open for the duration of the call; a null siginfo
+        // is allowed and means "as if sent by kill(2)".
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.get_ref().as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0 as libc::c_uint,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// How a reaped child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+/// Clock ticks per second, the unit of the start time in `/proc/<pid>/stat`.
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).ok().filter(|t| *t > 0).unwrap_or(100)
+}
+
+/// Takes an exclusive lock on `file` without waiting. `Ok(false)` when another
+/// process holds it. The lock lasts as long as the file stays open.
+pub fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
+    // SAFETY: flock only takes a descriptor that `file` keeps open during the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(error)
+    }
+}
+
+/// Name of a signal number, for logs and status ("SIGKILL").
+pub fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSTOP => "SIGSTOP",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGSYS => "SIGSYS",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_string()
+}
+
+pub use libc::{ESRCH, SIGKILL, SIGTERM};
