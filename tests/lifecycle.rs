@@ -392,3 +392,32 @@ fn a_server_loading_its_dataset_is_starting_not_failed() {
     // Loading was waited out: the only exit is the kill above.
     assert_eq!(body.matches("\"kind\":\"exited\"").count(), 1, "{body}");
 }
+
+#[test]
+fn replica_of_and_password_make_a_working_replica() {
+    let mut h = Harness::new();
+    let (master, replica) = (free_port(), free_port());
+    h.manifest("m", master, "password = \"pw\"");
+    h.manifest(
+        "r",
+        replica,
+        &format!("password = \"pw\"\nreplica_of = \"127.0.0.1:{master}\"\n[limits]\noom_score_adj = 300"),
+    );
+    h.start_agent();
+    h.wait_ready("m");
+    let replica_pid = h.wait_ready("r");
+    let mut conn = redis(master, Some("pw")).unwrap();
+    redis::cmd("SET")
+        .arg("k")
+        .arg("from-master")
+        .query::<()>(&mut conn)
+        .unwrap();
+    // masterauth lets the replica authenticate; the master delays the first sync a bit.
+    h.wait_for("the key on the replica", Duration::from_secs(30), |_| {
+        redis(replica, Some("pw"))
+            .and_then(|mut c| redis::cmd("GET").arg("k").query::<Option<String>>(&mut c))
+            .is_ok_and(|v| v.as_deref() == Some("from-master"))
+    });
+    let oom = std::fs::read_to_string(format!("/proc/{replica_pid}/oom_score_adj")).unwrap();
+    assert_eq!(oom.trim(), "300");
+}
