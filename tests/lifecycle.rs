@@ -421,3 +421,31 @@ fn replica_of_and_password_make_a_working_replica() {
     let oom = std::fs::read_to_string(format!("/proc/{replica_pid}/oom_score_adj")).unwrap();
     assert_eq!(oom.trim(), "300");
 }
+
+#[test]
+fn the_agent_stops_fast_in_the_middle_of_a_hung_stop_and_the_next_one_finishes_it() {
+    let mut h = Harness::new();
+    let port = free_port();
+    h.manifest("a", port, "stop_timeout = \"30s\"");
+    h.start_agent();
+    let pid = h.wait_ready("a");
+    send_signal(pid, SIGSTOP);
+    h.manifest("a", port, "stop_timeout = \"30s\"\nstate = \"stopped\"");
+    h.signal_agent(SIGHUP);
+    h.wait_for("a stopping", Duration::from_secs(10), |h| {
+        h.instance("a")["phase"] == "stopping"
+    });
+    let took = h.stop_agent(SIGTERM);
+    assert!(
+        took < Duration::from_secs(2),
+        "the agent took {took:?} to stop during a hung stop"
+    );
+    assert!(alive(pid), "the instance was killed with the agent");
+
+    send_signal(pid, SIGCONT);
+    h.start_agent();
+    h.wait_for("the stop finished by the next agent", Duration::from_secs(20), |h| {
+        h.instance("a")["phase"] == "stopped" && !alive(pid)
+    });
+    assert!(!pong(port, None));
+}
