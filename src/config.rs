@@ -364,13 +364,7 @@ mod tests {
             "agent.toml: instances.stop_timeout: \"soon\" is not a duration",
             "agent.toml: instances.bind[0]: \"nowhere\" is not an IP address",
         ];
-        for e in expect {
-            assert!(
-                problems.iter().any(|p| p.starts_with(e)),
-                "missing {e:?} in {problems:#?}"
-            );
-        }
-        assert_eq!(problems.len(), expect.len(), "{problems:#?}");
+        crate::problem::assert_problems(&problems, &expect);
     }
 
     #[test]

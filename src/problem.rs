@@ -220,6 +220,18 @@ fn describe(value: &Value) -> String {
     }
 }
 
+/// Test helper: `problems` are exactly one per `expected` prefix, in any order.
+#[cfg(test)]
+pub fn assert_problems(problems: &[String], expected: &[&str]) {
+    for e in expected {
+        assert!(
+            problems.iter().any(|p| p.starts_with(e)),
+            "missing {e:?} in {problems:#?}"
+        );
+    }
+    assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

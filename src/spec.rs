@@ -633,13 +633,7 @@ pub(crate) mod tests {
             "a.toml: limits.nofile: 1 is outside",
             "a.toml: limits.oom_score_adj: 5000 is outside",
         ];
-        for e in expect {
-            assert!(
-                problems.iter().any(|p| p.starts_with(e)),
-                "missing {e:?} in {problems:#?}"
-            );
-        }
-        assert_eq!(problems.len(), expect.len(), "{problems:#?}");
+        crate::problem::assert_problems(&problems, &expect);
     }
 
     #[test]

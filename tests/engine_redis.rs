@@ -7,40 +7,11 @@ use common::*;
 use ker_agent::engine::{self, EngineKind, Readiness, StopRequest, Target};
 use std::time::Duration;
 
-/// A redis-server started by the test, not by an agent.
-fn stranger(dir: &std::path::Path, port: u16, password: Option<&str>) -> std::process::Child {
-    let mut command = std::process::Command::new(redis_server());
-    command
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(std::process::Stdio::null());
-    if let Some(password) = password {
-        command.args(["--requirepass", password]);
-    }
-    let child = command.spawn().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !pong(port, password) {
-        assert!(std::time::Instant::now() < deadline, "the test server did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child
-}
-
 #[tokio::test]
 async fn a_server_with_another_pid_is_never_ready_and_never_shut_down() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut server = stranger(dir.path(), port, None);
+    let mut server = foreign_redis(dir.path(), port, None);
     let engine = engine::for_kind(EngineKind::Redis).unwrap();
     let wrong = Target {
         addr: Target::address("127.0.0.1".parse().unwrap(), port),
@@ -80,7 +51,7 @@ async fn a_server_with_another_pid_is_never_ready_and_never_shut_down() {
 async fn without_the_password_the_stop_falls_back_to_a_signal() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut server = stranger(dir.path(), port, Some("pw"));
+    let mut server = foreign_redis(dir.path(), port, Some("pw"));
     let engine = engine::for_kind(EngineKind::Redis).unwrap();
     let target = Target {
         addr: Target::address("0.0.0.0".parse().unwrap(), port),

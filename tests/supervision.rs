@@ -180,23 +180,7 @@ fn a_foreign_listener_is_a_conflict_and_is_left_alone() {
     let mut h = Harness::new();
     let port = free_port();
     // Someone else's redis-server on the wanted port.
-    let mut foreign = std::process::Command::new(redis_server())
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(h.path())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    h.wait_for("the foreign server", Duration::from_secs(5), |_| pong(port, None));
+    let mut foreign = foreign_redis(h.path(), port, None);
     h.manifest("a", port, "");
     h.start_agent();
     h.wait_for("a conflict", Duration::from_secs(10), |h| {

@@ -392,3 +392,33 @@ pub fn pong(port: u16, password: Option<&str>) -> bool {
 pub fn listener_pid(port: u16) -> Option<u32> {
     ker_agent::ports::find_listener(port).and_then(|h| h.pid)
 }
+
+/// A redis-server started by the test, not by an agent, in `dir`; returns once it
+/// answers PING.
+pub fn foreign_redis(dir: &Path, port: u16, password: Option<&str>) -> Child {
+    let mut command = Command::new(redis_server());
+    command
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null());
+    if let Some(password) = password {
+        command.args(["--requirepass", password]);
+    }
+    let child = command.spawn().expect("start redis-server");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !pong(port, password) {
+        assert!(Instant::now() < deadline, "the test's own redis-server did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
