@@ -339,12 +339,15 @@ impl Worker {
             Ok(Adoption::Gone(reason)) => {
                 self.unverified = None;
                 let rebooted = record.boot_id != self.ctx.boot_id;
+                let wanted = spec.is_some_and(|s| s.state == RunState::Running);
                 self.emit(Event::RecordStale { reason });
-                if !rebooted {
+                if !rebooted && wanted {
                     // It died while no agent was watching, or while this agent was
-                    // between two starts: an unexpected exit like any other.
+                    // between two starts: an unexpected exit like any other. How long
+                    // it ran is not known; its age is the best guess.
                     self.crashes.consecutive = record.consecutive_crashes;
-                    let delay = self.crashes.on_crash(Duration::ZERO, fastrand::f64());
+                    let age = Duration::from_secs(unix_now().saturating_sub(record.started_at));
+                    let delay = self.crashes.on_crash(age, fastrand::f64());
                     self.restart_pending = true;
                     self.schedule_restart(delay);
                 }
