@@ -86,6 +86,7 @@ struct ChildArgs {
 /// few kilobytes.
 const STACK_SIZE: usize = 256 * 1024;
 
+
 /// Starts `command` in a new session, with its stdio, working directory, environment
 /// and limits, without the agent's ambient capabilities, and with every other
 /// descriptor closed at exec. Returns once the child has exec'd (or failed to).
@@ -153,11 +154,17 @@ pub fn spawn(command: &Command<'_>) -> io::Result<Spawned> {
         errno: 0,
     };
 
-    // SAFETY: an anonymous private mapping of STACK_SIZE bytes, checked below.
+    // One page below the stack that is never accessible.
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let guard_size = usize::try_from(page).ok().filter(|p| *p > 0).unwrap_or(4096);
+    // SAFETY: an anonymous private mapping of a guard page plus STACK_SIZE bytes,
+    // checked below; the guard page at the bottom turns an overflow of the child's
+    // stack into a fault instead of a write into the agent's memory.
     let stack = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            STACK_SIZE,
+            guard_size + STACK_SIZE,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
             -1,
@@ -166,6 +173,13 @@ pub fn spawn(command: &Command<'_>) -> io::Result<Spawned> {
     };
     if stack == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the first page of the mapping made above.
+    if unsafe { libc::mprotect(stack, guard_size, libc::PROT_NONE) } < 0 {
+        let error = io::Error::last_os_error();
+        // SAFETY: unmaps the mapping made above, unused.
+        unsafe { libc::munmap(stack, guard_size + STACK_SIZE) };
+        return Err(error);
     }
 
     // No signal handler may run in the child before it has reset the handlers: block
@@ -187,7 +201,7 @@ pub fn spawn(command: &Command<'_>) -> io::Result<Spawned> {
     let pid = unsafe {
         libc::clone(
             child_main,
-            (stack as *mut u8).add(STACK_SIZE) as *mut libc::c_void,
+            (stack as *mut u8).add(guard_size + STACK_SIZE) as *mut libc::c_void,
             libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
             &mut args as *mut ChildArgs as *mut libc::c_void,
             &mut pidfd as *mut libc::c_int,
@@ -198,7 +212,7 @@ pub fn spawn(command: &Command<'_>) -> io::Result<Spawned> {
     // child no longer uses (it has exec'd or exited when clone returns).
     unsafe {
         libc::pthread_sigmask(libc::SIG_SETMASK, &saved, std::ptr::null_mut());
-        libc::munmap(stack, STACK_SIZE);
+        libc::munmap(stack, guard_size + STACK_SIZE);
     }
     if pid < 0 {
         return Err(clone_error);
