@@ -86,7 +86,6 @@ struct ChildArgs {
 /// few kilobytes.
 const STACK_SIZE: usize = 256 * 1024;
 
-
 /// Starts `command` in a new session, with its stdio, working directory, environment
 /// and limits, without the agent's ambient capabilities, and with every other
 /// descriptor closed at exec. Returns once the child has exec'd (or failed to).
