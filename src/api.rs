@@ -1,9 +1,13 @@
-//! The local HTTP API: health, readiness, the status of every instance, and the
-//! details and recent events of one. Every error is JSON `{"error": "…"}`.
+//! The local HTTP API: health, readiness, the status of every instance, the details
+//! and recent events of one, and (standalone, with a bearer token) a desired-state
+//! document to apply. Every error is JSON `{"error": "…"}`.
 
+use crate::desired::{DocumentSource, MAX_DOCUMENT_BYTES};
 use crate::events::{EventEntry, EventLog};
+use crate::sources::{Offer, Rejected, SourcesHandle};
 use crate::status::{DesiredInfo, InstanceStatus, StatusBoard};
-use axum::extract::rejection::PathRejection;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +26,55 @@ pub struct ApiState {
     pub started_at: u64,
     pub board: StatusBoard,
     pub events: Arc<EventLog>,
+    pub sources: SourcesHandle,
+    /// The bearer token of mutating calls; without one they are refused.
+    pub token: Option<Token>,
+    /// No controller is configured: the local API may set the desired state.
+    pub standalone: bool,
+}
+
+/// The API's bearer token, read once at start from `[api] token_file`.
+#[derive(Clone)]
+pub struct Token(Arc<[u8]>);
+
+impl Token {
+    /// Reads the token. The file must not be readable by others: whoever reads it can
+    /// replace every instance on the node.
+    pub fn read(path: &std::path::Path) -> anyhow::Result<Token> {
+        use anyhow::Context;
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("cannot read the API token file {} ([api] token_file)", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o007 != 0 {
+            anyhow::bail!(
+                "the API token file {} is accessible to other users (mode {:o}); make it 0600 or 0640 (chmod o-rwx)",
+                path.display(),
+                mode & 0o777
+            );
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the API token file {}", path.display()))?;
+        let token = text.trim();
+        if token.len() < 16 {
+            anyhow::bail!(
+                "the API token in {} is shorter than 16 characters; use a long random token",
+                path.display()
+            );
+        }
+        Ok(Token(Arc::from(token.as_bytes())))
+    }
+
+    /// Whether an `Authorization` header carries this token, compared in constant
+    /// time.
+    fn admits(&self, header: Option<&axum::http::HeaderValue>) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(given) = header.and_then(|h| h.as_bytes().strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        given.ct_eq(&self.0).into()
+    }
 }
 
 /// `GET /v1/status`.
@@ -50,6 +103,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/status", get(status))
         .route("/v1/instances/{name}", get(instance))
+        .route(
+            "/v1/desired-state",
+            axum::routing::put(put_desired_state).layer(axum::extract::DefaultBodyLimit::max(MAX_DOCUMENT_BYTES)),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -126,6 +183,55 @@ async fn instance(State(state): State<ApiState>, name: Result<Path<String>, Path
             StatusCode::NOT_FOUND,
             format!("no instance named {name:?} on this node"),
         ),
+    }
+}
+
+/// `PUT /v1/desired-state`: a desired-state document, in standalone mode.
+async fn put_desired_state(
+    State(state): State<ApiState>,
+    headers: axum::http::HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(token) = &state.token else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "mutating calls are disabled: no [api] token_file is configured",
+        );
+    };
+    if !token.admits(headers.get(axum::http::header::AUTHORIZATION)) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    if !state.standalone {
+        return error(
+            StatusCode::CONFLICT,
+            "a controller is configured: it alone sets the desired state of this node",
+        );
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+    };
+    match state.sources.offer(body, DocumentSource::Local).await {
+        Ok(Offer::Accepted { generation, revision }) => Json(serde_json::json!({
+            "accepted": true, "generation": generation, "revision": revision,
+        }))
+        .into_response(),
+        Ok(Offer::Unchanged { generation }) => Json(serde_json::json!({
+            "accepted": true, "generation": generation, "unchanged": true,
+        }))
+        .into_response(),
+        Ok(Offer::Rejected(rejected)) | Err(rejected) => match rejected {
+            Rejected::Stale { .. } => error(StatusCode::CONFLICT, rejected.to_string()),
+            Rejected::Invalid(problems) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(serde_json::json!({
+                    "error": "the document is invalid; nothing changed",
+                    "problems": problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                })),
+            )
+                .into_response(),
+            Rejected::NotPersisted(reason) => error(StatusCode::SERVICE_UNAVAILABLE, reason),
+        },
     }
 }
 

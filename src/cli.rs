@@ -93,13 +93,13 @@ pub fn check(config_path: &std::path::Path) -> ExitCode {
         println!("{}: ok (no manifest_dir)", config_path.display());
         return ExitCode::SUCCESS;
     };
-    match crate::desired::load_manifests(dir, &config, 0) {
-        Ok(state) => {
+    match crate::desired::load_manifests(dir, &config) {
+        Ok(manifests) => {
             println!(
                 "{}: ok; {}: {} instance(s) ok",
                 config_path.display(),
                 dir.display(),
-                state.instances.len()
+                manifests.len()
             );
             ExitCode::SUCCESS
         }
@@ -220,14 +220,13 @@ fn render_table(doc: &StatusDoc) -> String {
     let widths: Vec<usize> = (0..columns)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
+    let number = |key: &str| doc.desired.get(key).and_then(|g| g.as_u64());
     let mut out = format!(
-        "node {}: {}, desired generation {}\n",
+        "node {}: {}, desired state {}{}\n",
         doc.node_id,
         if doc.ready { "ready" } else { "not ready" },
-        doc.desired
-            .get("generation")
-            .and_then(|g| g.as_u64())
-            .map_or("none".into(), |g| g.to_string())
+        number("revision").map_or("none accepted".into(), |r| format!("revision {r}")),
+        number("generation").map_or(String::new(), |g| format!(" (document generation {g})")),
     );
     if let Some(rejection) = doc.desired.get("last_rejection").filter(|r| !r.is_null()) {
         out.push_str("last rejected desired state:\n");
@@ -285,7 +284,7 @@ mod tests {
     fn table_lists_every_instance_with_aligned_columns() {
         let doc: StatusDoc = serde_json::from_value(serde_json::json!({
             "node_id": "n1", "ready": true,
-            "desired": {"generation": 4, "last_rejection": {"problems": ["a.toml: port: 1 is outside 1024-65535"]}},
+            "desired": {"revision": 4, "generation": 2, "last_rejection": {"problems": ["a.toml: port: 1 is outside 1024-65535"]}},
             "instances": [
                 {"name": "cache-1", "engine": "redis", "port": 6380, "phase": "running", "ready": true,
                  "pid": 42, "restarts": 1, "uptime_seconds": 61, "message": ""},
@@ -296,7 +295,10 @@ mod tests {
         .unwrap();
         let table = render_table(&doc);
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines[0], "node n1: ready, desired generation 4");
+        assert_eq!(
+            lines[0],
+            "node n1: ready, desired state revision 4 (document generation 2)"
+        );
         assert_eq!(lines[2], "  a.toml: port: 1 is outside 1024-65535");
         assert!(
             lines[3].starts_with("NAME     ENGINE  PORT  PHASE       READY  PID  RESTARTS  UPTIME  MESSAGE"),

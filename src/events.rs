@@ -12,26 +12,79 @@ use tracing::{error, info, warn};
 /// Something that happened.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Started { pid: u32, after_crash: bool },
-    Ready { pid: u32, after: Duration },
-    Loading { pid: u32 },
-    Adopted { pid: u32, running_for: Duration },
-    RecordStale { reason: String },
-    RecordUnreadable { error: String },
-    RecordUnverifiable { reason: String },
-    Exited { pid: u32, exit: Exit, ran_for: Duration },
-    RestartScheduled { delay: Duration, consecutive: u32 },
-    StartFailed { error: String },
-    Conflict { holder: String },
+    Started {
+        pid: u32,
+        after_crash: bool,
+    },
+    Ready {
+        pid: u32,
+        after: Duration,
+    },
+    Loading {
+        pid: u32,
+    },
+    Adopted {
+        pid: u32,
+        running_for: Duration,
+    },
+    RecordStale {
+        reason: String,
+    },
+    RecordUnreadable {
+        error: String,
+    },
+    RecordUnverifiable {
+        reason: String,
+    },
+    Exited {
+        pid: u32,
+        exit: Exit,
+        ran_for: Duration,
+    },
+    RestartScheduled {
+        delay: Duration,
+        consecutive: u32,
+    },
+    StartFailed {
+        error: String,
+    },
+    Conflict {
+        holder: String,
+    },
     ConflictCleared,
-    Stopping { pid: u32, reason: &'static str },
-    StopRequested { pid: u32, method: String },
-    StopRefused { command: String, error: String },
-    Stopped { pid: u32, how: String, took: Duration },
-    KilledAfterTimeout { pid: u32, timeout: Duration },
-    ConfigWriteFailed { error: String },
-    DesiredAccepted { generation: u64, instances: usize },
-    DesiredRejected { problems: usize, first: String },
+    Stopping {
+        pid: u32,
+        reason: &'static str,
+    },
+    StopRequested {
+        pid: u32,
+        method: String,
+    },
+    StopRefused {
+        command: String,
+        error: String,
+    },
+    Stopped {
+        pid: u32,
+        how: String,
+        took: Duration,
+    },
+    KilledAfterTimeout {
+        pid: u32,
+        timeout: Duration,
+    },
+    ConfigWriteFailed {
+        error: String,
+    },
+    DesiredAccepted {
+        revision: u64,
+        generation: Option<u64>,
+        instances: usize,
+    },
+    DesiredRejected {
+        problems: usize,
+        first: String,
+    },
 }
 
 impl Event {
@@ -108,9 +161,16 @@ impl Event {
                 )
             }
             Event::ConfigWriteFailed { error } => format!("cannot write the config: {error}"),
-            Event::DesiredAccepted { generation, instances } => {
-                format!("desired state generation {generation} accepted ({instances} instances)")
-            }
+            Event::DesiredAccepted {
+                revision,
+                generation,
+                instances,
+            } => match generation {
+                Some(g) => {
+                    format!("desired state revision {revision} (generation {g}) accepted ({instances} instances)")
+                }
+                None => format!("desired state revision {revision} accepted ({instances} instances)"),
+            },
             Event::DesiredRejected { problems, first } => {
                 format!("desired state rejected ({problems} problems; first: {first})")
             }
@@ -201,9 +261,11 @@ impl Event {
             Event::ConfigWriteFailed { error } => {
                 error!(instance, error = error.as_str(), "Instance config not written.")
             }
-            Event::DesiredAccepted { generation, instances } => {
-                info!(generation, instances, "Desired state accepted.")
-            }
+            Event::DesiredAccepted {
+                revision,
+                generation,
+                instances,
+            } => info!(revision, generation, instances, "Desired state accepted."),
             Event::DesiredRejected { problems, first } => {
                 error!(
                     problems,

@@ -12,12 +12,12 @@ pub mod config;
 pub mod desired;
 pub mod engine;
 pub mod events;
-pub mod manifests;
 pub mod ports;
 pub mod problem;
 pub mod process;
 pub mod procfs;
 pub mod record;
+pub mod sources;
 pub mod spec;
 pub mod status;
 pub mod supervisor;
@@ -49,6 +49,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     create_dir(&config.instances_dir())?;
     create_dir(&config.instances.log_dir)?;
     let boot_id = procfs::boot_id().context("cannot read the boot id from /proc/sys/kernel/random/boot_id")?;
+    let api_token = match &config.api.token_file {
+        Some(path) => Some(api::Token::read(path)?),
+        None => None,
+    };
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -72,26 +76,24 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     });
     let (supervisor, supervisor_task) = supervisor::Supervisor::spawn(ctx, shutdown.child_token());
 
+    let sources = sources::Sources::new(config.clone(), board.clone(), events.clone());
+    let (sources, sources_task) = sources::spawn(sources, supervisor);
+    sources.initial().await;
+
     let api_state = api::ApiState {
         node_id: Arc::from(config.node_id.as_str()),
         started_at: process::unix_now(),
         board: board.clone(),
         events: events.clone(),
+        sources: sources.clone(),
+        token: api_token,
+        standalone: true,
     };
     let api_task = tokio::spawn(api::serve(listener, api_state, shutdown.clone()));
-
-    let source = Arc::new(std::sync::Mutex::new(manifests::ManifestSource::new(
-        config.clone(),
-        board.clone(),
-        events.clone(),
-    )));
-    if let Some(state) = read_manifests(&source, None).await {
-        supervisor.apply(state).await;
-    }
     // systemd (Type=notify) learns that the agent is up; instances may still be starting.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
-    let mut rescan = tokio::time::interval(manifests::RESCAN_INTERVAL);
+    let mut rescan = tokio::time::interval(sources::RESCAN_INTERVAL);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     rescan.tick().await;
     // With WatchdogSec= in the unit, systemd restarts an agent whose main loop hangs
@@ -99,22 +101,20 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let watchdog_period = sd_notify::watchdog_enabled().map(|timeout| timeout / 2);
     let mut watchdog = tokio::time::interval(watchdog_period.unwrap_or(std::time::Duration::from_secs(3600)));
     loop {
-        let reloaded = tokio::select! {
+        tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = watchdog.tick(), if watchdog_period.is_some() => {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-                None
             }
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP: reading the manifests again.");
-                read_manifests(&source, Some(true)).await
+                sources.reload(true).await;
             }
-            _ = rescan.tick() => read_manifests(&source, Some(false)).await,
-        };
-        if let Some(state) = reloaded {
-            supervisor.apply(state).await;
+            _ = rescan.tick() => sources.reload(false).await,
         }
     }
+    drop(sources);
+    sources_task.abort();
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("Shutting down; instances keep running.");
@@ -125,38 +125,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         _ => {}
     }
     Ok(())
-}
-
-/// Reads the manifests off the runtime's threads (files, password files, and an fsync
-/// of desired.json), with a time limit so that a hung disk cannot stall the agent's
-/// main loop. `reload`: `None` for the initial read, else whether it is forced.
-async fn read_manifests(
-    source: &Arc<std::sync::Mutex<manifests::ManifestSource>>,
-    reload: Option<bool>,
-) -> Option<desired::DesiredState> {
-    const LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
-    let source = source.clone();
-    let work = tokio::task::spawn_blocking(move || {
-        let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
-        match reload {
-            None => source.initial(),
-            Some(force) => source.reload(force),
-        }
-    });
-    match tokio::time::timeout(LIMIT, work).await {
-        Ok(Ok(state)) => state,
-        Ok(Err(error)) => {
-            tracing::error!(error = error.to_string().as_str(), "Reading the manifests failed.");
-            None
-        }
-        Err(_) => {
-            tracing::error!(
-                limit_s = LIMIT.as_secs(),
-                "Reading the manifests did not finish in time; is the disk hung?"
-            );
-            None
-        }
-    }
 }
 
 /// Makes sure only one agent works on a data directory: two would fight over every

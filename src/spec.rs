@@ -109,6 +109,9 @@ pub struct SpecContext<'a> {
     pub config: &'a AgentConfig,
     /// Directory that relative `password_file` paths are resolved against.
     pub base_dir: Option<&'a Path>,
+    /// Whether the spec may name host paths (`password_file`): yes in a manifest on
+    /// the host, never in a document from elsewhere (invariant 3).
+    pub paths_allowed: bool,
 }
 
 impl InstanceSpec {
@@ -391,6 +394,13 @@ fn parse_password(f: &Fields<'_>, ctx: &SpecContext<'_>, c: &mut Checker) -> Opt
             None
         }
     };
+    if f.has("password_file") && !ctx.paths_allowed {
+        c.problem(
+            f.path("password_file"),
+            "not allowed in a desired-state document: it names a path on the host; send `password` instead",
+        );
+        return None;
+    }
     let file = c.string(f, "password_file");
     if f.has("password") && f.has("password_file") {
         c.problem(
@@ -554,6 +564,7 @@ pub(crate) mod tests {
         let ctx = SpecContext {
             config: &config,
             base_dir: None,
+            paths_allowed: true,
         };
         let map = parse_toml(text, "a.toml").map_err(|p| p.iter().map(ToString::to_string).collect::<Vec<_>>())?;
         let mut c = Checker::new("a.toml");
@@ -680,6 +691,7 @@ pub(crate) mod tests {
         let ctx = SpecContext {
             config: &config,
             base_dir: Some(dir.path()),
+            paths_allowed: true,
         };
         let map = parse_toml(
             "name = \"a\"\nport = 7000\nversion = \"7.0\"\npassword_file = \"pw\"\n",
@@ -732,7 +744,7 @@ pub(crate) mod tests {
             )
         ) {
             let config = test_config();
-            let ctx = SpecContext { config: &config, base_dir: None };
+            let ctx = SpecContext { config: &config, base_dir: None, paths_allowed: false };
             let map: Map<String, Value> = fields.into_iter().collect();
             let mut c = Checker::new("x");
             let spec = InstanceSpec::parse(&map, "", &ctx, &mut c);

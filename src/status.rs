@@ -3,7 +3,6 @@
 //! The local API (and later the reports) read snapshots of it.
 
 use crate::engine::EngineKind;
-use crate::problem::Problem;
 use crate::process::{unix_now, unix_now_millis, Exit};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -142,16 +141,23 @@ impl InstanceStatus {
 /// The last desired state that was rejected, and why.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Rejection {
+    /// `manifests`, `local` or `controller`.
     pub source: String,
+    /// The generation of a rejected document, when it had one.
+    pub generation: Option<u64>,
     pub at: u64,
+    /// Every problem as `file: field: what is wrong`, or the reason.
     pub problems: Vec<String>,
 }
 
 /// Bookkeeping of the desired state, for `/v1/status` and `/readyz`.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct DesiredInfo {
-    /// Generation of the last accepted desired state, if any.
+    /// Counts the accepted changes; `None` until a desired state is accepted.
+    pub revision: Option<u64>,
+    /// Generation of the accepted document (controller or local API), if any.
     pub generation: Option<u64>,
+    /// Where the last accepted change came from.
     pub source: Option<String>,
     pub accepted_at: Option<u64>,
     pub last_rejection: Option<Rejection>,
@@ -192,9 +198,10 @@ impl StatusBoard {
         self.desired.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn accepted(&self, generation: u64, source: &str) {
+    pub fn accepted(&self, revision: u64, generation: Option<u64>, source: &str) {
         let mut d = self.desired.lock().unwrap_or_else(|p| p.into_inner());
-        d.generation = Some(generation);
+        d.revision = Some(revision);
+        d.generation = generation;
         d.source = Some(source.to_string());
         d.accepted_at = Some(unix_now());
     }
@@ -204,19 +211,20 @@ impl StatusBoard {
         self.desired.lock().unwrap_or_else(|p| p.into_inner()).last_rejection = None;
     }
 
-    pub fn rejected(&self, source: &str, problems: &[Problem]) {
+    pub fn rejected(&self, source: &str, generation: Option<u64>, problems: Vec<String>) {
         let mut d = self.desired.lock().unwrap_or_else(|p| p.into_inner());
         d.last_rejection = Some(Rejection {
             source: source.to_string(),
+            generation,
             at: unix_now(),
-            problems: problems.iter().map(ToString::to_string).collect(),
+            problems,
         });
     }
 
     /// Ready when a desired state was accepted and every instance has been reconciled
     /// once.
     pub fn ready(&self) -> bool {
-        self.desired().generation.is_some() && self.snapshot().iter().all(|s| s.reconciled)
+        self.desired().revision.is_some() && self.snapshot().iter().all(|s| s.reconciled)
     }
 
     /// Milliseconds until `at_ms`, for display.

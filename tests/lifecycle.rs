@@ -180,7 +180,7 @@ fn an_invalid_manifest_is_rejected_as_a_whole_and_changes_nothing() {
             .any(|p| p.as_str().unwrap().starts_with(&format!("{bad}: port:"))),
         "{status}"
     );
-    assert_eq!(status["desired"]["generation"], 1);
+    assert_eq!(status["desired"]["revision"], 1);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(h.instance("a")["pid"], a, "a was restarted by a rejected document");
     assert_eq!(h.instance("b")["pid"], b);
@@ -199,7 +199,7 @@ fn an_invalid_manifest_is_rejected_as_a_whole_and_changes_nothing() {
     );
     let status = h.status();
     assert!(status["desired"]["last_rejection"].is_null(), "{status}");
-    assert_eq!(status["desired"]["generation"], 2);
+    assert_eq!(status["desired"]["revision"], 2);
     assert_eq!(h.instance("b")["pid"], b);
 }
 

@@ -127,10 +127,11 @@ impl Supervisor {
                 }
             }
         }
-        self.ctx.board.accepted(state.generation, state.source.as_str());
+        self.ctx.board.accepted(state.revision, state.generation, state.source);
         self.ctx.events.emit(
             "",
             Event::DesiredAccepted {
+                revision: state.revision,
                 generation: state.generation,
                 instances: state.instances.len(),
             },

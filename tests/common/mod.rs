@@ -351,9 +351,29 @@ pub fn send_signal(pid: u32, signal: i32) {
 
 /// A minimal HTTP/1.0 client: enough for the agent's JSON API.
 pub fn http_request(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_send(port, method, path, &[], b"")
+}
+
+/// An HTTP/1.0 request with extra headers and a body → (status code, body).
+pub fn http_send(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    stream.write_all(body)?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let code = response
