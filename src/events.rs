@@ -280,6 +280,8 @@ impl Event {
 /// An event as kept in the history.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EventEntry {
+    /// Increases by one per event since the agent started.
+    pub seq: u64,
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
     /// The instance, or empty for node-wide events.
@@ -296,6 +298,7 @@ pub struct EventLog {
 
 struct History {
     entries: VecDeque<EventEntry>,
+    next_seq: u64,
 }
 
 impl EventLog {
@@ -303,6 +306,7 @@ impl EventLog {
         EventLog {
             inner: Mutex::new(History {
                 entries: VecDeque::with_capacity(capacity.min(1024)),
+                next_seq: 1,
             }),
             capacity,
         }
@@ -311,13 +315,15 @@ impl EventLog {
     /// Logs `event` and keeps it.
     pub fn emit(&self, instance: &str, event: Event) {
         event.log(instance);
+        let mut history = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let entry = EventEntry {
+            seq: history.next_seq,
             at_ms: unix_now_millis(),
             instance: instance.to_string(),
             kind: event.kind(),
             message: event.describe(),
         };
-        let mut history = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        history.next_seq += 1;
         if history.entries.len() >= self.capacity {
             history.entries.pop_front();
         }

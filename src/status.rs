@@ -58,6 +58,24 @@ pub enum Want {
     Removed,
 }
 
+/// A declared replication role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Master,
+    Replica,
+}
+
+impl Role {
+    pub fn of(spec: &crate::spec::InstanceSpec) -> Role {
+        if spec.replica_of.is_some() {
+            Role::Replica
+        } else {
+            Role::Master
+        }
+    }
+}
+
 /// How the last stop went.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct StopOutcome {
@@ -84,6 +102,8 @@ pub struct InstanceStatus {
     pub version: String,
     pub port: u16,
     pub want: Want,
+    /// The declared role: `replica` with `replica_of`, else `master`.
+    pub role: Option<Role>,
     pub phase: Phase,
     pub ready: bool,
     pub pid: Option<u32>,
@@ -116,6 +136,7 @@ impl InstanceStatus {
                 crate::spec::RunState::Running => Want::Running,
                 crate::spec::RunState::Stopped => Want::Stopped,
             },
+            role: Some(Role::of(spec)),
             phase: Phase::Pending,
             ready: false,
             pid: None,

@@ -794,6 +794,7 @@ impl Worker {
             version,
             port,
             want,
+            role: self.specs.borrow().as_deref().map(crate::status::Role::of),
             phase,
             ready: self.ready && self.process.is_some(),
             pid: self
