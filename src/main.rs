@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
+    // HTTPS (the controller, the status command) uses rustls with the ring provider.
+    // Installing fails only if a provider is installed already, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = match cli::parse() {
         Ok(cli) => cli,
         Err(code) => return code,
