@@ -5,7 +5,7 @@
 use crate::desired::{DocumentSource, MAX_DOCUMENT_BYTES};
 use crate::events::{EventEntry, EventLog};
 use crate::sources::{Offer, Rejected, SourcesHandle};
-use crate::status::{DesiredInfo, InstanceStatus, StatusBoard};
+use crate::status::{ControllerInfo, DesiredInfo, InstanceStatus, StatusBoard};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
@@ -86,6 +86,8 @@ pub struct NodeStatus {
     /// Same as `/readyz`.
     pub ready: bool,
     pub desired: DesiredInfo,
+    /// How the conversation with the controller goes; `null` when standalone.
+    pub controller: Option<ControllerInfo>,
     pub instances: Vec<InstanceStatus>,
 }
 
@@ -164,6 +166,7 @@ async fn status(State(state): State<ApiState>) -> Json<NodeStatus> {
         agent_started_at: state.started_at,
         ready: state.board.ready(),
         desired: state.board.desired(),
+        controller: state.board.controller(),
         instances: state.board.snapshot(),
     })
 }

@@ -31,6 +31,110 @@ pub struct AgentConfig {
     pub engines: BTreeMap<EngineKind, BTreeMap<String, PathBuf>>,
     pub api: ApiConfig,
     pub instances: InstanceDefaults,
+    /// The control centre; `None` runs standalone (manifests and the local API).
+    pub controller: Option<ControllerConfig>,
+}
+
+/// `[controller]`: where the desired state comes from and reports go.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// `https://…`, or `http://` to a loopback address only.
+    pub url: reqwest::Url,
+    pub token_file: PathBuf,
+    /// Trust only this CA (PEM) instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+    pub report_interval: Duration,
+    /// How long the controller may hold a desired-state request.
+    pub poll_wait: Duration,
+}
+
+pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_POLL_WAIT: Duration = Duration::from_secs(30);
+
+/// Parses `[controller]`.
+fn parse_controller(
+    table: &Map<String, Value>,
+    c: &mut Checker,
+    resolve: &dyn Fn(String) -> PathBuf,
+) -> Option<ControllerConfig> {
+    let fields = c.table(
+        table,
+        "controller",
+        &["url", "token_file", "ca_file", "client_cert", "client_key", "report_interval", "poll_wait"],
+    );
+    let before = c.problems.len();
+    let url = match c.required_string(&fields, "url") {
+        Some(text) => match reqwest::Url::parse(&text) {
+            Ok(url) => match url.scheme() {
+                "https" => Some(url),
+                "http" if is_loopback(&url) => Some(url),
+                "http" => {
+                    c.problem(
+                        fields.path("url"),
+                        format!("{text:?}: plain http is allowed only to a loopback address; use https"),
+                    );
+                    None
+                }
+                other => {
+                    c.problem(fields.path("url"), format!("{text:?}: scheme {other:?} is not https"));
+                    None
+                }
+            },
+            Err(e) => {
+                c.problem(fields.path("url"), format!("{text:?} is not a URL: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
+    let token_file = c.required_string(&fields, "token_file").map(resolve);
+    let ca_file = c.string(&fields, "ca_file").map(resolve);
+    let cert = c.string(&fields, "client_cert").map(resolve);
+    let key = c.string(&fields, "client_key").map(resolve);
+    let client_identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
+            c.problem(fields.path("client_key"), "set both client_cert and client_key, or neither");
+            None
+        }
+    };
+    let mut duration = |key: &str, default: Duration| match c.string(&fields, key) {
+        Some(text) => match units::parse_duration(&text) {
+            Ok(d) if d >= Duration::from_millis(100) => d,
+            Ok(_) => {
+                c.problem(fields.path(key), format!("{text:?} is too short (at least 100ms)"));
+                default
+            }
+            Err(e) => {
+                c.problem(fields.path(key), e);
+                default
+            }
+        },
+        None => default,
+    };
+    let report_interval = duration("report_interval", DEFAULT_REPORT_INTERVAL);
+    let poll_wait = duration("poll_wait", DEFAULT_POLL_WAIT);
+    if c.problems.len() > before {
+        return None;
+    }
+    Some(ControllerConfig {
+        url: url?,
+        token_file: token_file?,
+        ca_file,
+        client_identity,
+        report_interval,
+        poll_wait,
+    })
+}
+
+/// Whether a URL's host is a loopback address (or `localhost`).
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[derive(Debug, Clone)]
@@ -216,12 +320,9 @@ impl AgentConfig {
             }
         }
 
-        if top.has("controller") {
-            c.problem(
-                "controller",
-                "controller mode is not available in this version of ker-agent; remove [controller] to run standalone from manifest_dir",
-            );
-        }
+        let controller = c
+            .subtable(&top, "controller")
+            .and_then(|table| parse_controller(table, &mut c, &resolve));
 
         if !c.problems.is_empty() {
             return Err(c.problems);
@@ -234,6 +335,7 @@ impl AgentConfig {
             engines,
             api,
             instances,
+            controller,
         })
     }
 
@@ -402,10 +504,29 @@ mod tests {
     }
 
     #[test]
-    fn controller_is_refused_with_a_reason() {
-        let problems = messages(load(
-            "[engines.redis.versions]\n\"7.0\" = \"/bin/sh\"\n[controller]\nurl = \"https://x\"\n",
-        ));
-        assert!(problems[0].contains("controller mode is not available"), "{problems:?}");
+    fn controller_section() {
+        let base = "[engines.redis.versions]\n\"7.0\" = \"/bin/sh\"\n[controller]\n";
+        let config = load(&format!(
+            "{base}url = \"https://cc.example:8443\"\ntoken_file = \"cc.token\"\nreport_interval = \"5s\"\n"
+        ))
+        .unwrap();
+        let controller = config.controller.unwrap();
+        assert_eq!(controller.url.as_str(), "https://cc.example:8443/");
+        assert_eq!(controller.token_file, PathBuf::from("/etc/k/cc.token"));
+        assert_eq!(controller.report_interval, Duration::from_secs(5));
+        assert_eq!(controller.poll_wait, DEFAULT_POLL_WAIT);
+        assert!(load(&format!("{base}url = \"http://127.0.0.1:8080\"\ntoken_file = \"t\"\n")).is_ok());
+        assert!(load(&format!("{base}url = \"http://[::1]:8080\"\ntoken_file = \"t\"\n")).is_ok());
+        crate::problem::assert_problems(
+            &messages(load(&format!(
+                "{base}url = \"http://cc.example\"\nclient_cert = \"c.pem\"\nreport_interval = \"1ms\"\n"
+            ))),
+            &[
+                "agent.toml: controller.url: \"http://cc.example\": plain http is allowed only to a loopback address",
+                "agent.toml: controller.token_file: missing (required)",
+                "agent.toml: controller.client_key: set both client_cert and client_key, or neither",
+                "agent.toml: controller.report_interval: \"1ms\" is too short",
+            ],
+        );
     }
 }

@@ -299,6 +299,10 @@ pub struct EventLog {
 struct History {
     entries: VecDeque<EventEntry>,
     next_seq: u64,
+    /// The last sequence number a report delivered.
+    acked: u64,
+    /// Events dropped from the full history before a report delivered them.
+    dropped_unreported: u64,
 }
 
 impl EventLog {
@@ -307,6 +311,8 @@ impl EventLog {
             inner: Mutex::new(History {
                 entries: VecDeque::with_capacity(capacity.min(1024)),
                 next_seq: 1,
+                acked: 0,
+                dropped_unreported: 0,
             }),
             capacity,
         }
@@ -325,9 +331,33 @@ impl EventLog {
         };
         history.next_seq += 1;
         if history.entries.len() >= self.capacity {
-            history.entries.pop_front();
+            if let Some(dropped) = history.entries.pop_front() {
+                if dropped.seq > history.acked {
+                    history.dropped_unreported += 1;
+                }
+            }
         }
         history.entries.push_back(entry);
+    }
+
+    /// The events no accepted report has carried yet, oldest first, at most `limit`;
+    /// and how many such events were dropped because the history was full.
+    pub fn unreported(&self, limit: usize) -> (Vec<EventEntry>, u64) {
+        let history = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let events = history
+            .entries
+            .iter()
+            .filter(|e| e.seq > history.acked)
+            .take(limit)
+            .cloned()
+            .collect();
+        (events, history.dropped_unreported)
+    }
+
+    /// A report carrying the events up to `seq` was accepted.
+    pub fn ack(&self, seq: u64) {
+        let mut history = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        history.acked = history.acked.max(seq);
     }
 
     /// The kept events of `instance`, oldest first, at most `limit`.

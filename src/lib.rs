@@ -9,6 +9,7 @@ pub mod api;
 pub mod atomic_file;
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod desired;
 pub mod engine;
 pub mod events;
@@ -49,6 +50,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     create_dir(&config.instances_dir())?;
     create_dir(&config.instances.log_dir)?;
     let boot_id = procfs::boot_id().context("cannot read the boot id from /proc/sys/kernel/random/boot_id")?;
+    let started_at = process::unix_now();
+    // Built (and its files checked) before anything starts: a wrong token file or CA
+    // is a configuration error to fix, not something to retry.
+    let controller_client = match &config.controller {
+        Some(controller) => Some(controller::Client::new(controller, &config.node_id)?),
+        None => None,
+    };
     let api_token = match &config.api.token_file {
         Some(path) => Some(api::Token::read(path)?),
         None => None,
@@ -72,22 +80,37 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         config: config.clone(),
         board: board.clone(),
         events: events.clone(),
-        boot_id,
+        boot_id: boot_id.clone(),
     });
     let (supervisor, supervisor_task) = supervisor::Supervisor::spawn(ctx, shutdown.child_token());
 
     let sources = sources::Sources::new(config.clone(), board.clone(), events.clone());
     let (sources, sources_task) = sources::spawn(sources, supervisor);
+    // The last accepted state is applied before the controller is asked (static
+    // stability): the controller may be gone.
     sources.initial().await;
+    let mut controller_tasks = Vec::new();
+    if let (Some(controller), Some(client)) = (&config.controller, controller_client) {
+        board.controller_configured(controller.url.as_str());
+        controller_tasks = controller::spawn(
+            Arc::new(client),
+            sources.clone(),
+            board.clone(),
+            events.clone(),
+            controller::node_facts(&config.node_id, &boot_id, started_at),
+            controller.report_interval,
+            shutdown.clone(),
+        );
+    }
 
     let api_state = api::ApiState {
         node_id: Arc::from(config.node_id.as_str()),
-        started_at: process::unix_now(),
+        started_at,
         board: board.clone(),
         events: events.clone(),
         sources: sources.clone(),
         token: api_token,
-        standalone: true,
+        standalone: config.controller.is_none(),
     };
     let api_task = tokio::spawn(api::serve(listener, api_state, shutdown.clone()));
     // systemd (Type=notify) learns that the agent is up; instances may still be starting.
@@ -112,6 +135,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             }
             _ = rescan.tick() => sources.reload(false).await,
         }
+    }
+    for task in controller_tasks {
+        let _ = task.await;
     }
     drop(sources);
     sources_task.abort();

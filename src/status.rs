@@ -184,22 +184,84 @@ pub struct DesiredInfo {
     pub last_rejection: Option<Rejection>,
 }
 
+/// How the conversation with the controller goes, for `/v1/status`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ControllerInfo {
+    pub url: String,
+    /// When a desired-state poll last ended well (milliseconds since the epoch).
+    pub last_poll_ok_ms: Option<u64>,
+    /// When a report was last accepted.
+    pub last_report_ok_ms: Option<u64>,
+    /// The last failure, while calls fail; `None` once they work again.
+    pub poll_error: Option<String>,
+    pub report_error: Option<String>,
+}
+
 /// Shared, lock-protected status of every instance. Locks are held only to copy.
 #[derive(Clone, Default)]
 pub struct StatusBoard {
     instances: Arc<Mutex<BTreeMap<String, InstanceStatus>>>,
     desired: Arc<Mutex<DesiredInfo>>,
+    controller: Arc<Mutex<Option<ControllerInfo>>>,
+    /// Woken when an instance's phase or readiness changes (reports go out at once).
+    changes: Arc<tokio::sync::Notify>,
 }
 
 impl StatusBoard {
     pub fn publish(&self, status: InstanceStatus) {
         let mut map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = map
+            .get(&status.name)
+            .is_none_or(|old| old.phase != status.phase || old.ready != status.ready || old.pid != status.pid);
         map.insert(status.name.clone(), status);
+        drop(map);
+        if changed {
+            self.changes.notify_one();
+        }
     }
 
     pub fn remove(&self, name: &str) {
         let mut map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(name);
+        if map.remove(name).is_some() {
+            self.changes.notify_one();
+        }
+    }
+
+    /// Notified when an instance's phase, readiness or pid changes, or it goes away.
+    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
+        self.changes.clone()
+    }
+
+    /// Starts tracking the controller at `url`.
+    pub fn controller_configured(&self, url: &str) {
+        *self.controller.lock().unwrap_or_else(|p| p.into_inner()) = Some(ControllerInfo {
+            url: url.to_string(),
+            ..ControllerInfo::default()
+        });
+    }
+
+    /// A desired-state poll ended; `error` when it failed.
+    pub fn controller_polled(&self, error: Option<String>) {
+        if let Some(info) = self.controller.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            if error.is_none() {
+                info.last_poll_ok_ms = Some(unix_now_millis());
+            }
+            info.poll_error = error;
+        }
+    }
+
+    /// A report was sent; `error` when it was not accepted.
+    pub fn controller_reported(&self, error: Option<String>) {
+        if let Some(info) = self.controller.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            if error.is_none() {
+                info.last_report_ok_ms = Some(unix_now_millis());
+            }
+            info.report_error = error;
+        }
+    }
+
+    pub fn controller(&self) -> Option<ControllerInfo> {
+        self.controller.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Every instance, sorted by name.

@@ -1,0 +1,285 @@
+//! The HTTP client of the controller protocol (see `openapi.yaml`): outbound HTTPS
+//! with rustls, a bearer token on every call, timeouts on every call, bodies read with
+//! a size limit, and errors that say what to fix.
+
+use crate::config::ControllerConfig;
+use crate::desired::MAX_DOCUMENT_BYTES;
+use reqwest::{header, StatusCode, Url};
+use std::fmt;
+use std::time::Duration;
+
+/// Limit for connecting to the controller.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Limit for a report, and what a long poll may take beyond its `wait`.
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The controller's bearer token. Its `Debug` never shows it.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// A failed call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("cannot reach {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("{url} did not answer within {timeout_s}s")]
+    Timeout { url: String, timeout_s: u64 },
+    #[error("{url} answered {status}: the token in [controller] token_file is {what}")]
+    Unauthorized { url: String, status: u16, what: &'static str },
+    #[error("{url} answered {status}: {body}")]
+    Status { url: String, status: u16, body: String },
+    #[error("{url} sent more than {limit} bytes")]
+    TooLarge { url: String, limit: usize },
+    #[error("cannot read the answer of {url}: {reason}")]
+    Read { url: String, reason: String },
+}
+
+impl CallError {
+    /// Whether the error is about the token (worth a louder log line, once).
+    pub fn is_auth(&self) -> bool {
+        matches!(self, CallError::Unauthorized { .. })
+    }
+}
+
+/// What a long poll brought.
+#[derive(Debug)]
+pub enum Poll {
+    /// A document (not parsed yet), with the generation from its ETag if any.
+    Document(bytes::Bytes),
+    /// No newer document within the wait.
+    Unchanged,
+}
+
+/// The controller, as the agent calls it.
+pub struct Client {
+    http: reqwest::Client,
+    desired_url: Url,
+    report_url: Url,
+    token: Token,
+    poll_wait: Duration,
+}
+
+impl Client {
+    /// Builds the client: reads the token (which must not be readable by others), the
+    /// CA and the client certificate.
+    pub fn new(config: &ControllerConfig, node_id: &str) -> anyhow::Result<Client> {
+        use anyhow::Context;
+        let token = read_private(&config.token_file, "[controller] token_file")?;
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("ker-agent/", env!("CARGO_PKG_VERSION")))
+            .https_only(config.url.scheme() == "https")
+            // Redirects could take the token elsewhere.
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(ca_file) = &config.ca_file {
+            let pem = std::fs::read(ca_file)
+                .with_context(|| format!("cannot read [controller] ca_file {}", ca_file.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("[controller] ca_file {} holds no valid PEM certificate", ca_file.display()))?;
+            if certs.is_empty() {
+                anyhow::bail!("[controller] ca_file {} holds no certificate", ca_file.display());
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+        if let Some((cert, key)) = &config.client_identity {
+            let mut pem = std::fs::read(cert)
+                .with_context(|| format!("cannot read [controller] client_cert {}", cert.display()))?;
+            let key_pem = read_private(key, "[controller] client_key")?;
+            pem.extend_from_slice(b"\n");
+            pem.extend_from_slice(key_pem.0.as_bytes());
+            let identity = reqwest::Identity::from_pem(&pem).with_context(|| {
+                format!(
+                    "[controller] client_cert {} and client_key {} are not a valid PEM certificate and key",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+            builder = builder.identity(identity);
+        }
+        let http = builder.build().context("cannot build the HTTPS client for the controller")?;
+        let node_url = |last: &str| -> anyhow::Result<Url> {
+            let mut url = config.url.clone();
+            url.path_segments_mut()
+                .map_err(|()| anyhow::anyhow!("[controller] url {} cannot have a path", config.url))?
+                .pop_if_empty()
+                .extend(["v1", "nodes", node_id, last]);
+            Ok(url)
+        };
+        let mut desired_url = node_url("desired-state")?;
+        desired_url
+            .query_pairs_mut()
+            .append_pair("wait", &format!("{}ms", config.poll_wait.as_millis()));
+        Ok(Client {
+            http,
+            desired_url,
+            report_url: node_url("report")?,
+            token,
+            poll_wait: config.poll_wait,
+        })
+    }
+
+    /// One long poll: the document when its generation differs from `seen`, or
+    /// `Unchanged` when the controller held the request for its wait.
+    pub async fn poll(&self, seen: Option<u64>) -> Result<Poll, CallError> {
+        let url = self.desired_url.as_str();
+        let timeout = self.poll_wait + CALL_TIMEOUT;
+        let mut request = self
+            .http
+            .get(self.desired_url.clone())
+            .bearer_auth(&self.token.0)
+            .header(header::ACCEPT, "application/json")
+            .timeout(timeout);
+        if let Some(generation) = seen {
+            request = request.header(header::IF_NONE_MATCH, format!("\"{generation}\""));
+        }
+        let response = request.send().await.map_err(|e| failure(url, timeout, e))?;
+        match response.status() {
+            StatusCode::NOT_MODIFIED => Ok(Poll::Unchanged),
+            StatusCode::OK => Ok(Poll::Document(read_body(response, url, timeout).await?)),
+            status => Err(status_error(url, status, response).await),
+        }
+    }
+
+    /// Posts a report (already gzip-compressed JSON).
+    pub async fn report(&self, gzipped: Vec<u8>) -> Result<(), CallError> {
+        let url = self.report_url.as_str();
+        let response = self
+            .http
+            .post(self.report_url.clone())
+            .bearer_auth(&self.token.0)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_ENCODING, "gzip")
+            .timeout(CALL_TIMEOUT)
+            .body(gzipped)
+            .send()
+            .await
+            .map_err(|e| failure(url, CALL_TIMEOUT, e))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(status_error(url, response.status(), response).await)
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        self.desired_url.as_str()
+    }
+}
+
+/// Reads a file that must be private to the agent: a token or a key.
+fn read_private(path: &std::path::Path, what: &str) -> anyhow::Result<Token> {
+    use anyhow::Context;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o007 != 0 {
+        anyhow::bail!(
+            "{what} {} is accessible to other users (mode {:o}); make it 0600 or 0640 (chmod o-rwx)",
+            path.display(),
+            mode & 0o777
+        );
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    let text = text.trim();
+    if text.is_empty() {
+        anyhow::bail!("{what} {} is empty", path.display());
+    }
+    Ok(Token(text.to_string()))
+}
+
+fn failure(url: &str, timeout: Duration, error: reqwest::Error) -> CallError {
+    if error.is_timeout() {
+        CallError::Timeout {
+            url: url.to_string(),
+            timeout_s: timeout.as_secs(),
+        }
+    } else {
+        CallError::Unreachable {
+            url: url.to_string(),
+            reason: error_chain(&error),
+        }
+    }
+}
+
+/// The error with its causes ("connection refused" is usually two levels down).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+async fn status_error(url: &str, status: StatusCode, response: reqwest::Response) -> CallError {
+    let code = status.as_u16();
+    match status {
+        StatusCode::UNAUTHORIZED => CallError::Unauthorized {
+            url: url.to_string(),
+            status: code,
+            what: "missing or wrong",
+        },
+        StatusCode::FORBIDDEN => CallError::Unauthorized {
+            url: url.to_string(),
+            status: code,
+            what: "not allowed for this node",
+        },
+        _ => {
+            // A little of the body helps; all of it could be megabytes.
+            let body = read_body(response, url, CALL_TIMEOUT)
+                .await
+                .map(|b| String::from_utf8_lossy(&b[..b.len().min(200)]).into_owned())
+                .unwrap_or_default();
+            CallError::Status {
+                url: url.to_string(),
+                status: code,
+                body,
+            }
+        }
+    }
+}
+
+/// Reads a body of at most [`MAX_DOCUMENT_BYTES`].
+async fn read_body(mut response: reqwest::Response, url: &str, timeout: Duration) -> Result<bytes::Bytes, CallError> {
+    let too_large = || CallError::TooLarge {
+        url: url.to_string(),
+        limit: MAX_DOCUMENT_BYTES,
+    };
+    if response.content_length().is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64) {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body.freeze()),
+            Err(e) if e.is_timeout() => {
+                return Err(CallError::Timeout {
+                    url: url.to_string(),
+                    timeout_s: timeout.as_secs(),
+                })
+            }
+            Err(e) => {
+                return Err(CallError::Read {
+                    url: url.to_string(),
+                    reason: error_chain(&e),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Controlled remotely: the agent long-polls its desired state from the control
+//! centre and posts reports of what is. The control centre is never needed to keep
+//! running: without it, the last accepted state stays applied and supervised
+//! (invariant 7), and every failure is retried with exponential back-off and full
+//! jitter so that thousands of agents do not hammer a controller that comes back.
+
+mod client;
+mod report;
+
+pub use client::{CallError, Client, Poll};
+pub use report::{node_facts, NodeFacts};
+
+use crate::desired::DocumentSource;
+use crate::events::EventLog;
+use crate::sources::{Offer, Rejected, SourcesHandle};
+use crate::status::StatusBoard;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Exponential back-off with full jitter: after `n` failures in a row, a random delay
+/// in `[0, min(CAP, BASE · 2ⁿ)]`.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    pub const BASE: Duration = Duration::from_secs(1);
+    pub const CAP: Duration = Duration::from_secs(60);
+
+    /// The delay before the next attempt, and counts the failure.
+    pub fn next(&mut self, jitter: f64) -> Duration {
+        let ceiling = Self::BASE.saturating_mul(1 << self.failures.min(16)).min(Self::CAP);
+        self.failures = self.failures.saturating_add(1);
+        ceiling.mul_f64(jitter.clamp(0.0, 1.0))
+    }
+
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
+/// Logs a failure loudly once per change of its text, quietly while it repeats.
+#[derive(Default)]
+struct FailureLog {
+    last: Option<String>,
+}
+
+impl FailureLog {
+    fn failed(&mut self, what: &'static str, error: &CallError, delay: Duration, failures: u32) {
+        let text = error.to_string();
+        if self.last.as_deref() != Some(text.as_str()) {
+            if error.is_auth() {
+                tracing::error!(
+                    call = what,
+                    error = text.as_str(),
+                    "The controller refused the agent's token; fix [controller] token_file (retrying with back-off)."
+                );
+            } else {
+                tracing::warn!(call = what, error = text.as_str(), "Controller call failed.");
+            }
+        }
+        tracing::info!(
+            call = what,
+            failures,
+            retry_in_ms = delay.as_millis() as u64,
+            "Controller back-off."
+        );
+        self.last = Some(text);
+    }
+
+    fn succeeded(&mut self, what: &'static str) {
+        if self.last.take().is_some() {
+            tracing::info!(call = what, "Controller reachable again.");
+        }
+    }
+}
+
+/// Starts the long poll and the reports. They end when `shutdown` is cancelled.
+pub fn spawn(
+    client: Arc<Client>,
+    sources: SourcesHandle,
+    board: StatusBoard,
+    events: Arc<EventLog>,
+    facts: NodeFacts,
+    report_interval: Duration,
+    shutdown: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    vec![
+        tokio::spawn(poll_loop(client.clone(), sources, board.clone(), shutdown.clone())),
+        tokio::spawn(report::report_loop(client, board, events, facts, report_interval, shutdown)),
+    ]
+}
+
+/// The generation a document claims, read without validating the rest.
+fn claimed_generation(bytes: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Claim {
+        generation: u64,
+    }
+    serde_json::from_slice::<Claim>(bytes).ok().map(|c| c.generation)
+}
+
+/// Long-polls the desired state for as long as the agent runs.
+async fn poll_loop(client: Arc<Client>, sources: SourcesHandle, board: StatusBoard, shutdown: CancellationToken) {
+    // The generation last received (accepted or not): sent as If-None-Match, so that the
+    // controller holds the request instead of sending the same document again.
+    let mut seen = board.desired().generation;
+    let mut backoff = Backoff::default();
+    let mut log = FailureLog::default();
+    loop {
+        let polled = tokio::select! {
+            polled = client.poll(seen) => polled,
+            _ = shutdown.cancelled() => return,
+        };
+        let failure = match polled {
+            Ok(Poll::Unchanged) => None,
+            Ok(Poll::Document(bytes)) => {
+                let claimed = claimed_generation(&bytes);
+                let again = claimed.is_some() && claimed == seen;
+                match sources.offer(bytes, DocumentSource::Controller).await {
+                    Ok(Offer::Accepted { generation, .. }) => {
+                        seen = Some(generation);
+                        None
+                    }
+                    Ok(Offer::Unchanged { generation }) if again => Some(CallError::Status {
+                        url: client.url().to_string(),
+                        status: 200,
+                        body: format!(
+                            "the controller sent generation {generation} again although the agent has it (If-None-Match)"
+                        ),
+                    }),
+                    Ok(Offer::Unchanged { generation }) => {
+                        seen = Some(generation);
+                        None
+                    }
+                    Ok(Offer::Rejected(rejected)) | Err(rejected) => match (rejected, claimed) {
+                        // Reported in the status; wait for a newer generation.
+                        (Rejected::Stale { offered, .. }, _) => {
+                            seen = Some(offered);
+                            None
+                        }
+                        (Rejected::Invalid(_), Some(generation)) if !again => {
+                            seen = Some(generation);
+                            None
+                        }
+                        (rejected, _) => Some(CallError::Read {
+                            url: client.url().to_string(),
+                            reason: rejected.to_string(),
+                        }),
+                    },
+                }
+            }
+            Err(error) => Some(error),
+        };
+        match failure {
+            None => {
+                backoff.reset();
+                log.succeeded("desired-state");
+                board.controller_polled(None);
+            }
+            Some(error) => {
+                let delay = backoff.next(fastrand::f64());
+                log.failed("desired-state", &error, delay, backoff.failures());
+                board.controller_polled(Some(error.to_string()));
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_has_full_jitter_and_a_cap() {
+        let mut b = Backoff::default();
+        assert_eq!(b.next(1.0), Duration::from_secs(1));
+        assert_eq!(b.next(1.0), Duration::from_secs(2));
+        assert_eq!(b.next(0.5), Duration::from_secs(2));
+        assert_eq!(b.next(0.0), Duration::ZERO);
+        for _ in 0..40 {
+            assert!(b.next(1.0) <= Backoff::CAP);
+        }
+        assert_eq!(b.next(1.0), Backoff::CAP);
+        b.reset();
+        assert_eq!(b.next(1.0), Backoff::BASE);
+    }
+
+    #[test]
+    fn the_claimed_generation_is_read_from_any_document() {
+        assert_eq!(claimed_generation(br#"{"generation": 7, "instances": "junk"}"#), Some(7));
+        assert_eq!(claimed_generation(b"junk"), None);
+        assert_eq!(claimed_generation(br#"{"generation": -1}"#), None);
+    }
+}
