@@ -62,7 +62,15 @@ fn parse_controller(
     let fields = c.table(
         table,
         "controller",
-        &["url", "token_file", "ca_file", "client_cert", "client_key", "report_interval", "poll_wait"],
+        &[
+            "url",
+            "token_file",
+            "ca_file",
+            "client_cert",
+            "client_key",
+            "report_interval",
+            "poll_wait",
+        ],
     );
     let before = c.problems.len();
     let url = match c.required_string(&fields, "url") {
@@ -97,7 +105,10 @@ fn parse_controller(
         (Some(cert), Some(key)) => Some((cert, key)),
         (None, None) => None,
         _ => {
-            c.problem(fields.path("client_key"), "set both client_cert and client_key, or neither");
+            c.problem(
+                fields.path("client_key"),
+                "set both client_cert and client_key, or neither",
+            );
             None
         }
     };

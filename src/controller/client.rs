@@ -31,7 +31,11 @@ pub enum CallError {
     #[error("{url} did not answer within {timeout_s}s")]
     Timeout { url: String, timeout_s: u64 },
     #[error("{url} answered {status}: the token in [controller] token_file is {what}")]
-    Unauthorized { url: String, status: u16, what: &'static str },
+    Unauthorized {
+        url: String,
+        status: u16,
+        what: &'static str,
+    },
     #[error("{url} answered {status}: {body}")]
     Status { url: String, status: u16, body: String },
     #[error("{url} sent more than {limit} bytes")]
@@ -80,8 +84,12 @@ impl Client {
         if let Some(ca_file) = &config.ca_file {
             let pem = std::fs::read(ca_file)
                 .with_context(|| format!("cannot read [controller] ca_file {}", ca_file.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .with_context(|| format!("[controller] ca_file {} holds no valid PEM certificate", ca_file.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+                format!(
+                    "[controller] ca_file {} holds no valid PEM certificate",
+                    ca_file.display()
+                )
+            })?;
             if certs.is_empty() {
                 anyhow::bail!("[controller] ca_file {} holds no certificate", ca_file.display());
             }
@@ -102,7 +110,9 @@ impl Client {
             })?;
             builder = builder.identity(identity);
         }
-        let http = builder.build().context("cannot build the HTTPS client for the controller")?;
+        let http = builder
+            .build()
+            .context("cannot build the HTTPS client for the controller")?;
         let node_url = |last: &str| -> anyhow::Result<Url> {
             let mut url = config.url.clone();
             url.path_segments_mut()

@@ -93,7 +93,14 @@ pub fn spawn(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
         tokio::spawn(poll_loop(client.clone(), sources, board.clone(), shutdown.clone())),
-        tokio::spawn(report::report_loop(client, board, events, facts, report_interval, shutdown)),
+        tokio::spawn(report::report_loop(
+            client,
+            board,
+            events,
+            facts,
+            report_interval,
+            shutdown,
+        )),
     ]
 }
 
@@ -198,7 +205,10 @@ mod tests {
 
     #[test]
     fn the_claimed_generation_is_read_from_any_document() {
-        assert_eq!(claimed_generation(br#"{"generation": 7, "instances": "junk"}"#), Some(7));
+        assert_eq!(
+            claimed_generation(br#"{"generation": 7, "instances": "junk"}"#),
+            Some(7)
+        );
         assert_eq!(claimed_generation(b"junk"), None);
         assert_eq!(claimed_generation(br#"{"generation": -1}"#), None);
     }

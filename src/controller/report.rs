@@ -30,7 +30,11 @@ pub struct NodeFacts {
 
 /// Reads the node's facts from the kernel.
 pub fn node_facts(node_id: &str, boot_id: &str, started_at: u64) -> NodeFacts {
-    let read = |path: &str| std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default();
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
     let memory_kb = read("/proc/meminfo")
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
@@ -142,14 +146,25 @@ mod tests {
         board.accepted(3, Some(9), "controller");
         let events = EventLog::new(3);
         for pid in 1..=5 {
-            events.emit("a", Event::Started { pid, after_crash: false });
+            events.emit(
+                "a",
+                Event::Started {
+                    pid,
+                    after_crash: false,
+                },
+            );
         }
         let facts = node_facts("n1", "boot", 1);
         let (body, last) = build(&facts, &board, &events);
         assert_eq!(body["observed_generation"], 9);
         assert_eq!(body["node"]["node_id"], "n1");
         assert!(body["node"]["cpus"].as_u64().unwrap() >= 1);
-        let seqs: Vec<u64> = body["events"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        let seqs: Vec<u64> = body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect();
         assert_eq!(seqs, [3, 4, 5]);
         assert_eq!(body["events_dropped"], 2);
         events.ack(last.unwrap());
@@ -159,7 +174,9 @@ mod tests {
 
         let compressed = gzip(&body);
         let mut text = String::new();
-        flate2::read::GzDecoder::new(&compressed[..]).read_to_string(&mut text).unwrap();
+        flate2::read::GzDecoder::new(&compressed[..])
+            .read_to_string(&mut text)
+            .unwrap();
         assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), body);
     }
 }
