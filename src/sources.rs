@@ -213,9 +213,10 @@ impl Sources {
         }
     }
 
-    /// A document that failed validation before it could be offered.
-    pub fn invalid(&mut self, source: DocumentSource, problems: &[Problem]) {
-        self.reject(source.as_str(), None, problems);
+    /// A document that failed validation before it could be offered; `claimed` is the
+    /// generation it claims, if it could be read.
+    pub fn invalid(&mut self, source: DocumentSource, claimed: Option<u64>, problems: &[Problem]) {
+        self.reject(source.as_str(), claimed, problems);
     }
 
     /// Merges, persists and takes `inputs` as the accepted ones.
@@ -332,7 +333,7 @@ pub fn spawn(sources: Sources, supervisor: SupervisorHandle) -> (SourcesHandle, 
                     Request::Reload { force } => (sources.reload_manifests(force), None),
                     Request::Offer { bytes, source, reply } => match desired::parse_document(&bytes, source, &config) {
                         Err(problems) => {
-                            sources.invalid(source, &problems);
+                            sources.invalid(source, desired::claimed_generation(&bytes), &problems);
                             (None, Some((reply, Err(Rejected::Invalid(problems)))))
                         }
                         Ok(document) => {

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 /// Limit for connecting to the controller.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Limit for a report, and what a long poll may take beyond its `wait`.
+/// Limit for a report.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// What a long poll may take beyond its `wait` before it counts as hung.
+const POLL_MARGIN: Duration = Duration::from_secs(5);
 
 /// The controller's bearer token. Its `Debug` never shows it.
 #[derive(Clone)]
@@ -138,7 +140,7 @@ impl Client {
     /// `Unchanged` when the controller held the request for its wait.
     pub async fn poll(&self, seen: Option<u64>) -> Result<Poll, CallError> {
         let url = self.desired_url.as_str();
-        let timeout = self.poll_wait + CALL_TIMEOUT;
+        let timeout = self.poll_wait + POLL_MARGIN;
         let mut request = self
             .http
             .get(self.desired_url.clone())

@@ -104,15 +104,6 @@ pub fn spawn(
     ]
 }
 
-/// The generation a document claims, read without validating the rest.
-fn claimed_generation(bytes: &[u8]) -> Option<u64> {
-    #[derive(serde::Deserialize)]
-    struct Claim {
-        generation: u64,
-    }
-    serde_json::from_slice::<Claim>(bytes).ok().map(|c| c.generation)
-}
-
 /// Long-polls the desired state for as long as the agent runs.
 async fn poll_loop(client: Arc<Client>, sources: SourcesHandle, board: StatusBoard, shutdown: CancellationToken) {
     // The generation last received (accepted or not): sent as If-None-Match, so that the
@@ -128,7 +119,7 @@ async fn poll_loop(client: Arc<Client>, sources: SourcesHandle, board: StatusBoa
         let failure = match polled {
             Ok(Poll::Unchanged) => None,
             Ok(Poll::Document(bytes)) => {
-                let claimed = claimed_generation(&bytes);
+                let claimed = crate::desired::claimed_generation(&bytes);
                 let again = claimed.is_some() && claimed == seen;
                 match sources.offer(bytes, DocumentSource::Controller).await {
                     Ok(Offer::Accepted { generation, .. }) => {
@@ -201,15 +192,5 @@ mod tests {
         assert_eq!(b.next(1.0), Backoff::CAP);
         b.reset();
         assert_eq!(b.next(1.0), Backoff::BASE);
-    }
-
-    #[test]
-    fn the_claimed_generation_is_read_from_any_document() {
-        assert_eq!(
-            claimed_generation(br#"{"generation": 7, "instances": "junk"}"#),
-            Some(7)
-        );
-        assert_eq!(claimed_generation(b"junk"), None);
-        assert_eq!(claimed_generation(br#"{"generation": -1}"#), None);
     }
 }

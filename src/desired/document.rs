@@ -49,6 +49,16 @@ impl Document {
     }
 }
 
+/// The generation a document claims, read without validating the rest (to report a
+/// rejection with it, and to not fetch the same invalid document again).
+pub fn claimed_generation(bytes: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Claim {
+        generation: u64,
+    }
+    serde_json::from_slice::<Claim>(bytes).ok().map(|c| c.generation)
+}
+
 /// Parses and validates a document. Specs in it may not name host paths
 /// (`password_file`): the controller never names a path (invariant 3).
 pub fn parse_document(bytes: &[u8], source: DocumentSource, config: &AgentConfig) -> Result<Document, Vec<Problem>> {
@@ -149,6 +159,16 @@ mod tests {
             .iter()
             .map(ToString::to_string)
             .collect()
+    }
+
+    #[test]
+    fn the_claimed_generation_is_read_from_any_document() {
+        assert_eq!(
+            claimed_generation(br#"{"generation": 7, "instances": "junk"}"#),
+            Some(7)
+        );
+        assert_eq!(claimed_generation(b"junk"), None);
+        assert_eq!(claimed_generation(br#"{"generation": -1}"#), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod document;
 mod manifests;
 mod store;
 
-pub use document::{parse_document, Document, DocumentSource, MAX_DOCUMENT_BYTES};
+pub use document::{claimed_generation, parse_document, Document, DocumentSource, MAX_DOCUMENT_BYTES};
 pub use manifests::{fingerprint, load_manifests, load_manifests_watching, manifest_files, FileStamp, Fingerprint};
 pub use store::{load_persisted, persist};
 

@@ -14,6 +14,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod controller;
+pub mod netns;
+pub mod openapi;
+
 pub const AGENT: &str = env!("CARGO_BIN_EXE_ker-agent");
 
 /// The redis-server the tests use: `$REDIS_SERVER` or Debian's.
