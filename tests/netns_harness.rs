@@ -278,3 +278,20 @@ fn parallel_networks_do_not_collide() {
         assert_eq!(server.wait().unwrap().signal(), Some(9));
     }
 }
+
+#[test]
+fn the_test_process_can_join_the_network() {
+    let mut net = Network::new(1);
+    let ip = net.attach_test_process();
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    net.wait_connectable(
+        0,
+        std::net::SocketAddrV4::new(ip, port),
+        std::time::Duration::from_secs(5),
+    );
+    drop(net);
+    // The root side of the link is gone with the network.
+    let links = std::process::Command::new("ip").args(["-o", "addr"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains(&ip.to_string()));
+}

@@ -10,9 +10,11 @@
 //!  netns kerat-<pid>-<n>-h<i> eth0 = 10.<a>.<b>.<i+2>/24 (veth peer of h<i>), lo up
 //! ```
 //!
-//! The root namespace's networking is never touched: it has no address in, and no
-//! route to, the hosts' subnet, so a test process cannot connect to a host directly;
-//! run clients inside a host with [`Network::command`] (or [`Network::can_connect`]).
+//! The root namespace's networking is not touched unless a test asks for it with
+//! [`Network::attach_test_process`] (which gives the test process `.1` on the bridge,
+//! for a server inside the test); otherwise it has no address in, and no route to, the
+//! hosts' subnet; run clients inside a host with [`Network::command`] (or
+//! [`Network::can_connect`]).
 //! Every host has its own port space, so fixed ports (6379, ...) never collide with
 //! other tests. A process in host `i` may bind to [`Network::host_ip`]`(i)`, 0.0.0.0
 //! or 127.0.0.1 (the latter reachable only from inside host `i`); a redis-server
@@ -58,6 +60,8 @@ pub struct Network {
     hosts: Vec<String>,
     /// Namespaces created so far, in creation order: what Drop removes.
     created: Vec<String>,
+    /// The test process's side of the link made by `attach_test_process`.
+    attached: Option<String>,
 }
 
 impl Network {
@@ -87,6 +91,7 @@ impl Network {
             id,
             subnet,
             created: Vec::new(),
+            attached: None,
         };
         // From here on a panic drops `net`, which removes what was created.
         let switch = net.switch.clone();
@@ -120,6 +125,26 @@ impl Network {
         }
         self.created.push(name.to_string());
         run_ip(&["-n", name, "link", "set", "lo", "up"]);
+    }
+
+    /// Plugs the test process's own namespace into the bridge at `10.<a>.<b>.1`, so
+    /// that a server running inside the test (a test controller) is one more host on
+    /// the network. The veth pair goes away with the switch namespace on drop.
+    pub fn attach_test_process(&mut self) -> Ipv4Addr {
+        let switch = self.switch.clone();
+        let ip = Ipv4Addr::new(self.subnet[0], self.subnet[1], self.subnet[2], 1);
+        // Unique in the root namespace, at most 15 characters.
+        let n = self.id.rsplit('-').next().unwrap_or("0");
+        let outer = format!("kr{}x{n}", std::process::id() % 100_000);
+        let me = std::process::id().to_string();
+        run_ip(&[
+            "-n", &switch, "link", "add", "up0", "type", "veth", "peer", "name", &outer, "netns", &me,
+        ]);
+        self.attached = Some(outer.clone());
+        run_ip(&["-n", &switch, "link", "set", "up0", "master", "br0", "up"]);
+        run_ip(&["addr", "add", &format!("{ip}/{PREFIX_LEN}"), "dev", &outer]);
+        run_ip(&["link", "set", &outer, "up"]);
+        ip
     }
 
     /// `kerat-<pid>-<n>`: the common prefix of this Network's namespaces.
@@ -219,6 +244,13 @@ impl Network {
 
 impl Drop for Network {
     fn drop(&mut self) {
+        // The test process's side of its link, if attached (namespace teardown is
+        // asynchronous, so the link would linger for a while).
+        if let Some(outer) = self.attached.take() {
+            if let Err(e) = ip_output(&["link", "del", &outer]) {
+                eprintln!("netns harness: removing {outer}: {e}");
+            }
+        }
         // Hosts first, then the switch: the reverse of creation order.
         let names: Vec<String> = self.created.iter().rev().cloned().collect();
         if let Err(e) = destroy(&names) {
