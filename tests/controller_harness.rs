@@ -1,13 +1,16 @@
 //! Self-tests of the fake control centre in `tests/common/controller.rs`, with a plain
-//! HTTP client over `TcpStream` (no agent involved).
+//! HTTP client over `TcpStream`, or over a plain rustls client for HTTPS (no agent
+//! involved).
 
 mod common;
 
 use common::controller::{etag_matches, parse_wait, Controller, Fault, GARBAGE_BODY, HUGE_BODY_BYTES, HUGE_GENERATION};
+use common::tls::{Ca, Issued};
 use flate2::write::GzEncoder;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "controller-test-token-0123456789";
@@ -50,6 +53,19 @@ fn call(
 ) -> std::io::Result<Answer> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(timeout))?;
+    exchange(&mut stream, addr, method, path, headers, body)
+}
+
+/// Writes one request with `Connection: close` on `stream` and reads the answer to the
+/// end.
+fn exchange(
+    stream: &mut (impl Read + Write),
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Answer> {
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -60,6 +76,7 @@ fn call(
     request.push_str("\r\n");
     stream.write_all(request.as_bytes())?;
     stream.write_all(body)?;
+    stream.flush()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{what}: {raw:?}"));
@@ -553,4 +570,245 @@ fn restart_serves_the_same_state_on_the_same_address() {
         "the poll while stopped never arrived\n{}",
         c.diagnostics()
     );
+}
+
+// ----- HTTPS -----
+
+/// A TLS client configuration (ring, like the agent) that trusts `roots` and presents
+/// `identity` if given.
+fn tls_client(roots: &[&Ca], identity: Option<&Issued>) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut store = rustls::RootCertStore::empty();
+    for ca in roots {
+        store.add(CertificateDer::from(ca.der())).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(id) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from(id.der.clone())],
+                PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    Arc::new(config)
+}
+
+/// Like [`call`] over TLS to `server_name` (an IP address or a DNS name).
+#[allow(clippy::too_many_arguments)]
+fn call_tls(
+    config: &Arc<rustls::ClientConfig>,
+    server_name: &str,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Answer> {
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).expect("a server name");
+    let connection = rustls::ClientConnection::new(config.clone(), name).map_err(std::io::Error::other)?;
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    tcp.set_read_timeout(Some(timeout))?;
+    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    exchange(&mut stream, addr, method, path, headers, body)
+}
+
+/// `GET …/desired-state?wait=…` with the token over TLS to 127.0.0.1.
+fn poll_tls(
+    config: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    node: &str,
+    wait: &str,
+    timeout: Duration,
+) -> std::io::Result<Answer> {
+    let auth = bearer();
+    let path = format!("/v1/nodes/{node}/desired-state?wait={wait}");
+    call_tls(
+        config,
+        "127.0.0.1",
+        addr,
+        "GET",
+        &path,
+        &[("Authorization", auth.as_str())],
+        b"",
+        timeout,
+    )
+}
+
+fn localhost() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+#[test]
+fn https_serves_the_same_protocol() {
+    let ca = Ca::new("harness server CA");
+    let server = ca.server(&["127.0.0.1", "localhost"]);
+    let c = Controller::start_tls(localhost(), TOKEN, &server.cert_pem, &server.key_pem, None);
+    assert!(c.url().starts_with("https://127.0.0.1:"), "{}", c.url());
+    assert!(c.is_tls() && !c.requires_client_cert());
+    c.set_document(NODE, doc(7));
+    let client = tls_client(&[&ca], None);
+    let t = Duration::from_secs(5);
+
+    let a = poll_tls(&client, c.addr(), NODE, "30s", t).expect("poll over TLS");
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.header("etag"), Some("\"7\""));
+    assert_eq!(a.json(), doc(7));
+    // By DNS name too, and a held poll answered 304.
+    let auth = bearer();
+    let path = format!("/v1/nodes/{NODE}/desired-state?wait=200ms");
+    let headers = [("Authorization", auth.as_str()), ("If-None-Match", "\"7\"")];
+    let a = call_tls(&client, "localhost", c.addr(), "GET", &path, &headers, b"", t).unwrap();
+    assert_eq!(a.status, 304, "{}", a.text());
+    // A report, and a call without the token.
+    let report = json!({"observed_generation": 7});
+    let gz = [("Authorization", auth.as_str()), ("Content-Encoding", "gzip")];
+    let path = format!("/v1/nodes/{NODE}/report");
+    let body = gzip(report.to_string().as_bytes());
+    let a = call_tls(&client, "127.0.0.1", c.addr(), "POST", &path, &gz, &body, t).unwrap();
+    assert_eq!(a.status, 204, "{}", a.text());
+    assert_eq!(c.reports(NODE), vec![report]);
+    let a = call_tls(&client, "127.0.0.1", c.addr(), "GET", "/elsewhere", &[], b"", t).unwrap();
+    assert_eq!(a.status, 401);
+
+    assert_eq!(c.tls_handshakes(), 4, "{}", c.diagnostics());
+    assert_eq!(c.tls_failures(), 0, "{}", c.diagnostics());
+    assert!(c.polls(NODE).iter().all(|p| p.client_cert.is_none()));
+    assert!(
+        c.diagnostics().contains("TLS: 4 handshakes, 0 failed"),
+        "{}",
+        c.diagnostics()
+    );
+}
+
+#[test]
+fn failed_handshakes_are_recorded_and_do_not_stop_the_server() {
+    let ca = Ca::new("harness server CA");
+    let server = ca.server(&["127.0.0.1"]);
+    let c = Controller::start_tls(localhost(), TOKEN, &server.cert_pem, &server.key_pem, None);
+    c.set_document(NODE, doc(1));
+    let t = Duration::from_secs(5);
+
+    // A client that does not trust the server's CA gives up in the handshake.
+    let stranger = Ca::new("some other CA");
+    let error = poll_tls(&tls_client(&[&stranger], None), c.addr(), NODE, "1s", t).expect_err("untrusted");
+    assert!(error.to_string().contains("UnknownIssuer"), "{error}");
+    let failures = c.wait_for_tls_failures(1, t);
+    assert!(failures[0].error.contains("UnknownCA"), "{failures:?}");
+    assert_eq!(failures[0].peer.ip(), c.addr().ip());
+    // The certificate is for 127.0.0.1, not for localhost.
+    let path = format!("/v1/nodes/{NODE}/desired-state?wait=1s");
+    let client = tls_client(&[&ca], None);
+    let error = call_tls(&client, "localhost", c.addr(), "GET", &path, &[], b"", t).expect_err("wrong name");
+    assert!(error.to_string().contains("not valid for name"), "{error}");
+    c.wait_for_tls_failures(2, t);
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let plain = call(c.addr(), "GET", &path, &[], b"", t);
+    assert!(plain.is_err(), "{plain:?}");
+    c.wait_for_tls_failures(3, t);
+    // A client that connects and says nothing does not hold up others.
+    let silent = TcpStream::connect(c.addr()).unwrap();
+    let began = Instant::now();
+    let a = poll_tls(&client, c.addr(), NODE, "1s", t).expect("a trusting client is served");
+    assert_eq!(a.status, 200);
+    assert!(began.elapsed() < Duration::from_secs(1), "took {:?}", began.elapsed());
+    drop(silent);
+    let failures = c.wait_for_tls_failures(4, t);
+    assert_eq!(c.tls_failures(), 4, "{failures:?}");
+    assert_eq!(c.tls_handshakes(), 1);
+    // None of these reached the handlers.
+    assert_eq!(c.request_count(), 1);
+    assert!(c.diagnostics().contains("TLS failure"), "{}", c.diagnostics());
+}
+
+#[test]
+fn with_a_client_ca_only_its_certificates_are_let_in() {
+    let server_ca = Ca::new("harness server CA");
+    let server = server_ca.server(&["127.0.0.1"]);
+    let client_ca = Ca::new("harness client CA");
+    let c = Controller::start_tls(
+        localhost(),
+        TOKEN,
+        &server.cert_pem,
+        &server.key_pem,
+        Some(&client_ca.cert_pem()),
+    );
+    assert!(c.requires_client_cert());
+    c.set_document(NODE, doc(3));
+    let t = Duration::from_secs(5);
+
+    // No certificate.
+    let error = poll_tls(&tls_client(&[&server_ca], None), c.addr(), NODE, "1s", t).expect_err("no certificate");
+    let failures = c.wait_for_tls_failures(1, t);
+    assert!(
+        failures[0].error.contains("no certificates"),
+        "{failures:?} (client: {error})"
+    );
+    // A certificate from another CA, even one the server's CA signed.
+    let stranger = Ca::new("harness stranger CA");
+    for (n, issuer) in [&stranger, &server_ca].into_iter().enumerate() {
+        let foreign = issuer.client("test-node");
+        let client = tls_client(&[&server_ca], Some(&foreign));
+        let result = poll_tls(&client, c.addr(), NODE, "1s", t);
+        assert!(result.is_err(), "{result:?}");
+        let failures = c.wait_for_tls_failures(2 + n, t);
+        assert!(
+            failures[1 + n].error.contains("invalid peer certificate"),
+            "{failures:?}"
+        );
+    }
+    assert_eq!(c.poll_count(NODE), 0);
+
+    // A certificate from the client CA.
+    let mine = client_ca.client("test-node");
+    let a = poll_tls(&tls_client(&[&server_ca], Some(&mine)), c.addr(), NODE, "1s", t).expect("poll");
+    assert_eq!((a.status, a.json()), (200, doc(3)));
+    assert_eq!(c.polls(NODE)[0].client_cert.as_deref(), Some(mine.der.as_slice()));
+    assert_eq!(c.tls_handshakes(), 1);
+    assert_eq!(c.tls_failures(), 3);
+}
+
+#[test]
+fn https_stop_and_restart() {
+    let ca = Ca::new("harness server CA");
+    let server = ca.server(&["127.0.0.1"]);
+    let client_ca = Ca::new("harness client CA");
+    let mine = client_ca.client("test-node");
+    let c = Controller::start_tls(
+        localhost(),
+        TOKEN,
+        &server.cert_pem,
+        &server.key_pem,
+        Some(&client_ca.cert_pem()),
+    );
+    let url = c.url();
+    let client = tls_client(&[&ca], Some(&mine));
+    let addr = c.addr();
+    let held = {
+        let client = client.clone();
+        std::thread::spawn(move || poll_tls(&client, addr, NODE, "30s", Duration::from_secs(5)))
+    };
+    c.wait_for_held_poll(NODE, Duration::from_secs(2));
+    let stopping = Instant::now();
+    c.stop();
+    let result = held.join().unwrap();
+    assert!(result.is_err(), "closed without an answer: {result:?}");
+    assert!(stopping.elapsed() < Duration::from_secs(1));
+    assert!(TcpStream::connect(addr).is_err(), "the listener is closed");
+
+    c.set_document(NODE, doc(5));
+    c.restart();
+    assert_eq!(c.url(), url);
+    let a = poll_tls(&client, addr, NODE, "1s", Duration::from_secs(5)).expect("served again over TLS");
+    assert_eq!((a.status, a.header("etag")), (200, Some("\"5\"")));
+    // Still requiring a client certificate.
+    assert!(poll_tls(&tls_client(&[&ca], None), addr, NODE, "1s", Duration::from_secs(5)).is_err());
+    c.wait_for_tls_failures(1, Duration::from_secs(5));
+    assert_eq!(c.tls_handshakes(), 2);
 }

@@ -40,6 +40,12 @@ pub enum CallError {
     },
     #[error("{url} answered {status}: {body}")]
     Status { url: String, status: u16, body: String },
+    #[error("TLS with {url} failed: {reason}; {hint}")]
+    Tls {
+        url: String,
+        reason: String,
+        hint: &'static str,
+    },
     #[error("{url} sent more than {limit} bytes")]
     TooLarge { url: String, limit: usize },
     #[error("cannot read the answer of {url}: {reason}")]
@@ -47,9 +53,10 @@ pub enum CallError {
 }
 
 impl CallError {
-    /// Whether the error is about the token (worth a louder log line, once).
+    /// Whether the error needs a fix of the configuration (token, CA, client
+    /// certificate) rather than patience.
     pub fn is_auth(&self) -> bool {
-        matches!(self, CallError::Unauthorized { .. })
+        matches!(self, CallError::Unauthorized { .. } | CallError::Tls { .. })
     }
 }
 
@@ -112,9 +119,14 @@ impl Client {
             })?;
             builder = builder.identity(identity);
         }
-        let http = builder
-            .build()
-            .context("cannot build the HTTPS client for the controller")?;
+        let http = builder.build().with_context(|| match &config.client_identity {
+            Some((cert, key)) => format!(
+                "cannot build the HTTPS client for the controller with [controller] client_cert {} and client_key {}",
+                cert.display(),
+                key.display()
+            ),
+            None => "cannot build the HTTPS client for the controller".to_string(),
+        })?;
         let node_url = |last: &str| -> anyhow::Result<Url> {
             let mut url = config.url.clone();
             url.path_segments_mut()
@@ -209,15 +221,33 @@ fn read_private(path: &std::path::Path, what: &str) -> anyhow::Result<Token> {
 
 fn failure(url: &str, timeout: Duration, error: reqwest::Error) -> CallError {
     if error.is_timeout() {
-        CallError::Timeout {
+        return CallError::Timeout {
             url: url.to_string(),
             timeout_s: timeout.as_secs(),
-        }
-    } else {
-        CallError::Unreachable {
+        };
+    }
+    let reason = error_chain(&error);
+    match tls_hint(&reason) {
+        Some(hint) => CallError::Tls {
             url: url.to_string(),
-            reason: error_chain(&error),
-        }
+            reason,
+            hint,
+        },
+        None => CallError::Unreachable {
+            url: url.to_string(),
+            reason,
+        },
+    }
+}
+
+/// What to fix for a TLS failure, from rustls's wording; `None` when it is not one.
+fn tls_hint(reason: &str) -> Option<&'static str> {
+    if reason.contains("invalid peer certificate") {
+        Some("the controller's certificate is not trusted (set [controller] ca_file to its CA) or does not name the host of [controller] url")
+    } else if reason.contains("received fatal alert") {
+        Some("the controller refused the agent's client certificate (check [controller] client_cert and client_key, and the CA the controller trusts)")
+    } else {
+        None
     }
 }
 
@@ -293,5 +323,23 @@ async fn read_body(mut response: reqwest::Response, url: &str, timeout: Duration
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_failures_say_what_to_fix() {
+        assert!(
+            tls_hint("client error (Connect): invalid peer certificate: UnknownIssuer")
+                .unwrap()
+                .contains("ca_file")
+        );
+        assert!(tls_hint("received fatal alert: CertificateRequired")
+            .unwrap()
+            .contains("client_cert"));
+        assert_eq!(tls_hint("tcp connect error: Connection refused (os error 111)"), None);
     }
 }

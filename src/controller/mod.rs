@@ -55,14 +55,18 @@ impl FailureLog {
     fn failed(&mut self, what: &'static str, error: &CallError, delay: Duration, failures: u32) {
         let text = error.to_string();
         if self.last.as_deref() != Some(text.as_str()) {
-            if error.is_auth() {
-                tracing::error!(
+            match error {
+                CallError::Unauthorized { .. } => tracing::error!(
                     call = what,
                     error = text.as_str(),
                     "The controller refused the agent's token; fix [controller] token_file (retrying with back-off)."
-                );
-            } else {
-                tracing::warn!(call = what, error = text.as_str(), "Controller call failed.");
+                ),
+                CallError::Tls { .. } => tracing::error!(
+                    call = what,
+                    error = text.as_str(),
+                    "TLS with the controller failed; fix [controller] as the error says (retrying with back-off)."
+                ),
+                _ => tracing::warn!(call = what, error = text.as_str(), "Controller call failed."),
             }
         }
         tracing::info!(

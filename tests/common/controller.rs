@@ -12,20 +12,36 @@
 //!
 //! Order of checks for every call: the bearer token (401), then an injected fault, then
 //! the request itself (400/404/405/413/415). Handlers never panic on bad input.
+//!
+//! It speaks plain HTTP ([`Controller::start`]) or HTTPS ([`Controller::start_tls`]),
+//! optionally requiring a client certificate signed by a given CA (mutual TLS). Both
+//! are one code path: a listener that hands axum either the TCP connection or, after a
+//! TLS handshake in its own task, the TLS stream over it. A failed handshake (an
+//! untrusted or missing client certificate, a client that rejects the server's
+//! certificate, plain HTTP on the TLS port, a client silent for
+//! [`TLS_HANDSHAKE_TIMEOUT`]) drops the connection and is recorded
+//! ([`Controller::tls_failures`]); nothing of it reaches the handlers.
 
 use axum::body::{Body, Bytes};
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
+use axum::serve::IncomingStream;
 use axum::Router;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::future::IntoFuture;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::Context;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The size of the body of [`Fault::Huge`]: 10.5 MiB, more than the agent's 10 MiB limit.
 pub const HUGE_BODY_BYTES: usize = 10 * 1024 * 1024 + 512 * 1024;
@@ -35,6 +51,10 @@ pub const HUGE_GENERATION: u64 = 1_000_000_000;
 
 /// The body of [`Fault::Garbage`].
 pub const GARBAGE_BODY: &str = "<html><body>502 Bad Gateway</body></html>\n{{{ this is not JSON";
+
+/// How long a TLS client may take to complete its handshake before it is dropped (and
+/// recorded as a TLS failure).
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest request body the controller reads, and the largest decompressed report.
 const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
@@ -82,6 +102,8 @@ pub struct PollRecord {
     pub answered_at: Option<Instant>,
     /// Every request header (lossy UTF-8), in order.
     pub headers: Vec<(String, String)>,
+    /// The certificate (DER) the client authenticated with, over TLS with a client CA.
+    pub client_cert: Option<Vec<u8>>,
 }
 
 /// One `POST …/report` as received.
@@ -103,6 +125,8 @@ pub struct ReportRecord {
     pub status: Option<u16>,
     /// Every request header (lossy UTF-8), in order.
     pub headers: Vec<(String, String)>,
+    /// The certificate (DER) the client authenticated with, over TLS with a client CA.
+    pub client_cert: Option<Vec<u8>>,
 }
 
 impl ReportRecord {
@@ -121,6 +145,17 @@ pub struct RejectionRecord {
     pub path: String,
     pub status: u16,
     pub reason: String,
+}
+
+/// A TLS handshake that failed: the connection was dropped without a request.
+#[derive(Debug, Clone)]
+pub struct TlsFailureRecord {
+    pub at: Instant,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// What went wrong, e.g. "peer sent no certificates" or "received fatal alert:
+    /// UnknownCA".
+    pub error: String,
 }
 
 /// The node's current document: its ETag token (the generation, unquoted) and body.
@@ -146,6 +181,8 @@ struct Recorded {
     nodes: HashMap<String, NodeState>,
     rejections: Vec<RejectionRecord>,
     requests: u64,
+    tls_handshakes: u64,
+    tls_failures: Vec<TlsFailureRecord>,
 }
 
 impl Recorded {
@@ -189,11 +226,20 @@ impl Running {
     }
 }
 
+/// How the controller speaks.
+#[derive(Clone)]
+enum Transport {
+    Plain,
+    Tls(Arc<rustls::ServerConfig>),
+}
+
 /// A fake control centre. See the module documentation.
 pub struct Controller {
     addr: SocketAddr,
     shared: Arc<Shared>,
     running: Mutex<Option<Running>>,
+    transport: Transport,
+    client_auth: bool,
 }
 
 impl Controller {
@@ -219,6 +265,48 @@ impl Controller {
 
     /// Starts a controller on `addr`, or the error of binding it.
     pub fn try_start_on(addr: SocketAddr, token: &str) -> std::io::Result<Controller> {
+        Controller::try_start_with(addr, token, Transport::Plain, false)
+    }
+
+    /// Starts an HTTPS controller on `addr` with the server certificate chain
+    /// `server_cert_pem` (the server's certificate first) and its key `server_key_pem`.
+    /// With `client_ca_pem` (one or more CA certificates), every client must present a
+    /// certificate signed by one of them, or its handshake fails. Port 0 picks a free
+    /// port outside the ephemeral range, as [`Controller::start`] does (so that
+    /// `restart()` can bind it again). Panics if the PEM is not a certificate and key,
+    /// or if it cannot bind.
+    pub fn start_tls(
+        addr: SocketAddr,
+        token: &str,
+        server_cert_pem: &str,
+        server_key_pem: &str,
+        client_ca_pem: Option<&str>,
+    ) -> Controller {
+        let config = tls_server_config(server_cert_pem, server_key_pem, client_ca_pem)
+            .unwrap_or_else(|e| panic!("cannot configure TLS for the fake controller: {e}"));
+        let transport = Transport::Tls(config);
+        let client_auth = client_ca_pem.is_some();
+        if addr.port() != 0 {
+            return Controller::try_start_with(addr, token, transport, client_auth)
+                .unwrap_or_else(|e| panic!("cannot start the fake controller on {addr}: {e}"));
+        }
+        let mut last_error = None;
+        for _ in 0..20 {
+            let addr = SocketAddr::new(addr.ip(), super::free_port());
+            match Controller::try_start_with(addr, token, transport.clone(), client_auth) {
+                Ok(c) => return c,
+                Err(e) => last_error = Some(e),
+            }
+        }
+        panic!("cannot start the fake controller on {}: {last_error:?}", addr.ip());
+    }
+
+    fn try_start_with(
+        addr: SocketAddr,
+        token: &str,
+        transport: Transport,
+        client_auth: bool,
+    ) -> std::io::Result<Controller> {
         let shared = Arc::new(Shared {
             state: Mutex::new(Recorded {
                 token: token.to_string(),
@@ -226,17 +314,30 @@ impl Controller {
             }),
             changed: tokio::sync::watch::Sender::new(0),
         });
-        let (running, addr) = serve(addr, shared.clone())?;
+        let (running, addr) = serve(addr, shared.clone(), transport.clone())?;
         Ok(Controller {
             addr,
             shared,
             running: Mutex::new(Some(running)),
+            transport,
+            client_auth,
         })
     }
 
-    /// `http://ip:port`.
+    /// `http://ip:port`, or `https://ip:port` over TLS (IPv6 in brackets).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.is_tls() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Whether it speaks HTTPS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.transport, Transport::Tls(_))
+    }
+
+    /// Whether it requires a client certificate (HTTPS with a client CA).
+    pub fn requires_client_cert(&self) -> bool {
+        self.client_auth
     }
 
     /// The address it listens on.
@@ -269,7 +370,7 @@ impl Controller {
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            match serve(self.addr, self.shared.clone()) {
+            match serve(self.addr, self.shared.clone(), self.transport.clone()) {
                 Ok((r, _)) => {
                     *running = Some(r);
                     return;
@@ -514,6 +615,40 @@ impl Controller {
         self.shared.lock().requests
     }
 
+    /// How many TLS handshakes failed (each a dropped connection).
+    pub fn tls_failures(&self) -> usize {
+        self.shared.lock().tls_failures.len()
+    }
+
+    /// Every failed TLS handshake, oldest first.
+    pub fn tls_failure_records(&self) -> Vec<TlsFailureRecord> {
+        self.shared.lock().tls_failures.clone()
+    }
+
+    /// How many TLS handshakes succeeded (connections, not requests: a client that
+    /// keeps its connection alive shakes hands once).
+    pub fn tls_handshakes(&self) -> u64 {
+        self.shared.lock().tls_handshakes
+    }
+
+    /// Waits until at least `count` TLS handshakes have failed; returns them.
+    pub fn wait_for_tls_failures(&self, count: usize, timeout: Duration) -> Vec<TlsFailureRecord> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let failures = self.tls_failure_records();
+            if failures.len() >= count {
+                return failures;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {count} failed TLS handshakes\n{}",
+                    self.diagnostics()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// A summary of everything recorded, for failure messages.
     pub fn diagnostics(&self) -> String {
         let state = self.shared.lock();
@@ -525,6 +660,26 @@ impl Controller {
             abbreviate(&state.poll_fault),
             abbreviate(&state.report_fault),
         );
+        if self.is_tls() {
+            out.push_str(&format!(
+                "--- TLS{}: {} handshakes, {} failed\n",
+                if self.client_auth {
+                    " with client certificates"
+                } else {
+                    ""
+                },
+                state.tls_handshakes,
+                state.tls_failures.len()
+            ));
+            for f in state.tls_failures.iter().rev().take(5).rev() {
+                out.push_str(&format!(
+                    "    TLS failure {:?} ago from {}: {}\n",
+                    f.at.elapsed(),
+                    f.peer,
+                    f.error
+                ));
+            }
+        }
         let mut nodes: Vec<_> = state.nodes.iter().collect();
         nodes.sort_by(|a, b| a.0.cmp(b.0));
         for (name, node) in nodes {
@@ -585,7 +740,7 @@ fn abbreviate(fault: &Fault) -> String {
 
 /// Binds `addr` and serves on a background thread; returns the handle and the bound
 /// address.
-fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<(Running, SocketAddr)> {
+fn serve(addr: SocketAddr, shared: Arc<Shared>, transport: Transport) -> std::io::Result<(Running, SocketAddr)> {
     // std sets SO_REUSEADDR on Unix, so a restart can bind while old connections are
     // in TIME_WAIT.
     let listener = StdTcpListener::bind(addr)?;
@@ -605,14 +760,17 @@ fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<(Running, Soc
             };
             runtime.block_on(async move {
                 let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
+                    Ok(l) => Incoming::new(l, transport, shared.clone()),
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                let app = Router::new().fallback(handle).with_state(shared);
+                let app = Router::new()
+                    .fallback(handle)
+                    .with_state(shared)
+                    .into_make_service_with_connect_info::<Peer>();
                 tokio::select! {
                     result = axum::serve(listener, app).into_future() => {
                         if let Err(e) = result {
@@ -623,7 +781,8 @@ fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<(Running, Soc
                 }
             });
             // Dropping the runtime drops every connection task: held polls, hung
-            // requests and idle keep-alive connections are closed here.
+            // requests, idle keep-alive connections and TLS handshakes in progress are
+            // closed here.
             drop(runtime);
         })?;
     match ready_rx.recv() {
@@ -644,6 +803,223 @@ fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<(Running, Soc
         },
         bound,
     ))
+}
+
+/// The server's TLS configuration: ring, TLS 1.2 and 1.3, HTTP/1.1 by ALPN, and with
+/// `client_ca_pem` a client certificate that chains to it required.
+fn tls_server_config(
+    cert_pem: &str,
+    key_pem: &str,
+    client_ca_pem: Option<&str>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the server certificate is not PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("no certificate in the server certificate PEM".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("the server key: {e}"))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                let cert = cert.map_err(|e| format!("the client CA is not PEM: {e}"))?;
+                roots.add(cert).map_err(|e| format!("the client CA: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err("no certificate in the client CA PEM".into());
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| format!("the client certificate verifier: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("the server certificate and key: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// What a connection came with: the client's address and, over TLS with a client CA,
+/// its certificate (DER). Handlers find it in the request's extensions.
+#[derive(Debug, Clone)]
+struct Peer {
+    addr: SocketAddr,
+    client_cert: Option<Vec<u8>>,
+}
+
+impl Connected<IncomingStream<'_, Incoming>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, Incoming>) -> Peer {
+        stream.remote_addr().clone()
+    }
+}
+
+/// A connection as axum serves it.
+enum Conn {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(s) => s.is_write_vectored(),
+            Conn::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The listener axum serves: TCP connections as they are, or over TLS once their
+/// handshake is done. Handshakes run in tasks of their own, so that a slow or silent
+/// client does not hold up the others; a failed one is recorded and its connection
+/// dropped.
+struct Incoming {
+    tcp: tokio::net::TcpListener,
+    tls: Option<(tokio_rustls::TlsAcceptor, Arc<Shared>)>,
+    handshaken_tx: tokio::sync::mpsc::UnboundedSender<(Conn, Peer)>,
+    handshaken: tokio::sync::mpsc::UnboundedReceiver<(Conn, Peer)>,
+}
+
+impl Incoming {
+    fn new(tcp: tokio::net::TcpListener, transport: Transport, shared: Arc<Shared>) -> Incoming {
+        let (handshaken_tx, handshaken) = tokio::sync::mpsc::unbounded_channel();
+        let tls = match transport {
+            Transport::Plain => None,
+            Transport::Tls(config) => Some((tokio_rustls::TlsAcceptor::from(config), shared)),
+        };
+        Incoming {
+            tcp,
+            tls,
+            handshaken_tx,
+            handshaken,
+        }
+    }
+}
+
+impl axum::serve::Listener for Incoming {
+    type Io = Conn;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (Conn, Peer) {
+        loop {
+            // Both branches are cancel-safe.
+            tokio::select! {
+                accepted = self.tcp.accept() => {
+                    let (stream, addr) = match accepted {
+                        Ok(accepted) => accepted,
+                        // A connection reset before it was accepted, or out of file
+                        // descriptors: do not spin.
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    };
+                    match &self.tls {
+                        None => return (Conn::Plain(stream), Peer { addr, client_cert: None }),
+                        Some((acceptor, shared)) => {
+                            tokio::spawn(handshake(
+                                acceptor.clone(),
+                                shared.clone(),
+                                stream,
+                                addr,
+                                self.handshaken_tx.clone(),
+                            ));
+                        }
+                    }
+                }
+                Some(connection) = self.handshaken.recv() => return connection,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Peer> {
+        Ok(Peer {
+            addr: self.tcp.local_addr()?,
+            client_cert: None,
+        })
+    }
+}
+
+/// One TLS handshake: the stream goes to `done`, or the failure is recorded.
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+    done: tokio::sync::mpsc::UnboundedSender<(Conn, Peer)>,
+) {
+    let error = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let client_cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|cert| cert.to_vec());
+            shared.lock().tls_handshakes += 1;
+            let _ = done.send((Conn::Tls(Box::new(tls)), Peer { addr, client_cert }));
+            return;
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no TLS handshake within {TLS_HANDSHAKE_TIMEOUT:?}"),
+    };
+    shared.lock().tls_failures.push(TlsFailureRecord {
+        at: Instant::now(),
+        peer: addr,
+        error,
+    });
 }
 
 enum Route {
@@ -832,6 +1208,7 @@ async fn poll(shared: &Shared, node: &str, parts: &axum::http::request::Parts, a
             status: None,
             answered_at: None,
             headers: header_list(&parts.headers),
+            client_cert: client_cert(parts),
         });
         (polls.len() - 1, fault)
     };
@@ -927,6 +1304,7 @@ async fn report(
             authorized,
             status: None,
             headers: header_list(&parts.headers),
+            client_cert: client_cert(parts),
         });
         (reports.len() - 1, fault)
     };
@@ -966,6 +1344,14 @@ fn gunzip_json(bytes: &[u8]) -> Result<Value, String> {
         return Err(format!("more than {MAX_REPORT_BYTES} bytes uncompressed"));
     }
     serde_json::from_slice(&json).map_err(|e| format!("gzip of something that is not JSON: {e}"))
+}
+
+/// The client certificate the request's connection authenticated with, if any.
+fn client_cert(parts: &axum::http::request::Parts) -> Option<Vec<u8>> {
+    parts
+        .extensions
+        .get::<ConnectInfo<Peer>>()
+        .and_then(|info| info.0.client_cert.clone())
 }
 
 fn header_list(headers: &HeaderMap) -> Vec<(String, String)> {

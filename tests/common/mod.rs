@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 pub mod controller;
 pub mod netns;
 pub mod openapi;
+pub mod tls;
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_ker-agent");
 

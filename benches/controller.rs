@@ -1,0 +1,138 @@
+//! Controller benchmark: the real `ker-agent` binary (release build) controlled by the
+//! test controller, with 200 real `redis-server` instances. Measures:
+//!
+//! 1. the compressed report size per instance (target ≤ 2 KB), and the uncompressed
+//!    size;
+//! 2. the agent's CPU per report (reports every second for 20 s);
+//! 3. the agent's CPU over 60 s of an idle long poll (defaults: a report every 10 s, a
+//!    poll held 30 s) with nothing changing.
+//!
+//! Run with `cargo bench --bench controller`. `BENCH_INSTANCES` (200) and
+//! `BENCH_IDLE_SECS` (60) change the sizes.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::controller::Controller;
+use common::{free_port, Harness};
+use serde_json::{json, Value};
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "controller-bench-token-0123456789";
+const NODE: &str = "test-node";
+
+fn num(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The agent's CPU time (user + system) in milliseconds.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks * 1000.0 / ker_agent::sys::clock_ticks_per_second() as f64
+}
+
+fn configure(h: &Harness, controller: &Controller, report_interval: &str, poll_wait: &str) {
+    let token = h.path().join("controller.token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = std::fs::read_to_string(h.config_path()).unwrap();
+    let base = config.split("\n[controller]").next().unwrap().to_string();
+    std::fs::write(
+        h.config_path(),
+        format!(
+            "{base}\n[controller]\nurl = \"{}\"\ntoken_file = \"controller.token\"\nreport_interval = \"{report_interval}\"\npoll_wait = \"{poll_wait}\"\n",
+            controller.url()
+        ),
+    )
+    .unwrap();
+}
+
+fn main() {
+    let instances = num("BENCH_INSTANCES", 200) as usize;
+    let idle = Duration::from_secs(num("BENCH_IDLE_SECS", 60));
+    println!("== ker-agent controller benchmark ==");
+    println!("command:      cargo bench --bench controller");
+    println!("agent binary: {}", common::AGENT);
+    println!("instances:    {instances}");
+
+    let controller = Controller::start(TOKEN);
+    let mut h = Harness::new();
+    configure(&h, &controller, "1s", "30s");
+    let specs: Vec<Value> = (0..instances)
+        .map(|i| {
+            json!({"name": format!("r{i:03}"), "port": free_port(), "version": "7.0",
+                   "maxmemory": "16mb", "config": {"save": "", "maxmemory-policy": "allkeys-lru"}})
+        })
+        .collect();
+    controller.set_document(NODE, json!({"generation": 1, "instances": specs}));
+    h.start_agent();
+    let began = Instant::now();
+    h.wait_for("every instance ready", Duration::from_secs(120), |h| {
+        h.status()["instances"]
+            .as_array()
+            .is_some_and(|list| list.len() == instances && list.iter().all(|i| i["ready"] == true))
+    });
+    println!(
+        "all {instances} instances ready after {:.1} s",
+        began.elapsed().as_secs_f64()
+    );
+
+    // 1 and 2: reports every second for 20 s.
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = h.agent_pid();
+    let (reports0, cpu0) = (controller.report_count(NODE), cpu_ms(pid));
+    std::thread::sleep(Duration::from_secs(20));
+    let (reports1, cpu1) = (controller.report_count(NODE), cpu_ms(pid));
+    let sent = reports1 - reports0;
+    let sizes = controller.report_sizes(NODE);
+    let recent: Vec<usize> = sizes[sizes.len().saturating_sub(sent)..].to_vec();
+    let compressed = recent.iter().sum::<usize>() as f64 / recent.len().max(1) as f64;
+    let last = controller.reports(NODE).pop().unwrap();
+    let uncompressed = serde_json::to_vec(&last).unwrap().len() as f64;
+    let per_report = (cpu1 - cpu0) / sent.max(1) as f64;
+
+    // 3: an idle agent with the defaults, nothing changing.
+    h.stop_agent(common::SIGTERM);
+    configure(&h, &controller, "10s", "30s");
+    h.start_agent();
+    h.wait_for("the instances adopted", Duration::from_secs(60), |h| {
+        h.status()["instances"]
+            .as_array()
+            .is_some_and(|list| list.len() == instances && list.iter().all(|i| i["ready"] == true))
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let pid = h.agent_pid();
+    let (polls0, reports0, idle0) = (controller.poll_count(NODE), controller.report_count(NODE), cpu_ms(pid));
+    std::thread::sleep(idle);
+    let (polls1, reports1, idle1) = (controller.poll_count(NODE), controller.report_count(NODE), cpu_ms(pid));
+
+    println!();
+    println!("measurement                                   | result                            | target");
+    println!("----------------------------------------------|-----------------------------------|----------------");
+    println!(
+        "report size, {instances} instances, gzip          | {:.0} bytes = {:.0} B/instance      | ≤ 2048 B/instance: {}",
+        compressed,
+        compressed / instances as f64,
+        if compressed / instances as f64 <= 2048.0 { "met" } else { "MISSED" }
+    );
+    println!(
+        "report size, uncompressed                     | {:.0} bytes = {:.0} B/instance     |",
+        uncompressed,
+        uncompressed / instances as f64
+    );
+    println!("agent CPU per report ({sent} reports in 20 s)    | {per_report:.2} ms (all agent work / reports) |");
+    println!(
+        "idle agent CPU over {} s ({} polls, {} reports) | {:.0} ms = {:.3} % of one core      |",
+        idle.as_secs(),
+        polls1 - polls0,
+        reports1 - reports0,
+        idle1 - idle0,
+        (idle1 - idle0) / idle.as_millis() as f64 * 100.0
+    );
+    // The report really carries every instance.
+    assert_eq!(last["instances"].as_array().map(Vec::len), Some(instances));
+}
