@@ -119,12 +119,29 @@ fn assert_nothing_got_through(h: &mut Harness, controller: &Controller, port: u1
     assert_eq!(h.http_get("/healthz").unwrap().0, 200);
 }
 
+#[test]
+fn https_without_ca_file_on_a_host_without_trust_roots_says_what_to_install() {
+    let server_ca = Ca::new("controller CA");
+    let controller = https_controller(&server_ca, None);
+    let mut h = controlled(&controller, |_| String::new());
+    h.without_system_trust_roots();
+    let out = run_to_exit(&h);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("install ca-certificates, or name the controller's CA in [controller] ca_file"),
+        "{stderr}"
+    );
+    assert_eq!(controller.tls_failures(), 0, "{}", controller.diagnostics());
+}
+
 /// Runs `ker-agent run` in `h`, which must exit within 10 s; its output.
 fn run_to_exit(h: &Harness) -> Output {
     let child = Command::new(AGENT)
         .args(["run", "--config"])
         .arg(h.config_path())
         .current_dir(h.path())
+        .envs(h.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -284,6 +284,8 @@ fn instances_get_their_own_session_limits_and_a_clean_environment() {
 #[test]
 fn the_status_command_shows_the_table_and_json() {
     let mut h = Harness::new();
+    // Neither the agent nor `status` needs trust roots to speak plain HTTP.
+    h.without_system_trust_roots();
     let port = free_port();
     h.manifest("cache-1", port, "");
     h.start_agent();

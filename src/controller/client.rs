@@ -90,7 +90,11 @@ impl Client {
             .https_only(config.url.scheme() == "https")
             // Redirects could take the token elsewhere.
             .redirect(reqwest::redirect::Policy::none());
-        if let Some(ca_file) = &config.ca_file {
+        if config.url.scheme() == "http" {
+            // Plain HTTP (loopback only) needs no trust roots; do not depend on the
+            // system's, which a minimal host may not have.
+            builder = builder.tls_certs_only(Vec::new());
+        } else if let Some(ca_file) = &config.ca_file {
             let pem = std::fs::read(ca_file)
                 .with_context(|| format!("cannot read [controller] ca_file {}", ca_file.display()))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
@@ -125,6 +129,10 @@ impl Client {
                 cert.display(),
                 key.display()
             ),
+            None if config.ca_file.is_none() => "cannot build the HTTPS client for the controller \
+                 from the system's trust roots (install ca-certificates, or name the \
+                 controller's CA in [controller] ca_file)"
+                .to_string(),
             None => "cannot build the HTTPS client for the controller".to_string(),
         })?;
         let node_url = |last: &str| -> anyhow::Result<Url> {

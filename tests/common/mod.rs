@@ -57,8 +57,14 @@ pub fn free_port() -> u16 {
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub api_port: u16,
+    /// Where the agent's API listens: 127.0.0.1, or its host's address in a network.
+    pub api_host: std::net::IpAddr,
+    /// The network namespace the agent runs in, if placed in a network host.
+    pub netns: Option<String>,
     pub agent: Option<Child>,
     pub last_exit: Option<ExitStatus>,
+    /// Extra environment for every agent and CLI run.
+    pub env: Vec<(&'static str, std::ffi::OsString)>,
     starts: u32,
 }
 
@@ -78,8 +84,11 @@ impl Harness {
         let h = Harness {
             dir,
             api_port,
+            api_host: std::net::Ipv4Addr::LOCALHOST.into(),
+            netns: None,
             agent: None,
             last_exit: None,
+            env: Vec::new(),
             starts: 0,
         };
         std::fs::create_dir_all(h.manifest_dir()).unwrap();
@@ -153,12 +162,47 @@ impl Harness {
         Command::new(AGENT)
             .args(args)
             .current_dir(self.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("run ker-agent")
     }
 
-    /// Starts `ker-agent run` and waits until its API answers.
+    /// Runs the agent and CLI as on a host without ca-certificates: the system trust
+    /// store (found through `SSL_CERT_FILE`/`SSL_CERT_DIR`) is empty.
+    pub fn without_system_trust_roots(&mut self) {
+        let empty = self.path().join("no-trust-roots");
+        std::fs::create_dir_all(&empty).unwrap();
+        self.env.push(("SSL_CERT_FILE", empty.join("none.pem").into()));
+        self.env.push(("SSL_CERT_DIR", empty.into()));
+    }
+
+    /// Makes this harness's agent a host of `net`: it runs in host `i`'s network
+    /// namespace, its API and instances listen on the host's address (reached through
+    /// the test process's link, see `Network::attach_test_process`), and its node id
+    /// is `node_id`.
+    pub fn place_in(&mut self, net: &netns::Network, i: usize, node_id: &str) {
+        let ip = net.host_ip(i);
+        let config = std::fs::read_to_string(self.config_path())
+            .unwrap()
+            .replace("node_id = \"test-node\"", &format!("node_id = \"{node_id}\""))
+            .replace("listen = \"127.0.0.1:", &format!("listen = \"{ip}:"))
+            .replace("log_dir = \"log\"", &format!("log_dir = \"log\"\nbind = [\"{ip}\"]"));
+        std::fs::write(self.config_path(), config).unwrap();
+        self.api_host = ip.into();
+        self.netns = Some(net.name(i).to_string());
+    }
+
+    /// Starts `ker-agent run` (in its network host when placed in one) and waits until
+    /// its API answers.
     pub fn start_agent(&mut self) {
+        let mut command = match &self.netns {
+            Some(name) => {
+                let mut c = Command::new(netns::ip());
+                c.args(["netns", "exec", name]).arg(AGENT);
+                c
+            }
+            None => Command::new(AGENT),
+        };
         assert!(self.agent.is_none(), "agent already running");
         self.starts += 1;
         let log = std::fs::OpenOptions::new()
@@ -167,12 +211,13 @@ impl Harness {
             .open(self.agent_log())
             .unwrap();
         writeln!(&log, "===== agent start #{} =====", self.starts).unwrap();
-        let child = Command::new(AGENT)
+        let child = command
             .args(["run", "--config"])
             .arg(self.config_path())
             .current_dir(self.path())
             .env("KER_AGENT_LOG", "debug")
             .env("KER_TEST_MARKER", "must-not-reach-instances")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -218,7 +263,7 @@ impl Harness {
 
     /// `GET path` on the agent's API → (status code, body).
     pub fn http_get(&self, path: &str) -> std::io::Result<(u16, String)> {
-        http_request(self.api_port, "GET", path)
+        http_send_to(self.api_host, self.api_port, "GET", path, &[], b"")
     }
 
     /// `/v1/status` as JSON.
@@ -266,7 +311,7 @@ impl Harness {
     /// Everything useful to understand a failure.
     pub fn diagnostics(&self) -> String {
         let log = std::fs::read_to_string(self.agent_log()).unwrap_or_else(|e| format!("(no agent log: {e})"));
-        let status = http_request(self.api_port, "GET", "/v1/status")
+        let status = http_send_to(self.api_host, self.api_port, "GET", "/v1/status", &[], b"")
             .map(|(_, body)| body)
             .unwrap_or_else(|e| format!("(no status: {e})"));
         format!(
@@ -367,7 +412,19 @@ pub fn http_send(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    http_send_to(std::net::Ipv4Addr::LOCALHOST.into(), port, method, path, headers, body)
+}
+
+/// [`http_send`] to another address.
+pub fn http_send_to(
+    host: std::net::IpAddr,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&(host, port).into(), Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut request = format!(
         "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
