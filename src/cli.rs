@@ -89,6 +89,26 @@ pub fn check(config_path: &std::path::Path) -> ExitCode {
         print_problems(&missing);
         return ExitCode::from(EXIT_USAGE);
     }
+    // The files `run` reads before it starts anything: a token readable by others,
+    // an empty token or a broken certificate is found here, not at the next restart.
+    let secrets = [
+        config
+            .controller
+            .as_ref()
+            .map(|c| crate::controller::Client::new(c, &config.node_id).map(drop)),
+        config
+            .api
+            .token_file
+            .as_ref()
+            .map(|path| crate::api::Token::read(path).map(drop)),
+    ];
+    let secret_errors: Vec<anyhow::Error> = secrets.into_iter().flatten().filter_map(Result::err).collect();
+    if !secret_errors.is_empty() {
+        for error in &secret_errors {
+            eprintln!("{}: {error:#}", config_path.display());
+        }
+        return ExitCode::from(EXIT_USAGE);
+    }
     let Some(dir) = &config.manifest_dir else {
         println!("{}: ok (no manifest_dir)", config_path.display());
         return ExitCode::SUCCESS;

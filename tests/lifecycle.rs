@@ -323,6 +323,40 @@ fn check_accepts_the_shipped_example() {
 }
 
 #[test]
+fn check_finds_token_files_that_run_would_refuse() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Harness::new();
+    let controller_token = h.path().join("controller.token");
+    std::fs::write(&controller_token, "secret\n").unwrap();
+    std::fs::set_permissions(&controller_token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let api_token = h.path().join("api.token");
+    std::fs::write(&api_token, "\n").unwrap();
+    std::fs::set_permissions(&api_token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = std::fs::read_to_string(h.config_path())
+        .unwrap()
+        .replace("[api]\n", "[api]\ntoken_file = \"api.token\"\n")
+        + "\n[controller]\nurl = \"http://127.0.0.1:1\"\ntoken_file = \"controller.token\"\n";
+    std::fs::write(h.config_path(), config).unwrap();
+    let check = |h: &Harness| h.cli(&["check", "--config", h.config_path().to_str().unwrap()]);
+
+    let out = check(&h);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!(
+        "[controller] token_file {} is accessible to other users (mode 644)",
+        controller_token.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    let expected = format!("the API token in {} is shorter than 16 characters", api_token.display());
+    assert!(stderr.contains(&expected), "{stderr}");
+
+    std::fs::set_permissions(&controller_token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&api_token, "api-secret-0123456789\n").unwrap();
+    let out = check(&h);
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
 fn run_with_an_invalid_config_exits_64_naming_the_field() {
     let h = Harness::new();
     std::fs::write(h.config_path(), "[api]\nlisten = \"nowhere\"\n").unwrap();
