@@ -14,26 +14,13 @@
 mod common;
 
 use common::controller::Controller;
-use common::{free_port, Harness};
+use common::{cpu_ms, env_number as num, free_port, Harness};
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "controller-bench-token-0123456789";
 const NODE: &str = "test-node";
-
-fn num(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// The agent's CPU time (user + system) in milliseconds.
-fn cpu_ms(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks * 1000.0 / ker_agent::sys::clock_ticks_per_second() as f64
-}
 
 fn configure(h: &Harness, controller: &Controller, report_interval: &str, poll_wait: &str) {
     let token = h.path().join("controller.token");

@@ -4,8 +4,9 @@
 
 use crate::desired::{DocumentSource, MAX_DOCUMENT_BYTES};
 use crate::events::{EventEntry, EventLog};
+use crate::observations::{instance_views, HostSample, InstanceView, Observations};
 use crate::sources::{Offer, Rejected, SourcesHandle};
-use crate::status::{ControllerInfo, DesiredInfo, InstanceStatus, StatusBoard};
+use crate::status::{ControllerInfo, DesiredInfo, StatusBoard};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
@@ -25,6 +26,9 @@ pub struct ApiState {
     pub node_id: Arc<str>,
     pub started_at: u64,
     pub board: StatusBoard,
+    pub observations: Observations,
+    /// Behind `/metrics`.
+    pub metrics: Arc<prometheus_client::registry::Registry>,
     pub events: Arc<EventLog>,
     pub sources: SourcesHandle,
     /// The bearer token of mutating calls; without one they are refused.
@@ -88,14 +92,19 @@ pub struct NodeStatus {
     pub desired: DesiredInfo,
     /// How the conversation with the controller goes; `null` when standalone.
     pub controller: Option<ControllerInfo>,
-    pub instances: Vec<InstanceStatus>,
+    /// The last host sample, preflight findings and the agent's own process; `null`
+    /// until the first sample.
+    pub host: Option<Arc<HostSample>>,
+    pub instances: Vec<InstanceView>,
 }
 
 /// `GET /v1/instances/{name}`.
 #[derive(serde::Serialize)]
 struct InstanceDetail {
     #[serde(flatten)]
-    status: InstanceStatus,
+    view: InstanceView,
+    /// Every INFO field the engine does not map, as the server wrote it.
+    info_raw: Option<std::collections::BTreeMap<String, String>>,
     events: Vec<EventEntry>,
 }
 
@@ -103,6 +112,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/instances/{name}", get(instance))
         .route(
@@ -159,6 +169,12 @@ async fn readyz(State(state): State<ApiState>) -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, reason)
 }
 
+/// `GET /metrics`: the last samples, Prometheus text.
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let text = crate::metrics::render(&state.metrics);
+    ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+}
+
 async fn status(State(state): State<ApiState>) -> Json<NodeStatus> {
     Json(NodeStatus {
         node_id: state.node_id.to_string(),
@@ -167,7 +183,8 @@ async fn status(State(state): State<ApiState>) -> Json<NodeStatus> {
         ready: state.board.ready(),
         desired: state.board.desired(),
         controller: state.board.controller(),
-        instances: state.board.snapshot(),
+        host: state.observations.host(),
+        instances: instance_views(&state.board, &state.observations),
     })
 }
 
@@ -177,10 +194,14 @@ async fn instance(State(state): State<ApiState>, name: Result<Path<String>, Path
         Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
     };
     match state.board.get(&name) {
-        Some(status) => Json(InstanceDetail {
-            events: state.events.for_instance(&name, INSTANCE_EVENTS),
-            status,
-        })
+        Some(status) => {
+            let metrics = state.observations.instance(&name);
+            Json(InstanceDetail {
+                info_raw: metrics.as_ref().map(|m| m.server.raw.clone()),
+                events: state.events.for_instance(&name, INSTANCE_EVENTS),
+                view: InstanceView { status, metrics },
+            })
+        }
         .into_response(),
         None => error(
             StatusCode::NOT_FOUND,

@@ -33,6 +33,25 @@ pub struct AgentConfig {
     pub instances: InstanceDefaults,
     /// The control centre; `None` runs standalone (manifests and the local API).
     pub controller: Option<ControllerConfig>,
+    pub monitoring: MonitoringConfig,
+}
+
+/// `[monitoring]`: how often instances are probed and sampled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitoringConfig {
+    /// PING and the INFO fields health needs, on a kept connection.
+    pub health_interval: Duration,
+    /// One full INFO per instance, process and host metrics.
+    pub metrics_interval: Duration,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        MonitoringConfig {
+            health_interval: Duration::from_secs(1),
+            metrics_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 /// `[controller]`: where the desired state comes from and reports go.
@@ -141,6 +160,37 @@ fn parse_controller(
     })
 }
 
+fn parse_monitoring(table: &Map<String, Value>, c: &mut Checker) -> MonitoringConfig {
+    let fields = c.table(table, "monitoring", &["health_interval", "metrics_interval"]);
+    let mut config = MonitoringConfig::default();
+    let mut duration = |key: &str, default: Duration, min: Duration| match c.string(&fields, key) {
+        Some(text) => match units::parse_duration(&text) {
+            Ok(d) if d >= min => d,
+            Ok(_) => {
+                c.problem(
+                    fields.path(key),
+                    format!("{text:?} is too short (at least {})", humantime::format_duration(min)),
+                );
+                default
+            }
+            Err(e) => {
+                c.problem(fields.path(key), e);
+                default
+            }
+        },
+        None => default,
+    };
+    config.health_interval = duration("health_interval", config.health_interval, Duration::from_millis(100));
+    config.metrics_interval = duration("metrics_interval", config.metrics_interval, Duration::from_secs(1));
+    if config.metrics_interval < config.health_interval {
+        c.problem(
+            fields.path("metrics_interval"),
+            "must not be shorter than health_interval (a metrics sample is also a health probe)",
+        );
+    }
+    config
+}
+
 /// Whether a URL's host is a loopback address (or `localhost`).
 fn is_loopback(url: &reqwest::Url) -> bool {
     let host = url.host_str().unwrap_or_default();
@@ -206,6 +256,7 @@ impl AgentConfig {
                 "api",
                 "instances",
                 "controller",
+                "monitoring",
             ],
         );
         let node_id = match c.string(&top, "node_id") {
@@ -334,6 +385,10 @@ impl AgentConfig {
         let controller = c
             .subtable(&top, "controller")
             .and_then(|table| parse_controller(table, &mut c, &resolve));
+        let monitoring = match c.subtable(&top, "monitoring") {
+            Some(table) => parse_monitoring(table, &mut c),
+            None => MonitoringConfig::default(),
+        };
 
         if !c.problems.is_empty() {
             return Err(c.problems);
@@ -347,6 +402,7 @@ impl AgentConfig {
             api,
             instances,
             controller,
+            monitoring,
         })
     }
 
@@ -426,6 +482,35 @@ mod tests {
 
     fn messages(r: Result<AgentConfig, Vec<Problem>>) -> Vec<String> {
         r.unwrap_err().iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn monitoring_intervals() {
+        let base = "[engines.redis.versions]\n\"7.0\" = \"/bin/sh\"\n";
+        assert_eq!(load(base).unwrap().monitoring, MonitoringConfig::default());
+        let config = load(&format!(
+            "{base}[monitoring]\nhealth_interval = \"500ms\"\nmetrics_interval = \"5s\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.monitoring.health_interval, Duration::from_millis(500));
+        assert_eq!(config.monitoring.metrics_interval, Duration::from_secs(5));
+        let problems = messages(load(&format!(
+            "{base}[monitoring]\nhealth_interval = \"10ms\"\nmetrics_interval = \"2s\"\nother = 1\n"
+        )));
+        crate::problem::assert_problems(
+            &problems,
+            &[
+                "agent.toml: monitoring.health_interval: \"10ms\" is too short (at least 100ms)",
+                "agent.toml: monitoring.other: unknown key",
+            ],
+        );
+        let problems = messages(load(&format!(
+            "{base}[monitoring]\nhealth_interval = \"5s\"\nmetrics_interval = \"2s\"\n"
+        )));
+        crate::problem::assert_problems(
+            &problems,
+            &["agent.toml: monitoring.metrics_interval: must not be shorter than health_interval (a metrics sample is also a health probe)"],
+        );
     }
 
     #[test]

@@ -85,6 +85,11 @@ pub enum Event {
         problems: usize,
         first: String,
     },
+    HealthChanged {
+        from: Option<crate::health::HealthStatus>,
+        to: crate::health::HealthStatus,
+        reasons: String,
+    },
 }
 
 impl Event {
@@ -111,6 +116,7 @@ impl Event {
             Event::ConfigWriteFailed { .. } => "config-write-failed",
             Event::DesiredAccepted { .. } => "desired-accepted",
             Event::DesiredRejected { .. } => "desired-rejected",
+            Event::HealthChanged { .. } => "health-changed",
         }
     }
 
@@ -173,6 +179,13 @@ impl Event {
             },
             Event::DesiredRejected { problems, first } => {
                 format!("desired state rejected ({problems} problems; first: {first})")
+            }
+            Event::HealthChanged { from, to, reasons } => {
+                let from = from.map_or("unknown", |f| f.as_str());
+                match reasons.is_empty() {
+                    true => format!("health {from} → {}", to.as_str()),
+                    false => format!("health {from} → {}: {reasons}", to.as_str()),
+                }
             }
         }
     }
@@ -272,6 +285,21 @@ impl Event {
                     first = first.as_str(),
                     "Desired state rejected; nothing changed."
                 )
+            }
+            Event::HealthChanged { from, to, reasons } => {
+                let from = from.map_or("unknown", |f| f.as_str());
+                match to {
+                    crate::health::HealthStatus::Ok => {
+                        info!(instance, from, to = to.as_str(), "Instance health changed.")
+                    }
+                    _ => warn!(
+                        instance,
+                        from,
+                        to = to.as_str(),
+                        reasons = reasons.as_str(),
+                        "Instance health changed."
+                    ),
+                }
             }
         }
     }

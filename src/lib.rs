@@ -13,6 +13,11 @@ pub mod controller;
 pub mod desired;
 pub mod engine;
 pub mod events;
+pub mod health;
+pub mod host;
+pub mod metrics;
+pub mod monitor;
+pub mod observations;
 pub mod ports;
 pub mod problem;
 pub mod process;
@@ -76,11 +81,23 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
 
     let board = status::StatusBoard::default();
     let events = Arc::new(events::EventLog::new(1000));
+    let observations = observations::Observations::default();
+    let telemetry = Arc::new(metrics::Telemetry::default());
+    let (declared, declared_rx) = tokio::sync::watch::channel(Arc::default());
     let ctx = Arc::new(supervisor::WorkerContext {
+        telemetry: telemetry.clone(),
+        declared,
         config: config.clone(),
         board: board.clone(),
         events: events.clone(),
         boot_id: boot_id.clone(),
+        monitor: Arc::new(monitor::MonitorContext {
+            board: board.clone(),
+            observations: observations.clone(),
+            events: events.clone(),
+            health_interval: config.monitoring.health_interval,
+            metrics_interval: config.monitoring.metrics_interval,
+        }),
     });
     let (supervisor, supervisor_task) = supervisor::Supervisor::spawn(ctx, shutdown.child_token());
 
@@ -95,18 +112,31 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         controller_tasks = controller::spawn(
             Arc::new(client),
             sources.clone(),
-            board.clone(),
-            events.clone(),
-            controller::node_facts(&config.node_id, &boot_id, started_at),
+            controller::ReportInputs {
+                facts: controller::node_facts(&config.node_id, &boot_id, started_at),
+                board: board.clone(),
+                observations: observations.clone(),
+                events: events.clone(),
+                telemetry: telemetry.clone(),
+            },
             controller.report_interval,
             shutdown.clone(),
         );
     }
 
+    let host_task = tokio::spawn(host::sample_loop(
+        config.clone(),
+        declared_rx,
+        observations.clone(),
+        shutdown.clone(),
+    ));
+
     let api_state = api::ApiState {
         node_id: Arc::from(config.node_id.as_str()),
         started_at,
         board: board.clone(),
+        observations: observations.clone(),
+        metrics: Arc::new(metrics::registry(board.clone(), observations.clone(), &telemetry)),
         events: events.clone(),
         sources: sources.clone(),
         token: api_token,
@@ -145,6 +175,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("Shutting down; instances keep running.");
     let _ = supervisor_task.await;
+    host_task.abort();
     match tokio::time::timeout(std::time::Duration::from_millis(300), api_task).await {
         Ok(Ok(Err(error))) => tracing::warn!(%error, "API server error."),
         Err(_) => tracing::debug!("API connections still open at shutdown; dropped."),

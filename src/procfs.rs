@@ -1,6 +1,7 @@
 //! Reads what the agent needs to know about processes from `/proc`: a process's
 //! identity (start time, executable, state) to prove it is the one the agent started,
-//! the boot id, the host name, and the tail of a log file.
+//! the boot id, the host name, the tail of a log file, and a process's resource usage
+//! ([`process_metrics`]).
 //!
 //! Parsing is separated from reading so that the parsers are unit-tested on text.
 
@@ -107,6 +108,134 @@ pub fn tail_lines(path: &Path, lines: usize) -> io::Result<Vec<String>> {
     Ok(tail)
 }
 
+/// A failure to read what `/proc` says about a process. Every variant names the path.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcfsError {
+    /// The process does not exist (any more): a definite answer, unlike `Read`.
+    #[error("no such process: {path} does not exist")]
+    NoProcess { path: String },
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: io::Error },
+    #[error("{path}: unexpected format")]
+    Format { path: String },
+}
+
+impl ProcfsError {
+    /// Maps a read error: `NotFound` and `ESRCH` (the process exited between two
+    /// reads) mean "no such process".
+    fn from_io(path: String, source: io::Error) -> ProcfsError {
+        if source.kind() == io::ErrorKind::NotFound || source.raw_os_error() == Some(crate::sys::ESRCH) {
+            ProcfsError::NoProcess { path }
+        } else {
+            ProcfsError::Read { path, source }
+        }
+    }
+}
+
+/// Resource usage of one process, for metrics.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ProcessMetrics {
+    /// Resident memory (`VmRSS`). 0 for a zombie, which has no memory left.
+    pub rss_bytes: u64,
+    /// Resident anonymous memory (`RssAnon`): the dataset and buffers, without the
+    /// mapped binary and libraries. 0 on kernels before 4.5, which lack the field.
+    pub anon_bytes: u64,
+    /// User plus system CPU time since the process started (all threads, not children).
+    pub cpu_seconds: f64,
+    pub open_fds: u64,
+    pub threads: u64,
+}
+
+/// The CPU-time and thread fields of `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StatUsage {
+    utime_ticks: u64,
+    stime_ticks: u64,
+    threads: u64,
+}
+
+/// Like [`parse_stat`], for the fields [`process_metrics`] needs.
+fn parse_stat_usage(text: &str) -> Option<StatUsage> {
+    let after_comm = text.get(text.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // after_comm starts at field 3 (state); field N is at index N - 3.
+    Some(StatUsage {
+        utime_ticks: fields.get(14 - 3)?.parse().ok()?,
+        stime_ticks: fields.get(15 - 3)?.parse().ok()?,
+        threads: fields.get(20 - 3)?.parse().ok()?,
+    })
+}
+
+/// `VmRSS` and `RssAnon` of `/proc/<pid>/status`, in bytes; a missing field is 0
+/// (zombies and kernel threads have no memory lines). `None` for a present field with
+/// a value that is not `<number> kB`.
+fn parse_status_memory(text: &str) -> Option<(u64, u64)> {
+    let mut rss = 0;
+    let mut anon = 0;
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let field = match key {
+            "VmRSS" => &mut rss,
+            "RssAnon" => &mut anon,
+            _ => continue,
+        };
+        let kib: u64 = value.trim().strip_suffix("kB")?.trim_end().parse().ok()?;
+        *field = kib.saturating_mul(1024);
+    }
+    Some((rss, anon))
+}
+
+/// Number of open descriptors of a process. Since Linux 6.2 the size of
+/// `/proc/<pid>/fd` is that number, which costs one stat instead of a readdir that
+/// allocates per entry (a busy Redis has one descriptor per client). Older kernels
+/// report 0 there, and then the directory is counted.
+fn count_fds(dir: &str) -> Result<u64, ProcfsError> {
+    let size = fs::metadata(dir)
+        .map_err(|e| ProcfsError::from_io(dir.to_string(), e))?
+        .len();
+    if size > 0 {
+        return Ok(size);
+    }
+    count_dir_entries(dir)
+}
+
+fn count_dir_entries(dir: &str) -> Result<u64, ProcfsError> {
+    let mut count = 0u64;
+    for entry in fs::read_dir(dir).map_err(|e| ProcfsError::from_io(dir.to_string(), e))? {
+        entry.map_err(|e| ProcfsError::from_io(dir.to_string(), e))?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Resource usage of process `pid`: reads `/proc/<pid>/stat` and `/proc/<pid>/status`
+/// once each and counts `/proc/<pid>/fd` (see [`count_fds`]). Blocking file work: call
+/// it on the blocking pool. Counting descriptors needs the process's uid or
+/// `CAP_SYS_PTRACE`, which the agent has for the instances it started.
+pub fn process_metrics(pid: u32) -> Result<ProcessMetrics, ProcfsError> {
+    let stat_path = format!("/proc/{pid}/stat");
+    let text = fs::read_to_string(&stat_path).map_err(|e| ProcfsError::from_io(stat_path.clone(), e))?;
+    let usage = parse_stat_usage(&text).ok_or(ProcfsError::Format { path: stat_path })?;
+
+    let status_path = format!("/proc/{pid}/status");
+    let text = fs::read_to_string(&status_path).map_err(|e| ProcfsError::from_io(status_path.clone(), e))?;
+    let (rss_bytes, anon_bytes) = parse_status_memory(&text).ok_or(ProcfsError::Format { path: status_path })?;
+
+    let open_fds = count_fds(&format!("/proc/{pid}/fd"))?;
+    // Precision: f64 is exact for tick counts below 2^53, i.e. millions of years.
+    let ticks = usage.utime_ticks.saturating_add(usage.stime_ticks);
+    let cpu_seconds = ticks as f64 / crate::sys::clock_ticks_per_second() as f64;
+    Ok(ProcessMetrics {
+        rss_bytes,
+        anon_bytes,
+        cpu_seconds,
+        open_fds,
+        threads: usage.threads,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +273,72 @@ mod tests {
             strip_deleted(PathBuf::from("/usr/bin/redis-server")),
             PathBuf::from("/usr/bin/redis-server")
         );
+    }
+
+    const STAT: &str = "4242 (redis (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 5 0 987654 12345 678 18446744073709551615 1 1 0 0 0 0 0 4097 17664 0 0 0 17 1 0 0 0 0 0";
+
+    #[test]
+    fn stat_usage_fields() {
+        let usage = parse_stat_usage(STAT).unwrap();
+        assert_eq!(
+            usage,
+            StatUsage {
+                utime_ticks: 5,
+                stime_ticks: 3,
+                threads: 5
+            }
+        );
+        assert_eq!(parse_stat_usage(""), None);
+        assert_eq!(parse_stat_usage("1 (x) S 1 2 3"), None);
+        assert_eq!(parse_stat_usage("1 (x) S 1 1 1 0 -1 0 0 0 0 0 x 3 0 0 20 0 5"), None);
+    }
+
+    #[test]
+    fn status_memory_fields() {
+        let text = "Name:\tredis-server\nVmRSS:\t    2048 kB\nRssAnon:\t     1024 kB\nThreads:\t5\n";
+        assert_eq!(parse_status_memory(text), Some((2048 * 1024, 1024 * 1024)));
+        // A zombie has no memory lines.
+        assert_eq!(parse_status_memory("Name:\tx\nState:\tZ (zombie)\n"), Some((0, 0)));
+        assert_eq!(parse_status_memory("VmRSS:\tlots\n"), None);
+        assert_eq!(parse_status_memory("VmRSS:\t12 pages\n"), None);
+    }
+
+    #[test]
+    fn metrics_of_this_process_are_plausible() {
+        let pid = std::process::id();
+        let first = process_metrics(pid).unwrap();
+        assert!(first.rss_bytes > 0, "{first:?}");
+        assert!(first.anon_bytes > 0 && first.anon_bytes <= first.rss_bytes, "{first:?}");
+        assert!(first.threads >= 1, "{first:?}");
+        assert!(first.open_fds >= 3, "{first:?}");
+        let counted = count_dir_entries(&format!("/proc/{pid}/fd")).unwrap();
+        // Other tests open and close files concurrently: only roughly equal.
+        assert!(
+            counted >= 3 && counted.abs_diff(first.open_fds) < 64,
+            "{counted} vs {first:?}"
+        );
+
+        // Burn CPU until the kernel's tick accounting shows it (10 ms per tick), with
+        // a generous deadline so a loaded machine does not make this flaky.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut sink = 0u64;
+        let later = loop {
+            for i in 0..1_000_000u64 {
+                sink = std::hint::black_box(sink.wrapping_mul(31).wrapping_add(i));
+            }
+            let now = process_metrics(pid).unwrap();
+            if now.cpu_seconds > first.cpu_seconds || std::time::Instant::now() > deadline {
+                break now;
+            }
+        };
+        assert!(later.cpu_seconds > first.cpu_seconds, "{first:?} then {later:?}");
+    }
+
+    #[test]
+    fn metrics_of_a_missing_process_name_the_path() {
+        // Above the kernel's pid_max limit (4194304), so never a real process.
+        let error = process_metrics(999_999_999).unwrap_err();
+        assert!(matches!(error, ProcfsError::NoProcess { .. }), "{error:?}");
+        assert!(error.to_string().contains("/proc/999999999/stat"), "{error}");
     }
 }

@@ -2,7 +2,8 @@
 //! worker into the shared [`StatusBoard`], and the state of the desired-state inputs.
 //! The local API (and later the reports) read snapshots of it.
 
-use crate::engine::EngineKind;
+use crate::engine::{EngineKind, ObservedRole};
+use crate::health::HealthStatus;
 use crate::process::{unix_now, unix_now_millis, Exit};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -122,6 +123,26 @@ pub struct InstanceStatus {
     pub reconciled: bool,
     /// Human-readable detail: why not ready, conflict holder, last log lines…
     pub message: String,
+    /// The monitor's last verdict while the process runs; `None` before the first
+    /// probe and while it is not running.
+    pub health: Option<Health>,
+}
+
+/// The monitor's last verdict on a running instance.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Health {
+    pub status: HealthStatus,
+    /// Why it is not `ok`; empty when it is.
+    pub reasons: Vec<String>,
+    /// Whether the last probe was answered. While it is not, the instance is not
+    /// `ready` either.
+    pub answering: bool,
+    /// PING round trip of the last answered probe, in milliseconds.
+    pub ping_ms: Option<f64>,
+    /// The role the server itself reports.
+    pub observed_role: Option<ObservedRole>,
+    /// When the probe ended, milliseconds since the Unix epoch.
+    pub checked_at_ms: u64,
 }
 
 impl InstanceStatus {
@@ -149,12 +170,17 @@ impl InstanceStatus {
             next_restart_at_ms: None,
             reconciled: false,
             message: String::new(),
+            health: None,
         }
     }
 
-    /// Fills the fields computed from the current time.
-    fn with_clock(mut self, now_s: u64) -> InstanceStatus {
+    /// Fills the fields computed from the current time and the monitor's verdict.
+    fn with_clock_and_health(mut self, now_s: u64, health: Option<&Health>) -> InstanceStatus {
         self.uptime_seconds = self.started_at.map(|s| now_s.saturating_sub(s));
+        self.health = health.cloned();
+        if health.is_some_and(|h| !h.answering) {
+            self.ready = false;
+        }
         self
     }
 }
@@ -201,6 +227,8 @@ pub struct ControllerInfo {
 #[derive(Clone, Default)]
 pub struct StatusBoard {
     instances: Arc<Mutex<BTreeMap<String, InstanceStatus>>>,
+    /// Kept apart from `instances`: workers publish whole statuses, monitors verdicts.
+    health: Arc<Mutex<BTreeMap<String, Health>>>,
     desired: Arc<Mutex<DesiredInfo>>,
     controller: Arc<Mutex<Option<ControllerInfo>>>,
     /// Woken when an instance's phase or readiness changes (reports go out at once).
@@ -221,8 +249,28 @@ impl StatusBoard {
     }
 
     pub fn remove(&self, name: &str) {
+        self.health.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         let mut map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
         if map.remove(name).is_some() {
+            self.changes.notify_one();
+        }
+    }
+
+    /// Records the monitor's verdict on `name` (`None`: not probed, e.g. stopped).
+    /// A change of status or of answering wakes the reporter.
+    pub fn set_health(&self, name: &str, health: Option<Health>) {
+        let mut map = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let old = match &health {
+            Some(health) => map.insert(name.to_string(), health.clone()),
+            None => map.remove(name),
+        };
+        drop(map);
+        let changed = match (&old, &health) {
+            (Some(old), Some(new)) => old.status != new.status || old.answering != new.answering,
+            (None, None) => false,
+            _ => true,
+        };
+        if changed {
             self.changes.notify_one();
         }
     }
@@ -267,14 +315,24 @@ impl StatusBoard {
     /// Every instance, sorted by name.
     pub fn snapshot(&self) -> Vec<InstanceStatus> {
         let now = unix_now();
+        let health = self.health.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
-        map.values().cloned().map(|s| s.with_clock(now)).collect()
+        map.values()
+            .cloned()
+            .map(|s| {
+                let h = health.get(&s.name);
+                s.with_clock_and_health(now, h)
+            })
+            .collect()
     }
 
     pub fn get(&self, name: &str) -> Option<InstanceStatus> {
         let now = unix_now();
+        let health = self.health.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned();
         let map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(name).cloned().map(|s| s.with_clock(now))
+        map.get(name)
+            .cloned()
+            .map(|s| s.with_clock_and_health(now, health.as_ref()))
     }
 
     pub fn desired(&self) -> DesiredInfo {

@@ -8,10 +8,9 @@ mod client;
 mod report;
 
 pub use client::{CallError, Client, Poll};
-pub use report::{node_facts, NodeFacts};
+pub use report::{node_facts, NodeFacts, ReportInputs};
 
 use crate::desired::DocumentSource;
-use crate::events::EventLog;
 use crate::sources::{Offer, Rejected, SourcesHandle};
 use crate::status::StatusBoard;
 use std::sync::Arc;
@@ -89,27 +88,30 @@ impl FailureLog {
 pub fn spawn(
     client: Arc<Client>,
     sources: SourcesHandle,
-    board: StatusBoard,
-    events: Arc<EventLog>,
-    facts: NodeFacts,
+    report: ReportInputs,
     report_interval: Duration,
     shutdown: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
-        tokio::spawn(poll_loop(client.clone(), sources, board.clone(), shutdown.clone())),
-        tokio::spawn(report::report_loop(
-            client,
-            board,
-            events,
-            facts,
-            report_interval,
-            shutdown,
+        tokio::spawn(poll_loop(
+            client.clone(),
+            sources,
+            report.board.clone(),
+            report.telemetry.clone(),
+            shutdown.clone(),
         )),
+        tokio::spawn(report::report_loop(client, report, report_interval, shutdown)),
     ]
 }
 
 /// Long-polls the desired state for as long as the agent runs.
-async fn poll_loop(client: Arc<Client>, sources: SourcesHandle, board: StatusBoard, shutdown: CancellationToken) {
+async fn poll_loop(
+    client: Arc<Client>,
+    sources: SourcesHandle,
+    board: StatusBoard,
+    telemetry: Arc<crate::metrics::Telemetry>,
+    shutdown: CancellationToken,
+) {
     // The generation last received (accepted or not): sent as If-None-Match, so that the
     // controller holds the request instead of sending the same document again.
     let mut seen = board.desired().generation;
@@ -168,6 +170,7 @@ async fn poll_loop(client: Arc<Client>, sources: SourcesHandle, board: StatusBoa
             }
             Some(error) => {
                 let delay = backoff.next(fastrand::f64());
+                telemetry.controller_failed("poll");
                 log.failed("desired-state", &error, delay, backoff.failures());
                 board.controller_polled(Some(error.to_string()));
                 tokio::select! {

@@ -4,6 +4,7 @@
 
 use super::{Backoff, Client, FailureLog};
 use crate::events::EventLog;
+use crate::observations::Observations;
 use crate::status::StatusBoard;
 use flate2::write::GzEncoder;
 use std::sync::Arc;
@@ -52,8 +53,25 @@ pub fn node_facts(node_id: &str, boot_id: &str, started_at: u64) -> NodeFacts {
     }
 }
 
+/// What a report is made of.
+#[derive(Clone)]
+pub struct ReportInputs {
+    pub facts: NodeFacts,
+    pub board: StatusBoard,
+    pub observations: Observations,
+    pub events: Arc<EventLog>,
+    pub telemetry: Arc<crate::metrics::Telemetry>,
+}
+
 /// A report body, and the sequence number of its last event (to acknowledge).
-pub fn build(facts: &NodeFacts, board: &StatusBoard, events: &EventLog) -> (serde_json::Value, Option<u64>) {
+pub fn build(inputs: &ReportInputs) -> (serde_json::Value, Option<u64>) {
+    let ReportInputs {
+        facts,
+        board,
+        observations,
+        events,
+        ..
+    } = inputs;
     let desired = board.desired();
     let (events, dropped) = events.unreported(EVENTS_PER_REPORT);
     let last_seq = events.last().map(|e| e.seq);
@@ -61,7 +79,8 @@ pub fn build(facts: &NodeFacts, board: &StatusBoard, events: &EventLog) -> (serd
         "node": facts,
         "observed_generation": desired.generation,
         "desired": desired,
-        "instances": board.snapshot(),
+        "host": observations.host(),
+        "instances": crate::observations::instance_views(board, observations),
         "events": events,
         "events_dropped": dropped,
         "sent_at_ms": crate::process::unix_now_millis(),
@@ -84,12 +103,11 @@ pub fn gzip(body: &serde_json::Value) -> Vec<u8> {
 /// Reports every `interval` and after every change of phase, until `shutdown`.
 pub(super) async fn report_loop(
     client: Arc<Client>,
-    board: StatusBoard,
-    events: Arc<EventLog>,
-    facts: NodeFacts,
+    inputs: ReportInputs,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
+    let (board, events) = (&inputs.board, &inputs.events);
     let changes = board.changes();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -108,9 +126,11 @@ pub(super) async fn report_loop(
         }
         // Send until one is accepted; every attempt carries the current state.
         loop {
-            let (body, last_seq) = build(&facts, &board, &events);
+            let (body, last_seq) = build(&inputs);
+            let compressed = gzip(&body);
+            let size = compressed.len() as u64;
             let sent = tokio::select! {
-                sent = client.report(gzip(&body)) => sent,
+                sent = client.report(compressed) => sent,
                 _ = shutdown.cancelled() => return,
             };
             match sent {
@@ -118,12 +138,14 @@ pub(super) async fn report_loop(
                     if let Some(seq) = last_seq {
                         events.ack(seq);
                     }
+                    inputs.telemetry.report_bytes.inc_by(size);
                     backoff.reset();
                     log.succeeded("report");
                     board.controller_reported(None);
                     break;
                 }
                 Err(error) => {
+                    inputs.telemetry.controller_failed("report");
                     let delay = backoff.next(fastrand::f64());
                     log.failed("report", &error, delay, backoff.failures());
                     board.controller_reported(Some(error.to_string()));
@@ -158,8 +180,15 @@ mod tests {
                 },
             );
         }
-        let facts = node_facts("n1", "boot", 1);
-        let (body, last) = build(&facts, &board, &events);
+        let inputs = ReportInputs {
+            facts: node_facts("n1", "boot", 1),
+            board,
+            observations: Observations::default(),
+            events: Arc::new(events),
+            telemetry: Arc::default(),
+        };
+        let events = &inputs.events;
+        let (body, last) = build(&inputs);
         assert_eq!(body["observed_generation"], 9);
         assert_eq!(body["node"]["node_id"], "n1");
         assert!(body["node"]["cpus"].as_u64().unwrap() >= 1);
@@ -172,7 +201,7 @@ mod tests {
         assert_eq!(seqs, [3, 4, 5]);
         assert_eq!(body["events_dropped"], 2);
         events.ack(last.unwrap());
-        let (body, last) = build(&facts, &board, &events);
+        let (body, last) = build(&inputs);
         assert_eq!(body["events"].as_array().unwrap().len(), 0);
         assert_eq!(last, None);
 

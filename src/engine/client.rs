@@ -178,6 +178,15 @@ impl Connection {
         }
     }
 
+    /// An error for a reply the agent cannot use.
+    pub fn unexpected(&self, command: &'static str, reason: String) -> ClientError {
+        ClientError::Server {
+            addr: self.addr,
+            command,
+            reason,
+        }
+    }
+
     /// `CONFIG GET key` → the value, or `None` when the server does not know the key.
     pub async fn config_get(&mut self, key: &str) -> Result<Option<String>, ClientError> {
         let reply = self.call("CONFIG GET", &[key]).await?;

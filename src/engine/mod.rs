@@ -6,10 +6,14 @@
 //! The supervisor drives every engine through this trait alone.
 
 mod client;
+pub mod info;
 mod redis;
+mod stats;
 
-pub use client::{ClientError, Target};
+pub use client::{ClientError, Connection, Target};
+pub use info::{pika_stats, redis_stats};
 pub use redis::RedisEngine;
+pub use stats::{DbKeys, ObservedRole, ReplicaLink, ServerStats};
 
 use crate::spec::{InstanceSpec, Secret};
 use std::ffi::OsString;
@@ -88,6 +92,33 @@ pub enum Readiness {
     Unreachable(String),
 }
 
+/// How much a monitor sample asks of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// PING and the few INFO fields health needs (every health interval).
+    Health,
+    /// PING and one full INFO (every metrics interval).
+    Full,
+}
+
+/// One monitor sample.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// The PING round trip.
+    pub ping: std::time::Duration,
+    /// What INFO said; with [`Depth::Health`] only the fields health needs are set.
+    pub stats: ServerStats,
+}
+
+/// What an instance asks of the host, for the preflight checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostNeeds {
+    /// The listen backlog it asks the kernel for.
+    pub listen_backlog: u64,
+    /// Open files it needs.
+    pub nofile: u64,
+}
+
 /// One server family.
 pub trait Engine: Send + Sync + 'static {
     fn kind(&self) -> EngineKind;
@@ -110,6 +141,13 @@ pub trait Engine: Send + Sync + 'static {
 
     /// One readiness probe: ready only when the target's own process answers.
     fn probe<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Readiness>;
+
+    /// What an instance of `spec` asks of the host.
+    fn host_needs(&self, spec: &InstanceSpec) -> HostNeeds;
+
+    /// One monitor sample on a kept connection: PING, then INFO as deep as `depth`.
+    fn sample<'a>(&'a self, connection: &'a mut Connection, depth: Depth)
+        -> BoxFuture<'a, Result<Sample, ClientError>>;
 
     /// Asks the server to stop gracefully.
     fn request_stop<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, StopRequest>;

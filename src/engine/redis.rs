@@ -3,7 +3,7 @@
 //! graceful stop (`SHUTDOWN SAVE` when the server persists, `SHUTDOWN NOSAVE` when not).
 
 use super::client::{as_text, ClientError, Connection, Target};
-use super::{BoxFuture, Engine, EngineKind, Layout, Readiness, StopRequest};
+use super::{BoxFuture, Depth, Engine, EngineKind, HostNeeds, Layout, Readiness, Sample, StopRequest};
 use crate::spec::{InstanceSpec, Secret};
 use std::ffi::OsString;
 use std::fmt::Write;
@@ -51,6 +51,10 @@ const REFUSED: &[(&str, &str)] = &[
     ("tls-ca-cert-dir", "a spec never names a path on the host"),
     ("tls-dh-params-file", "a spec never names a path on the host"),
 ];
+
+/// The INFO sections health reads: loading and save status, role and link,
+/// memory, rejected connections.
+const HEALTH_SECTIONS: [&str; 4] = ["persistence", "replication", "memory", "stats"];
 
 impl Engine for RedisEngine {
     fn kind(&self) -> EngineKind {
@@ -139,6 +143,51 @@ impl Engine for RedisEngine {
                 Ok(()) => Readiness::Ready,
                 Err(e) => Readiness::Unreachable(e.to_string()),
             }
+        })
+    }
+
+    fn host_needs(&self, spec: &InstanceSpec) -> HostNeeds {
+        let number = |key: &str, default: u64| {
+            spec.config
+                .get(key)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(default)
+        };
+        HostNeeds {
+            listen_backlog: number("tcp-backlog", 511),
+            // Redis reserves 32 descriptors beyond its clients for itself.
+            nofile: spec.limits.nofile.unwrap_or(number("maxclients", 10_000) + 32),
+        }
+    }
+
+    fn sample<'a>(
+        &'a self,
+        connection: &'a mut Connection,
+        depth: Depth,
+    ) -> BoxFuture<'a, Result<Sample, ClientError>> {
+        Box::pin(async move {
+            let began = std::time::Instant::now();
+            let pong = connection.call("PING", &[]).await?;
+            let ping = began.elapsed();
+            if as_text(&pong).as_deref() != Some("PONG") {
+                return Err(connection.unexpected("PING", format!("answered {pong:?} instead of PONG")));
+            }
+            let reply = match depth {
+                // The sections health reads: a fraction of a full INFO. Redis before
+                // 7.0 takes one section at a time and answers this with an error, so
+                // those get the full INFO.
+                Depth::Health => match connection.call("INFO", &HEALTH_SECTIONS).await {
+                    Err(ClientError::Server { .. }) => connection.call("INFO", &[]).await?,
+                    other => other?,
+                },
+                Depth::Full => connection.call("INFO", &[]).await?,
+            };
+            let stats = match &reply {
+                redis::Value::BulkString(bytes) => super::redis_stats(bytes),
+                redis::Value::VerbatimString { text, .. } => super::redis_stats(text.as_bytes()),
+                other => return Err(connection.unexpected("INFO", format!("answered {other:?} instead of text"))),
+            };
+            Ok(Sample { ping, stats })
         })
     }
 

@@ -117,6 +117,7 @@ impl Supervisor {
                 tx.send_if_modified(|slot| slot.take().is_some());
             }
         }
+        self.ctx.declared.send_replace(Arc::new(specs.clone()));
         self.desired = specs;
         if !self.orphans_checked {
             self.orphans_checked = true;

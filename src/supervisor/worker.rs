@@ -8,6 +8,7 @@ use super::plan::{self, Action, CrashHistory, Desired, Observed, StopReason};
 use crate::config::AgentConfig;
 use crate::engine::{self, Engine, EngineKind, Layout, Readiness, StopRequest, Target};
 use crate::events::{Event, EventLog};
+use crate::monitor::MonitorTarget;
 use crate::ports::{self, PortHolder};
 use crate::process::{unix_now, unix_now_millis, Adoption, Exit, Launch, Process};
 use crate::procfs;
@@ -45,6 +46,10 @@ pub struct WorkerContext {
     pub board: StatusBoard,
     pub events: Arc<EventLog>,
     pub boot_id: String,
+    pub monitor: Arc<crate::monitor::MonitorContext>,
+    pub telemetry: Arc<crate::metrics::Telemetry>,
+    /// Every declared instance's spec, as last accepted (read by the host sampler).
+    pub declared: watch::Sender<Arc<std::collections::BTreeMap<String, Arc<InstanceSpec>>>>,
 }
 
 /// A spec sent to a worker; `None` means the instance is no longer declared.
@@ -102,6 +107,8 @@ pub struct Worker {
     stopping: Option<Stopping>,
     reconciled: bool,
     last_desired_hash: Option<String>,
+    /// The process the instance's monitor watches (set while running and ready).
+    monitor: watch::Sender<Option<MonitorTarget>>,
 }
 
 impl Worker {
@@ -139,6 +146,7 @@ impl Worker {
             stopping: None,
             reconciled: false,
             last_desired_hash: None,
+            monitor: watch::Sender::new(None),
         }
     }
 
@@ -155,6 +163,12 @@ impl Worker {
     }
 
     pub async fn run(mut self) {
+        // The monitor ends when this worker (and so `self.monitor`) is dropped.
+        tokio::spawn(crate::monitor::run(
+            self.name.clone(),
+            self.monitor.subscribe(),
+            self.ctx.monitor.clone(),
+        ));
         let initial = self.specs.borrow().clone();
         self.adopt(initial.as_ref()).await;
         loop {
@@ -215,6 +229,10 @@ impl Worker {
                 }
             }
             self.publish(&desired);
+            self.ctx
+                .telemetry
+                .reconcile_seconds
+                .observe(now.elapsed().as_secs_f64());
 
             match self.next_wake(wake_at).await {
                 Wake::Shutdown => return,
@@ -811,8 +829,38 @@ impl Worker {
             next_restart_at_ms,
             reconciled: self.reconciled,
             message: self.message(phase),
+            health: None,
         };
         self.ctx.board.publish(status);
+        self.update_monitor();
+    }
+
+    /// Points the monitor at the live process once it is ready, and away from it
+    /// otherwise.
+    fn update_monitor(&self) {
+        let next = match (&self.process, self.ready, self.stopping.is_some()) {
+            (Some(process), true, false) => engine::for_kind(process.record().engine).map(|engine| MonitorTarget {
+                engine,
+                target: self.target(process),
+                declared: self
+                    .specs
+                    .borrow()
+                    .as_deref()
+                    .map_or(crate::status::Role::Master, crate::status::Role::of),
+            }),
+            _ => None,
+        };
+        self.monitor.send_if_modified(|current| {
+            let same = match (current.as_ref(), next.as_ref()) {
+                (Some(a), Some(b)) => a.same(b),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                *current = next;
+            }
+            !same
+        });
     }
 
     fn phase(&self, want: Want) -> Phase {

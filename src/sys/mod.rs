@@ -130,6 +130,73 @@ pub fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
     }
 }
 
+/// What `statvfs(3)` says about the filesystem that holds a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsStats {
+    pub total_bytes: u64,
+    /// Bytes an unprivileged process may still write: the blocks reserved for root
+    /// (ext4's 5 %) are not counted, since instances do not run as root.
+    pub available_bytes: u64,
+    /// 0 on filesystems without a fixed inode table (btrfs, some network mounts).
+    pub inodes_total: u64,
+    pub inodes_free: u64,
+}
+
+/// Space and inodes of the filesystem that holds `path`. The caller adds the path to
+/// the error.
+pub fn statvfs(path: &std::path::Path) -> io::Result<FsStats> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    // SAFETY: libc::statvfs is plain data (integers only), for which all zeroes is valid.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is NUL-terminated and outlives the call; `stats` is a valid,
+    // exclusively borrowed out-parameter of the right type.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stats) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // f_frsize is the unit of the block counts; a few old filesystems leave it 0 and
+    // mean f_bsize.
+    let block = match to_u64(stats.f_frsize) {
+        0 => to_u64(stats.f_bsize),
+        frsize => frsize,
+    };
+    Ok(FsStats {
+        total_bytes: to_u64(stats.f_blocks).saturating_mul(block),
+        available_bytes: to_u64(stats.f_bavail).saturating_mul(block),
+        inodes_total: to_u64(stats.f_files),
+        inodes_free: to_u64(stats.f_ffree),
+    })
+}
+
+/// This process's `RLIMIT_NOFILE`: (soft, hard). "Unlimited" is `u64::MAX`.
+pub fn nofile_limits() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes into `limit`, a valid exclusively borrowed rlimit.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let convert = |value: libc::rlim_t| {
+        if value == libc::RLIM_INFINITY {
+            u64::MAX
+        } else {
+            to_u64(value)
+        }
+    };
+    Ok((convert(limit.rlim_cur), convert(limit.rlim_max)))
+}
+
+/// Widens the libc integer types whose width differs between targets (u32 or u64)
+/// without an `as` cast that clippy flags as unnecessary on 64-bit targets.
+fn to_u64<T: Into<u64>>(value: T) -> u64 {
+    value.into()
+}
+
 /// Name of a signal number, for logs and status ("SIGKILL").
 pub fn signal_name(signal: i32) -> String {
     let name = match signal {

@@ -504,3 +504,17 @@ pub fn foreign_redis(dir: &Path, port: u16, password: Option<&str>) -> Child {
     }
     child
 }
+
+/// A number from the environment (benchmark knobs), or `default`.
+pub fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// CPU time (user + system) of `pid` in milliseconds, from `/proc/<pid>/stat`.
+pub fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks * 1000.0 / ker_agent::sys::clock_ticks_per_second() as f64
+}

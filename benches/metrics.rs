@@ -1,0 +1,265 @@
+//! Health and metrics benchmark: the real `ker-agent` (release build) with 100 real
+//! `redis-server` instances, side by side in one run with redis_exporter (Debian's
+//! `prometheus-redis-exporter`) scraping the same 100 instances. Measures:
+//!
+//! 1. agent CPU per instance per metrics sweep (every tick a full sample: PING + INFO),
+//!    and what each sweep costs the servers (commands, connections, INFO's own time
+//!    from `INFO commandstats`); the same for redis_exporter scraping each instance;
+//! 2. the agent's total CPU with the defaults (health every 1 s, metrics every 10 s);
+//! 3. `/metrics` latency with 100 instances.
+//!
+//! Run with `cargo bench --bench metrics`. Knobs: `BENCH_INSTANCES` (100),
+//! `BENCH_SWEEP_SECS` (30), `BENCH_IDLE_SECS` (60), `BENCH_SCRAPES` (200),
+//! `REDIS_EXPORTER` (`/usr/bin/prometheus-redis-exporter`).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{cpu_ms, env_number as num, free_port, redis, Harness};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What the servers did, summed over `ports`: (INFO calls, INFO µs, all commands,
+/// connections received). Read with `INFO commandstats` / `INFO stats`, whose own
+/// calls are subtracted by the caller (they are counted too).
+#[derive(Debug, Default, Clone, Copy)]
+struct ServerSide {
+    info_calls: f64,
+    info_usec: f64,
+    commands: f64,
+    connections: f64,
+}
+
+fn server_side(ports: &[u16]) -> ServerSide {
+    let mut total = ServerSide::default();
+    for port in ports {
+        let mut c = redis(*port, None).unwrap();
+        let stats: String = ::redis::cmd("INFO").arg("commandstats").query(&mut c).unwrap();
+        for line in stats.lines() {
+            let Some((name, rest)) = line.split_once(':') else {
+                continue;
+            };
+            let field = |key: &str| -> f64 {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(key))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0.0)
+            };
+            let calls = field("calls=");
+            total.commands += calls;
+            if name == "cmdstat_info" {
+                total.info_calls += calls;
+                total.info_usec += field("usec=");
+            }
+        }
+        let info: String = ::redis::cmd("INFO").arg("stats").query(&mut c).unwrap();
+        total.connections += info
+            .lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+    }
+    total
+}
+
+fn delta(a: ServerSide, b: ServerSide, ports: usize) -> ServerSide {
+    // Each reading itself costs, per port, one connection and two INFO calls (the
+    // second is counted by the next reading).
+    let n = ports as f64;
+    ServerSide {
+        info_calls: b.info_calls - a.info_calls - 2.0 * n,
+        info_usec: b.info_usec - a.info_usec,
+        commands: b.commands - a.commands - 2.0 * n,
+        connections: b.connections - a.connections - n,
+    }
+}
+
+fn configure(h: &Harness, health: &str, metrics: &str) {
+    let config = std::fs::read_to_string(h.config_path()).unwrap();
+    let base = config.split("\n[monitoring]").next().unwrap().to_string();
+    std::fs::write(
+        h.config_path(),
+        format!("{base}\n[monitoring]\nhealth_interval = \"{health}\"\nmetrics_interval = \"{metrics}\"\n"),
+    )
+    .unwrap();
+}
+
+fn start_and_wait(h: &mut Harness, instances: usize) {
+    h.start_agent();
+    h.wait_for("every instance healthy", Duration::from_secs(120), |h| {
+        h.status()["instances"].as_array().is_some_and(|list| {
+            list.len() == instances
+                && list
+                    .iter()
+                    .all(|i| i["health"]["status"] == "ok" && !i["metrics"].is_null())
+        })
+    });
+}
+
+/// One HTTP GET on 127.0.0.1:`port`; the body length.
+fn get(port: u16, path: &str) -> usize {
+    let (code, body) = common::http_send_to(std::net::Ipv4Addr::LOCALHOST.into(), port, "GET", path, &[], b"").unwrap();
+    assert_eq!(code, 200, "GET {path}: {body}");
+    body.len()
+}
+
+struct Exporter(Child);
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() {
+    let instances = num("BENCH_INSTANCES", 100) as usize;
+    let sweep_secs = num("BENCH_SWEEP_SECS", 30);
+    let idle_secs = num("BENCH_IDLE_SECS", 60);
+    let scrapes = num("BENCH_SCRAPES", 200) as usize;
+    let exporter_bin =
+        std::env::var("REDIS_EXPORTER").unwrap_or_else(|_| "/usr/bin/prometheus-redis-exporter".to_string());
+    assert!(
+        std::path::Path::new(&exporter_bin).is_file(),
+        "{exporter_bin} is missing: apt-get install -y prometheus-redis-exporter (or set REDIS_EXPORTER)"
+    );
+    println!("== ker-agent health and metrics benchmark ==");
+    println!("command:      cargo bench --bench metrics");
+    println!("agent binary: {}", common::AGENT);
+    println!("exporter:     {exporter_bin}");
+    println!("instances:    {instances}");
+
+    let mut h = Harness::new();
+    let ports: Vec<u16> = (0..instances).map(|_| free_port()).collect();
+    for (i, port) in ports.iter().enumerate() {
+        h.manifest(&format!("r{i:03}"), *port, "[config]\nsave = \"\"\n");
+    }
+
+    // 1. Every tick a full sweep: CPU per instance per sweep, and the servers' side.
+    configure(&h, "1s", "1s");
+    start_and_wait(&mut h, instances);
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = h.agent_pid();
+    let (cpu0, side0, t0) = (cpu_ms(pid), server_side(&ports), Instant::now());
+    std::thread::sleep(Duration::from_secs(sweep_secs));
+    let (cpu1, side1, elapsed) = (cpu_ms(pid), server_side(&ports), t0.elapsed());
+    let sweeps = elapsed.as_secs_f64(); // one per second
+    let agent_sweep = delta(side0, side1, instances);
+    let per_instance_sweep_ms = (cpu1 - cpu0) / (instances as f64 * sweeps);
+    let per_sweep = |v: f64| v / (instances as f64 * sweeps);
+
+    // 3. /metrics latency, from the last sweep.
+    let api = h.api_port;
+    let mut times: Vec<Duration> = (0..50)
+        .map(|_| {
+            let t = Instant::now();
+            get(api, "/metrics");
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    let metrics_bytes = get(api, "/metrics");
+
+    // 2. The defaults: health every second, metrics every 10 s.
+    h.stop_agent(common::SIGTERM);
+    configure(&h, "1s", "10s");
+    start_and_wait(&mut h, instances);
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = h.agent_pid();
+    let (idle0, side0, t0) = (cpu_ms(pid), server_side(&ports), Instant::now());
+    std::thread::sleep(Duration::from_secs(idle_secs));
+    let (idle1, side1, idle_elapsed) = (cpu_ms(pid), server_side(&ports), t0.elapsed());
+    let idle_side = delta(side0, side1, instances);
+    let idle_share = (idle1 - idle0) / (idle_elapsed.as_secs_f64() * 1000.0) * 100.0;
+    let rss_kb = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default();
+
+    // redis_exporter scraping the same instances, one target per request (its
+    // multi-target endpoint), as Prometheus would.
+    let exporter_port = free_port();
+    let exporter = Exporter(
+        Command::new(&exporter_bin)
+            .args(["-web.listen-address", &format!("127.0.0.1:{exporter_port}")])
+            .args(["-redis.addr", ""])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis_exporter"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::http_send_to(
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        exporter_port,
+        "GET",
+        "/",
+        &[],
+        b"",
+    )
+    .is_err()
+    {
+        assert!(Instant::now() < deadline, "redis_exporter did not answer");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let scrape = |port: u16| get(exporter_port, &format!("/scrape?target=redis://127.0.0.1:{port}"));
+    for port in &ports {
+        scrape(*port); // warm up
+    }
+    let exporter_pid = exporter.0.id();
+    let (e_cpu0, e_side0, e_t0) = (cpu_ms(exporter_pid), server_side(&ports), Instant::now());
+    let mut done = 0;
+    while done < scrapes {
+        scrape(ports[done % ports.len()]);
+        done += 1;
+    }
+    let (e_cpu1, e_side1, e_elapsed) = (cpu_ms(exporter_pid), server_side(&ports), e_t0.elapsed());
+    let e_side = delta(e_side0, e_side1, instances);
+    let exporter_per_scrape_ms = (e_cpu1 - e_cpu0) / done as f64;
+    let per_scrape = |v: f64| v / done as f64;
+    drop(exporter);
+
+    println!();
+    println!("| measurement | ker-agent | redis_exporter | target |");
+    println!("|---|---|---|---|");
+    println!(
+        "| CPU per instance per metrics sweep | {:.3} ms ({instances} instances, a full sweep every 1 s for {:.0} s) | {:.2} ms ({done} scrapes in {:.1} s) | ≤ 0.1 ms: {} |",
+        per_instance_sweep_ms,
+        sweeps,
+        exporter_per_scrape_ms,
+        e_elapsed.as_secs_f64(),
+        if per_instance_sweep_ms <= 0.1 { "met" } else { "MISSED" }
+    );
+    println!(
+        "| server side per sweep | {:.2} INFO, {:.2} commands, {:.3} new connections, INFO {:.0} µs | {:.2} INFO, {:.2} commands, {:.2} new connections, INFO {:.0} µs | one INFO on a kept connection |",
+        per_sweep(agent_sweep.info_calls),
+        per_sweep(agent_sweep.commands),
+        per_sweep(agent_sweep.connections),
+        agent_sweep.info_usec / agent_sweep.info_calls.max(1.0),
+        per_scrape(e_side.info_calls),
+        per_scrape(e_side.commands),
+        per_scrape(e_side.connections),
+        e_side.info_usec / e_side.info_calls.max(1.0),
+    );
+    println!(
+        "| agent CPU, defaults (health 1 s, metrics 10 s), {:.0} s | {:.0} ms = {:.3} % of one core (RSS {rss_kb}) | | ≤ 0.7 %: {} |",
+        idle_elapsed.as_secs_f64(),
+        idle1 - idle0,
+        idle_share,
+        if idle_share <= 0.7 { "met" } else { "MISSED" }
+    );
+    println!(
+        "| … server side per instance per second | {:.2} INFO, {:.2} commands, {:.3} new connections | | |",
+        idle_side.info_calls / (instances as f64 * idle_elapsed.as_secs_f64()),
+        idle_side.commands / (instances as f64 * idle_elapsed.as_secs_f64()),
+        idle_side.connections / (instances as f64 * idle_elapsed.as_secs_f64()),
+    );
+    println!(
+        "| /metrics with {instances} instances ({metrics_bytes} bytes) | median {:.2} ms, max {:.2} ms (n=50) | | ≤ 5 ms: {} |",
+        times[times.len() / 2].as_secs_f64() * 1000.0,
+        times[times.len() - 1].as_secs_f64() * 1000.0,
+        if times[times.len() / 2] <= Duration::from_millis(5) { "met" } else { "MISSED" }
+    );
+}

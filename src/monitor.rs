@@ -1,0 +1,249 @@
+//! One monitor task per instance, beside its worker. While the worker says the process
+//! runs and is ready, the monitor keeps one authenticated connection to it and every
+//! `health_interval` sends PING and asks for the INFO fields health needs; every
+//! `metrics_interval` that INFO is the full one, and the process is read from /proc.
+//! The verdict goes to the status board, the sample to the observations store.
+//!
+//! The monitor never changes anything: it only looks. A broken connection is dropped
+//! and opened again with back-off, and each probe is bounded by the health interval,
+//! so a stopped (SIGSTOP) server turns unhealthy instead of stalling the monitor.
+
+use crate::engine::{Connection, Depth, Engine, Target};
+use crate::events::{Event, EventLog};
+use crate::health::{self, Probe};
+use crate::observations::{InstanceMetrics, Observations};
+use crate::process::unix_now_millis;
+use crate::status::{Health, Role, StatusBoard};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Longest wait between two connection attempts to an instance that refuses them.
+const RECONNECT_MAX: Duration = Duration::from_secs(8);
+
+/// What the worker hands its monitor: the live process to watch.
+#[derive(Clone)]
+pub struct MonitorTarget {
+    pub engine: &'static dyn Engine,
+    pub target: Target,
+    pub declared: Role,
+}
+
+impl MonitorTarget {
+    /// Whether `other` is the same process reached the same way.
+    pub fn same(&self, other: &MonitorTarget) -> bool {
+        self.target.pid == other.target.pid
+            && self.target.addr == other.target.addr
+            && self.target.password == other.target.password
+            && self.declared == other.declared
+            && self.engine.kind() == other.engine.kind()
+    }
+}
+
+/// What every monitor shares.
+pub struct MonitorContext {
+    pub board: StatusBoard,
+    pub observations: Observations,
+    pub events: Arc<EventLog>,
+    pub health_interval: Duration,
+    pub metrics_interval: Duration,
+}
+
+/// Runs until the worker drops its end of `targets`.
+pub async fn run(name: String, mut targets: watch::Receiver<Option<MonitorTarget>>, ctx: Arc<MonitorContext>) {
+    loop {
+        let current = targets.borrow_and_update().clone();
+        match current {
+            Some(target) => watch_process(&name, &target, &mut targets, &ctx).await,
+            None => forget(&name, &ctx),
+        }
+        if targets.changed().await.is_err() {
+            forget(&name, &ctx);
+            return;
+        }
+    }
+}
+
+/// Clears what the monitor said about `name`: it is not probed any more.
+fn forget(name: &str, ctx: &MonitorContext) {
+    ctx.board.set_health(name, None);
+    ctx.observations.clear_instance(name);
+}
+
+/// Probes `target` until the worker names another target (or none).
+async fn watch_process(
+    name: &str,
+    target: &MonitorTarget,
+    targets: &mut watch::Receiver<Option<MonitorTarget>>,
+    ctx: &MonitorContext,
+) {
+    let mut session = Session::new(target, ctx.health_interval);
+    let mut context = health::Context {
+        declared: Some(target.declared),
+        ..health::Context::default()
+    };
+    let mut ticker = tokio::time::interval(ctx.health_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first probe is a full sample, so metrics exist from the start.
+    let mut last_full: Option<Instant> = None;
+    let mut last_status = None;
+    loop {
+        tokio::select! {
+            biased;
+            changed = targets.changed() => {
+                // A new target (or none, or the worker is gone): the caller decides.
+                if changed.is_ok() {
+                    targets.mark_changed();
+                }
+                return;
+            }
+            _ = ticker.tick() => {}
+        }
+        let full = last_full.is_none_or(|at| at.elapsed() + ctx.health_interval / 2 >= ctx.metrics_interval);
+        let depth = if full { Depth::Full } else { Depth::Health };
+        let probe = session.probe(depth).await;
+        if full {
+            last_full = Some(Instant::now());
+        }
+        context.unanswered = match probe {
+            Probe::Answered { .. } | Probe::Loading => 0,
+            _ => context.unanswered + 1,
+        };
+        let verdict = health::evaluate(&probe, &context);
+        let (ping_ms, observed_role) = match &probe {
+            Probe::Answered { ping, stats } => (Some(ping.as_secs_f64() * 1000.0), stats.role),
+            _ => (None, None),
+        };
+        let answering = matches!(probe, Probe::Answered { .. } | Probe::Loading);
+        let health = Health {
+            status: verdict.status,
+            reasons: verdict.reasons.clone(),
+            answering,
+            ping_ms,
+            observed_role,
+            checked_at_ms: unix_now_millis(),
+        };
+        ctx.board.set_health(name, Some(health));
+        // A first verdict of `ok` is the expected start, not news.
+        let news = match last_status {
+            Some(last) => last != verdict.status,
+            None => verdict.status != health::HealthStatus::Ok,
+        };
+        if news {
+            ctx.events.emit(
+                name,
+                Event::HealthChanged {
+                    from: last_status,
+                    to: verdict.status,
+                    reasons: verdict.reasons.join("; "),
+                },
+            );
+        }
+        last_status = Some(verdict.status);
+        if let Probe::Answered { stats, .. } = probe {
+            context.previous_rejected = stats.rejected_connections;
+            if full {
+                let pid = target.target.pid;
+                ctx.observations.set_instance(
+                    name,
+                    InstanceMetrics {
+                        sampled_at_ms: unix_now_millis(),
+                        server: *stats,
+                        process: crate::procfs::process_metrics(pid).ok(),
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// The kept connection to one process, opened on demand with back-off.
+struct Session<'a> {
+    target: &'a MonitorTarget,
+    /// Each call's limit: a probe must end within the health interval.
+    call_target: Target,
+    connection: Option<Connection>,
+    next_attempt: Instant,
+    backoff: Duration,
+    last_error: String,
+}
+
+impl<'a> Session<'a> {
+    fn new(target: &'a MonitorTarget, interval: Duration) -> Session<'a> {
+        let mut call_target = target.target.clone();
+        call_target.timeout = interval.min(target.target.timeout);
+        Session {
+            target,
+            call_target,
+            connection: None,
+            next_attempt: Instant::now(),
+            backoff: interval,
+            last_error: String::new(),
+        }
+    }
+
+    async fn probe(&mut self, depth: Depth) -> Probe {
+        if self.connection.is_none() {
+            if Instant::now() < self.next_attempt {
+                return Probe::Failed(format!("not connected: {}", self.last_error));
+            }
+            match self.connect().await {
+                Ok(connection) => {
+                    self.connection = Some(connection);
+                    self.backoff = self.call_target.timeout;
+                }
+                Err(error) => {
+                    let probe = classify(&error);
+                    self.last_error = error.to_string();
+                    self.next_attempt = Instant::now() + self.backoff;
+                    self.backoff = (self.backoff * 2).min(RECONNECT_MAX);
+                    return probe;
+                }
+            }
+        }
+        let Some(connection) = self.connection.as_mut() else {
+            return Probe::Failed("not connected".into());
+        };
+        // Both calls have their own timeout; this bounds the pair.
+        let limit = self.call_target.timeout * 2;
+        let sampled = tokio::time::timeout(limit, self.target.engine.sample(connection, depth)).await;
+        match sampled {
+            Ok(Ok(sample)) => Probe::Answered {
+                ping: sample.ping,
+                stats: Box::new(sample.stats),
+            },
+            Ok(Err(error)) => {
+                let probe = classify(&error);
+                if !matches!(probe, Probe::Loading) {
+                    // A late reply to a timed-out call could be read as the answer to
+                    // the next one; a fresh connection cannot mix them up.
+                    self.connection = None;
+                }
+                self.last_error = error.to_string();
+                probe
+            }
+            Err(_) => {
+                self.connection = None;
+                self.last_error = format!("{} did not answer within {limit:?}", self.call_target.addr);
+                Probe::Failed(self.last_error.clone())
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Connection, crate::engine::ClientError> {
+        let mut connection = Connection::open(&self.call_target).await?;
+        // Only the process the worker watches is judged, never a stranger on its port.
+        connection.verify_pid(self.call_target.pid).await?;
+        Ok(connection)
+    }
+}
+
+fn classify(error: &crate::engine::ClientError) -> Probe {
+    if error.is_loading() {
+        Probe::Loading
+    } else if error.is_auth() {
+        Probe::AuthFailed(error.to_string())
+    } else {
+        Probe::Failed(error.to_string())
+    }
+}

@@ -1,0 +1,96 @@
+//! The last metrics samples: per instance (its server's INFO fields and its process),
+//! the host's, and the agent's own process. Monitors and the host sampler write them;
+//! `/v1/status`, the reports and `/metrics` read them. Nothing here talks to a
+//! server: readers always get the last sweep, never a live scrape.
+
+use crate::engine::ServerStats;
+use crate::host::{Finding, HostMetrics};
+use crate::procfs::ProcessMetrics;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// The last full sample of one instance.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstanceMetrics {
+    /// When it was taken, milliseconds since the Unix epoch.
+    pub sampled_at_ms: u64,
+    /// The server's own view (one INFO).
+    pub server: ServerStats,
+    /// The process, from /proc; `None` when it could not be read.
+    pub process: Option<ProcessMetrics>,
+}
+
+/// The last host sample and what preflight found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HostSample {
+    pub sampled_at_ms: u64,
+    pub metrics: HostMetrics,
+    pub findings: Vec<Finding>,
+    /// The agent's own process.
+    pub agent: Option<ProcessMetrics>,
+}
+
+/// Shared store of the last samples.
+#[derive(Clone, Default)]
+pub struct Observations {
+    instances: Arc<Mutex<BTreeMap<String, Arc<InstanceMetrics>>>>,
+    host: Arc<Mutex<Option<Arc<HostSample>>>>,
+}
+
+impl Observations {
+    pub fn set_instance(&self, name: &str, metrics: InstanceMetrics) {
+        lock(&self.instances).insert(name.to_string(), Arc::new(metrics));
+    }
+
+    /// Forgets an instance's samples (it stopped or is gone): stale numbers must not
+    /// look current.
+    pub fn clear_instance(&self, name: &str) {
+        lock(&self.instances).remove(name);
+    }
+
+    pub fn instance(&self, name: &str) -> Option<Arc<InstanceMetrics>> {
+        lock(&self.instances).get(name).cloned()
+    }
+
+    /// Every instance's last sample, by name.
+    pub fn instances(&self) -> BTreeMap<String, Arc<InstanceMetrics>> {
+        lock(&self.instances).clone()
+    }
+
+    pub fn set_host(&self, sample: HostSample) {
+        *lock(&self.host) = Some(Arc::new(sample));
+    }
+
+    pub fn host(&self) -> Option<Arc<HostSample>> {
+        lock(&self.host).clone()
+    }
+}
+
+/// Locks a mutex, recovering from a panicked holder: the data are plain values that
+/// are replaced whole, so they cannot be half-written.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// An instance's status with its last metrics sample, as `/v1/status` and the
+/// reports show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstanceView {
+    #[serde(flatten)]
+    pub status: crate::status::InstanceStatus,
+    /// The last metrics sample while the process runs; `null` otherwise.
+    pub metrics: Option<Arc<InstanceMetrics>>,
+}
+
+/// Every instance on `board` with its last sample, sorted by name.
+pub fn instance_views(board: &crate::status::StatusBoard, observations: &Observations) -> Vec<InstanceView> {
+    let samples = observations.instances();
+    board
+        .snapshot()
+        .into_iter()
+        .map(|status| InstanceView {
+            metrics: samples.get(&status.name).cloned(),
+            status,
+        })
+        .collect()
+}
