@@ -197,7 +197,7 @@ async fn instance(State(state): State<ApiState>, name: Result<Path<String>, Path
         Some(status) => {
             let metrics = state.observations.instance(&name);
             Json(InstanceDetail {
-                info_raw: metrics.as_ref().map(|m| m.server.raw.clone()),
+                info_raw: metrics.as_ref().and_then(|m| m.info_raw()),
                 events: state.events.for_instance(&name, INSTANCE_EVENTS),
                 view: InstanceView { status, metrics },
             })

@@ -97,6 +97,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             events: events.clone(),
             health_interval: config.monitoring.health_interval,
             metrics_interval: config.monitoring.metrics_interval,
+            origin: std::time::Instant::now(),
         }),
     });
     let (supervisor, supervisor_task) = supervisor::Supervisor::spawn(ctx, shutdown.child_token());

@@ -18,6 +18,18 @@ pub struct InstanceMetrics {
     pub server: ServerStats,
     /// The process, from /proc; `None` when it could not be read.
     pub process: Option<ProcessMetrics>,
+    /// The engine and the INFO reply, for the fields without a typed one.
+    #[serde(skip)]
+    pub engine: crate::engine::EngineKind,
+    #[serde(skip)]
+    pub info_reply: Vec<u8>,
+}
+
+impl InstanceMetrics {
+    /// The INFO fields without a typed field (parsed on demand).
+    pub fn info_raw(&self) -> Option<BTreeMap<String, String>> {
+        crate::engine::for_kind(self.engine).map(|engine| engine.info_raw(&self.info_reply))
+    }
 }
 
 /// The last host sample and what preflight found.

@@ -166,25 +166,17 @@ fn parse_stat_usage(text: &str) -> Option<StatUsage> {
     })
 }
 
-/// `VmRSS` and `RssAnon` of `/proc/<pid>/status`, in bytes; a missing field is 0
-/// (zombies and kernel threads have no memory lines). `None` for a present field with
-/// a value that is not `<number> kB`.
-fn parse_status_memory(text: &str) -> Option<(u64, u64)> {
-    let mut rss = 0;
-    let mut anon = 0;
-    for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else {
-            continue;
-        };
-        let field = match key {
-            "VmRSS" => &mut rss,
-            "RssAnon" => &mut anon,
-            _ => continue,
-        };
-        let kib: u64 = value.trim().strip_suffix("kB")?.trim_end().parse().ok()?;
-        *field = kib.saturating_mul(1024);
-    }
-    Some((rss, anon))
+/// Resident and anonymous memory from `/proc/<pid>/statm` (`size resident shared …`
+/// in pages), in bytes: anonymous = resident - shared (file-backed and shmem), which is
+/// `RssAnon` of `/proc/<pid>/status` without generating that much longer file.
+fn parse_statm(text: &str, page_size: u64) -> Option<(u64, u64)> {
+    let mut fields = text.split_ascii_whitespace().skip(1);
+    let resident: u64 = fields.next()?.parse().ok()?;
+    let shared: u64 = fields.next()?.parse().ok()?;
+    Some((
+        resident.saturating_mul(page_size),
+        resident.saturating_sub(shared).saturating_mul(page_size),
+    ))
 }
 
 /// Number of open descriptors of a process. Since Linux 6.2 the size of
@@ -219,9 +211,10 @@ pub fn process_metrics(pid: u32) -> Result<ProcessMetrics, ProcfsError> {
     let text = fs::read_to_string(&stat_path).map_err(|e| ProcfsError::from_io(stat_path.clone(), e))?;
     let usage = parse_stat_usage(&text).ok_or(ProcfsError::Format { path: stat_path })?;
 
-    let status_path = format!("/proc/{pid}/status");
-    let text = fs::read_to_string(&status_path).map_err(|e| ProcfsError::from_io(status_path.clone(), e))?;
-    let (rss_bytes, anon_bytes) = parse_status_memory(&text).ok_or(ProcfsError::Format { path: status_path })?;
+    let statm_path = format!("/proc/{pid}/statm");
+    let text = fs::read_to_string(&statm_path).map_err(|e| ProcfsError::from_io(statm_path.clone(), e))?;
+    let (rss_bytes, anon_bytes) =
+        parse_statm(&text, crate::sys::page_size()).ok_or(ProcfsError::Format { path: statm_path })?;
 
     let open_fds = count_fds(&format!("/proc/{pid}/fd"))?;
     // Precision: f64 is exact for tick counts below 2^53, i.e. millions of years.
@@ -294,13 +287,15 @@ mod tests {
     }
 
     #[test]
-    fn status_memory_fields() {
-        let text = "Name:\tredis-server\nVmRSS:\t    2048 kB\nRssAnon:\t     1024 kB\nThreads:\t5\n";
-        assert_eq!(parse_status_memory(text), Some((2048 * 1024, 1024 * 1024)));
-        // A zombie has no memory lines.
-        assert_eq!(parse_status_memory("Name:\tx\nState:\tZ (zombie)\n"), Some((0, 0)));
-        assert_eq!(parse_status_memory("VmRSS:\tlots\n"), None);
-        assert_eq!(parse_status_memory("VmRSS:\t12 pages\n"), None);
+    fn statm_memory_fields() {
+        assert_eq!(
+            parse_statm("5000 512 256 100 0 800 0\n", 4096),
+            Some((512 * 4096, 256 * 4096))
+        );
+        // More shared than resident cannot happen, and must not underflow.
+        assert_eq!(parse_statm("1 1 2 0 0 0 0", 4096), Some((4096, 0)));
+        assert_eq!(parse_statm("", 4096), None);
+        assert_eq!(parse_statm("1 x 2", 4096), None);
     }
 
     #[test]

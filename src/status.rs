@@ -260,8 +260,12 @@ impl StatusBoard {
     /// A change of status or of answering wakes the reporter.
     pub fn set_health(&self, name: &str, health: Option<Health>) {
         let mut map = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        let old = match &health {
-            Some(health) => map.insert(name.to_string(), health.clone()),
+        let old = match health.clone() {
+            // Updated in place: this runs for every instance every second.
+            Some(health) => match map.get_mut(name) {
+                Some(slot) => Some(std::mem::replace(slot, health)),
+                None => map.insert(name.to_string(), health),
+            },
             None => map.remove(name),
         };
         drop(map);

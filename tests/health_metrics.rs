@@ -78,6 +78,12 @@ fn a_stopped_process_is_unhealthy_within_three_intervals_and_recovers() {
 
     let (_, body) = h.http_get("/v1/instances/a").unwrap();
     let detail: Value = serde_json::from_str(&body).unwrap();
+    // The INFO fields without a typed one, as the server wrote them.
+    assert!(detail["info_raw"]["used_memory_human"].is_string(), "{detail}");
+    assert!(
+        detail["info_raw"]["used_memory"].is_null(),
+        "typed fields are not repeated: {detail}"
+    );
     let kinds: Vec<&str> = detail["events"]
         .as_array()
         .unwrap()

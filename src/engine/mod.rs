@@ -8,11 +8,13 @@
 mod client;
 pub mod info;
 mod redis;
+mod session;
 mod stats;
 
 pub use client::{ClientError, Connection, Target};
-pub use info::{pika_stats, redis_stats};
+pub use info::{pika_stats, redis_stats, redis_stats_typed};
 pub use redis::RedisEngine;
+pub use session::Session;
 pub use stats::{DbKeys, ObservedRole, ReplicaLink, ServerStats};
 
 use crate::spec::{InstanceSpec, Secret};
@@ -104,10 +106,14 @@ pub enum Depth {
 /// One monitor sample.
 #[derive(Debug, Clone)]
 pub struct Sample {
-    /// The PING round trip.
+    /// The round trip of the probe's PING. It is pipelined with the INFO, which the
+    /// server answers in the same write, so it includes INFO's own time (tens of µs).
     pub ping: std::time::Duration,
-    /// What INFO said; with [`Depth::Health`] only the fields health needs are set.
+    /// What INFO said (typed fields only; `raw` stays empty); with [`Depth::Health`]
+    /// only the sections health needs.
     pub stats: ServerStats,
+    /// The INFO reply itself, for [`Engine::info_raw`] when someone asks.
+    pub reply: Vec<u8>,
 }
 
 /// What an instance asks of the host, for the preflight checks.
@@ -145,9 +151,17 @@ pub trait Engine: Send + Sync + 'static {
     /// What an instance of `spec` asks of the host.
     fn host_needs(&self, spec: &InstanceSpec) -> HostNeeds;
 
-    /// One monitor sample on a kept connection: PING, then INFO as deep as `depth`.
-    fn sample<'a>(&'a self, connection: &'a mut Connection, depth: Depth)
-        -> BoxFuture<'a, Result<Sample, ClientError>>;
+    /// Every field of an INFO reply that has no typed field, as the server wrote it.
+    /// Computed only when asked (`/v1/instances/{name}`): collecting them on every
+    /// sample cost more than everything else a sample does.
+    fn info_raw(&self, reply: &[u8]) -> std::collections::BTreeMap<String, String>;
+
+    /// Checks that the server on `session` is process `pid`.
+    fn verify_pid<'a>(&'a self, session: &'a mut Session, pid: u32) -> BoxFuture<'a, Result<(), ClientError>>;
+
+    /// One monitor sample on a kept session: PING and INFO as deep as `depth`,
+    /// pipelined.
+    fn sample<'a>(&'a self, session: &'a mut Session, depth: Depth) -> BoxFuture<'a, Result<Sample, ClientError>>;
 
     /// Asks the server to stop gracefully.
     fn request_stop<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, StopRequest>;

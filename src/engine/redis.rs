@@ -3,8 +3,10 @@
 //! graceful stop (`SHUTDOWN SAVE` when the server persists, `SHUTDOWN NOSAVE` when not).
 
 use super::client::{as_text, ClientError, Connection, Target};
+use super::session::{server_error_text, Session};
 use super::{BoxFuture, Depth, Engine, EngineKind, HostNeeds, Layout, Readiness, Sample, StopRequest};
 use crate::spec::{InstanceSpec, Secret};
+use redis::Value;
 use std::ffi::OsString;
 use std::fmt::Write;
 
@@ -160,34 +162,70 @@ impl Engine for RedisEngine {
         }
     }
 
-    fn sample<'a>(
-        &'a self,
-        connection: &'a mut Connection,
-        depth: Depth,
-    ) -> BoxFuture<'a, Result<Sample, ClientError>> {
+    fn info_raw(&self, reply: &[u8]) -> std::collections::BTreeMap<String, String> {
+        super::redis_stats(reply).raw
+    }
+
+    fn verify_pid<'a>(&'a self, session: &'a mut Session, pid: u32) -> BoxFuture<'a, Result<(), ClientError>> {
         Box::pin(async move {
-            let began = std::time::Instant::now();
-            let pong = connection.call("PING", &[]).await?;
-            let ping = began.elapsed();
-            if as_text(&pong).as_deref() != Some("PONG") {
-                return Err(connection.unexpected("PING", format!("answered {pong:?} instead of PONG")));
+            let mut info = redis::cmd("INFO");
+            info.arg("server");
+            let reply = session.pipeline("INFO", &[info]).await?;
+            let text = reply.first().and_then(as_text).unwrap_or_default();
+            let found = super::client::info_field(&text, "process_id").unwrap_or("none");
+            if found == pid.to_string() {
+                Ok(())
+            } else {
+                Err(ClientError::Stranger {
+                    addr: session.addr(),
+                    expected: pid,
+                    found: found.to_string(),
+                })
             }
-            let reply = match depth {
-                // The sections health reads: a fraction of a full INFO. Redis before
-                // 7.0 takes one section at a time and answers this with an error, so
-                // those get the full INFO.
-                Depth::Health => match connection.call("INFO", &HEALTH_SECTIONS).await {
-                    Err(ClientError::Server { .. }) => connection.call("INFO", &[]).await?,
-                    other => other?,
-                },
-                Depth::Full => connection.call("INFO", &[]).await?,
+        })
+    }
+
+    fn sample<'a>(&'a self, session: &'a mut Session, depth: Depth) -> BoxFuture<'a, Result<Sample, ClientError>> {
+        Box::pin(async move {
+            let mut info = redis::cmd("INFO");
+            if depth == Depth::Health {
+                // The sections health reads: a fraction of a full INFO.
+                for section in HEALTH_SECTIONS {
+                    info.arg(section);
+                }
+            }
+            let began = std::time::Instant::now();
+            let replies = session.pipeline("PING+INFO", &[redis::cmd("PING"), info]).await?;
+            let ping = began.elapsed();
+            let (pong, reply) = match <[Value; 2]>::try_from(replies) {
+                Ok([pong, reply]) => (pong, reply),
+                Err(_) => return Err(session.unexpected("PING+INFO", "not two replies".into())),
             };
-            let stats = match &reply {
-                redis::Value::BulkString(bytes) => super::redis_stats(bytes),
-                redis::Value::VerbatimString { text, .. } => super::redis_stats(text.as_bytes()),
-                other => return Err(connection.unexpected("INFO", format!("answered {other:?} instead of text"))),
+            if let Value::ServerError(error) = &pong {
+                return Err(session.unexpected("PING", server_error_text(error)));
+            }
+            if as_text(&pong).as_deref() != Some("PONG") {
+                return Err(session.unexpected("PING", format!("answered {pong:?} instead of PONG")));
+            }
+            let reply = match reply {
+                Value::BulkString(bytes) => bytes,
+                // Redis before 7.0 takes one section at a time and refuses this INFO;
+                // those get the full one.
+                Value::ServerError(_) if depth == Depth::Health => {
+                    let mut replies = session.pipeline("INFO", &[redis::cmd("INFO")]).await?;
+                    match replies.pop() {
+                        Some(Value::BulkString(bytes)) => bytes,
+                        other => return Err(session.unexpected("INFO", format!("answered {other:?}"))),
+                    }
+                }
+                Value::ServerError(error) => return Err(session.unexpected("INFO", server_error_text(&error))),
+                other => return Err(session.unexpected("INFO", format!("answered {other:?} instead of text"))),
             };
-            Ok(Sample { ping, stats })
+            Ok(Sample {
+                ping,
+                stats: super::redis_stats_typed(&reply),
+                reply,
+            })
         })
     }
 

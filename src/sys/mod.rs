@@ -114,6 +114,13 @@ pub fn clock_ticks_per_second() -> u64 {
     u64::try_from(ticks).ok().filter(|t| *t > 0).unwrap_or(100)
 }
 
+/// The memory page size, the unit of `/proc/<pid>/statm`.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|s| *s > 0).unwrap_or(4096)
+}
+
 /// Takes an exclusive lock on `file` without waiting. `Ok(false)` when another
 /// process holds it. The lock lasts as long as the file stays open.
 pub fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
