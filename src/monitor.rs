@@ -167,7 +167,7 @@ async fn watch_process(
                     InstanceMetrics {
                         sampled_at_ms: unix_now_millis(),
                         server: *stats,
-                        process: crate::procfs::process_metrics(pid).ok(),
+                        process: watch.process_metrics(pid),
                         engine: target.engine.kind(),
                         info_reply: std::mem::take(&mut watch.last_reply),
                     },
@@ -188,6 +188,8 @@ struct Watch<'a> {
     last_error: String,
     /// The INFO reply of the last answered probe.
     last_reply: Vec<u8>,
+    /// The process's `/proc` files, opened at the first metrics sample.
+    process_files: Option<crate::procfs::ProcessFiles>,
 }
 
 impl<'a> Watch<'a> {
@@ -202,6 +204,29 @@ impl<'a> Watch<'a> {
             backoff: interval,
             last_error: String::new(),
             last_reply: Vec::new(),
+            process_files: None,
+        }
+    }
+
+    /// The process's resource usage; `None` when /proc cannot tell (it is logged at
+    /// debug level: the health probe says more about a dying process).
+    fn process_metrics(&mut self, pid: u32) -> Option<crate::procfs::ProcessMetrics> {
+        let files = match self.process_files.take() {
+            Some(files) => files,
+            None => crate::procfs::ProcessFiles::open(pid)
+                .map_err(|error| tracing::debug!(%error, "Cannot open the instance's /proc files."))
+                .ok()?,
+        };
+        let mut files = files;
+        match files.sample() {
+            Ok(metrics) => {
+                self.process_files = Some(files);
+                Some(metrics)
+            }
+            Err(error) => {
+                tracing::debug!(%error, "Cannot read the instance's /proc files.");
+                None
+            }
         }
     }
 

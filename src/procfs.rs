@@ -157,12 +157,16 @@ struct StatUsage {
 /// Like [`parse_stat`], for the fields [`process_metrics`] needs.
 fn parse_stat_usage(text: &str) -> Option<StatUsage> {
     let after_comm = text.get(text.rfind(')')? + 1..)?;
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    // after_comm starts at field 3 (state); field N is at index N - 3.
+    // after_comm starts at field 3 (state); field N is the (N - 3)th. Walked without
+    // collecting: this runs for every instance every metrics interval.
+    let mut fields = after_comm.split_ascii_whitespace();
+    let utime_ticks = fields.nth(14 - 3)?.parse().ok()?;
+    let stime_ticks = fields.next()?.parse().ok()?;
+    let threads = fields.nth(20 - 15 - 1)?.parse().ok()?;
     Some(StatUsage {
-        utime_ticks: fields.get(14 - 3)?.parse().ok()?,
-        stime_ticks: fields.get(15 - 3)?.parse().ok()?,
-        threads: fields.get(20 - 3)?.parse().ok()?,
+        utime_ticks,
+        stime_ticks,
+        threads,
     })
 }
 
@@ -202,6 +206,83 @@ fn count_dir_entries(dir: &str) -> Result<u64, ProcfsError> {
     Ok(count)
 }
 
+/// The `/proc` files of one process, kept open between samples: a sample is then two
+/// `pread`s and an `fstat` instead of three path walks, opens and closes (this runs
+/// for every instance every metrics interval). The files stay bound to the process
+/// they were opened for: once it exits, reads fail instead of reading a successor
+/// that reuses the pid.
+pub struct ProcessFiles {
+    pid: u32,
+    stat: fs::File,
+    statm: fs::File,
+    fd_dir: fs::File,
+    buf: Vec<u8>,
+}
+
+impl ProcessFiles {
+    pub fn open(pid: u32) -> Result<ProcessFiles, ProcfsError> {
+        let open = |name: &str| {
+            let path = format!("/proc/{pid}/{name}");
+            fs::File::open(&path).map_err(|e| ProcfsError::from_io(path, e))
+        };
+        Ok(ProcessFiles {
+            pid,
+            stat: open("stat")?,
+            statm: open("statm")?,
+            fd_dir: open("fd")?,
+            buf: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Like [`process_metrics`], from the open files.
+    pub fn sample(&mut self) -> Result<ProcessMetrics, ProcfsError> {
+        let pid = self.pid;
+        let usage = {
+            let text = read_at_start(&self.stat, &mut self.buf)
+                .map_err(|e| ProcfsError::from_io(format!("/proc/{pid}/stat"), e))?;
+            parse_stat_usage(text).ok_or_else(|| ProcfsError::Format {
+                path: format!("/proc/{pid}/stat"),
+            })?
+        };
+        let (rss_bytes, anon_bytes) = {
+            let text = read_at_start(&self.statm, &mut self.buf)
+                .map_err(|e| ProcfsError::from_io(format!("/proc/{pid}/statm"), e))?;
+            parse_statm(text, crate::sys::page_size()).ok_or_else(|| ProcfsError::Format {
+                path: format!("/proc/{pid}/statm"),
+            })?
+        };
+        let size = self
+            .fd_dir
+            .metadata()
+            .map_err(|e| ProcfsError::from_io(format!("/proc/{pid}/fd"), e))?
+            .len();
+        let open_fds = if size > 0 {
+            size
+        } else {
+            count_dir_entries(&format!("/proc/{pid}/fd"))?
+        };
+        Ok(usage.into_metrics(rss_bytes, anon_bytes, open_fds))
+    }
+}
+
+/// Reads a whole `/proc` file from offset 0 into `buf`, as text.
+fn read_at_start<'b>(file: &fs::File, buf: &'b mut Vec<u8>) -> io::Result<&'b str> {
+    use std::os::unix::fs::FileExt;
+    buf.clear();
+    let mut chunk = [0u8; 512];
+    loop {
+        let read = file.read_at(&mut chunk, buf.len() as u64)?;
+        if read == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..read]);
+        if buf.len() > 64 * 1024 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "larger than 64 KiB"));
+        }
+    }
+    std::str::from_utf8(buf).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
+}
+
 /// Resource usage of process `pid`: reads `/proc/<pid>/stat` and `/proc/<pid>/status`
 /// once each and counts `/proc/<pid>/fd` (see [`count_fds`]). Blocking file work: call
 /// it on the blocking pool. Counting descriptors needs the process's uid or
@@ -217,16 +298,21 @@ pub fn process_metrics(pid: u32) -> Result<ProcessMetrics, ProcfsError> {
         parse_statm(&text, crate::sys::page_size()).ok_or(ProcfsError::Format { path: statm_path })?;
 
     let open_fds = count_fds(&format!("/proc/{pid}/fd"))?;
-    // Precision: f64 is exact for tick counts below 2^53, i.e. millions of years.
-    let ticks = usage.utime_ticks.saturating_add(usage.stime_ticks);
-    let cpu_seconds = ticks as f64 / crate::sys::clock_ticks_per_second() as f64;
-    Ok(ProcessMetrics {
-        rss_bytes,
-        anon_bytes,
-        cpu_seconds,
-        open_fds,
-        threads: usage.threads,
-    })
+    Ok(usage.into_metrics(rss_bytes, anon_bytes, open_fds))
+}
+
+impl StatUsage {
+    fn into_metrics(self, rss_bytes: u64, anon_bytes: u64, open_fds: u64) -> ProcessMetrics {
+        // Precision: f64 is exact for tick counts below 2^53, i.e. millions of years.
+        let ticks = self.utime_ticks.saturating_add(self.stime_ticks);
+        ProcessMetrics {
+            rss_bytes,
+            anon_bytes,
+            cpu_seconds: ticks as f64 / crate::sys::clock_ticks_per_second() as f64,
+            open_fds,
+            threads: self.threads,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -284,6 +370,26 @@ mod tests {
         assert_eq!(parse_stat_usage(""), None);
         assert_eq!(parse_stat_usage("1 (x) S 1 2 3"), None);
         assert_eq!(parse_stat_usage("1 (x) S 1 1 1 0 -1 0 0 0 0 0 x 3 0 0 20 0 5"), None);
+    }
+
+    #[test]
+    fn kept_files_sample_like_a_fresh_read() {
+        let mut files = ProcessFiles::open(std::process::id()).unwrap();
+        for _ in 0..2 {
+            let kept = files.sample().unwrap();
+            let fresh = process_metrics(std::process::id()).unwrap();
+            assert_eq!(kept.threads, fresh.threads);
+            assert!(
+                kept.rss_bytes > 0 && kept.anon_bytes > 0 && kept.anon_bytes <= kept.rss_bytes,
+                "{kept:?}"
+            );
+            assert!(kept.open_fds >= 3, "{kept:?}");
+            assert!(kept.cpu_seconds <= fresh.cpu_seconds, "{kept:?} {fresh:?}");
+        }
+        assert!(matches!(
+            ProcessFiles::open(999_999_999),
+            Err(ProcfsError::NoProcess { .. })
+        ));
     }
 
     #[test]

@@ -137,7 +137,8 @@ pub struct Health {
     /// Whether the last probe was answered. While it is not, the instance is not
     /// `ready` either.
     pub answering: bool,
-    /// PING round trip of the last answered probe, in milliseconds.
+    /// PING round trip of the last answered probe, in milliseconds (pipelined with
+    /// the probe's INFO, so it includes INFO's own time).
     pub ping_ms: Option<f64>,
     /// The role the server itself reports.
     pub observed_role: Option<ObservedRole>,

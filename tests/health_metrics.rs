@@ -146,6 +146,47 @@ fn a_replica_whose_master_stops_is_degraded() {
 }
 
 #[test]
+fn a_replica_whose_master_is_killed_is_degraded() {
+    let mut h = Harness::new();
+    // A master outside the agent's care, so that killing it is not undone at once.
+    let master_dir = h.path().join("foreign-master");
+    std::fs::create_dir_all(&master_dir).unwrap();
+    let pm = free_port();
+    let mut master = foreign_redis(&master_dir, pm, None);
+    let mut c = redis(pm, None).unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("repl-diskless-sync-delay")
+        .arg("0")
+        .query(&mut c)
+        .unwrap();
+    let pr = free_port();
+    h.manifest("r", pr, &format!("replica_of = \"127.0.0.1:{pm}\""));
+    h.start_agent();
+    h.wait_ready("r");
+    wait_health(&h, "r", "ok", Duration::from_secs(20));
+
+    master.kill().unwrap();
+    master.wait().unwrap();
+    let degraded = wait_health(&h, "r", "degraded", Duration::from_secs(10));
+    assert_eq!(
+        degraded["reasons"][0],
+        format!("the replication link to the master 127.0.0.1:{pm} is down"),
+        "{degraded}"
+    );
+    let (_, text) = h.http_get("/metrics").unwrap();
+    let scrape = parse(&text);
+    let link = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "redis_master_link_up" && s.labels.get("name") == Some("r"));
+    // The metrics sample may predate the kill by up to a metrics interval; the label
+    // set is what matters here.
+    let link = link.unwrap_or_else(|| panic!("no redis_master_link_up for r in\n{text}"));
+    assert_eq!(link.labels.get("master_port"), Some(pm.to_string().as_str()));
+}
+
+#[test]
 fn memory_pressure_shows_in_health_and_metrics() {
     let mut h = Harness::new();
     sample_every_second(&h);
