@@ -454,6 +454,26 @@ fn replica_of_and_password_make_a_working_replica() {
     });
     let oom = std::fs::read_to_string(format!("/proc/{replica_pid}/oom_score_adj")).unwrap();
     assert_eq!(oom.trim(), "300");
+    // The monitors authenticate too: both healthy, the replica seen as one, and the
+    // password nowhere in what the agent says.
+    h.wait_for("both healthy, r as a replica", Duration::from_secs(10), |h| {
+        h.instance("m")["health"]["status"] == "ok"
+            && h.instance("r")["health"]["status"] == "ok"
+            && h.instance("r")["health"]["observed_role"] == "replica"
+    });
+    let (_, metrics) = h.http_get("/metrics").unwrap();
+    let (_, detail) = h.http_get("/v1/instances/r").unwrap();
+    let log = std::fs::read_to_string(h.agent_log()).unwrap();
+    for (what, text) in [
+        ("/metrics", &metrics),
+        ("/v1/instances/r", &detail),
+        ("the agent log", &log),
+    ] {
+        assert!(
+            !text.contains("\"pw\"") && !text.contains(":pw") && !text.contains("=pw"),
+            "{what} shows the password:\n{text}"
+        );
+    }
 }
 
 #[test]
