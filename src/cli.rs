@@ -144,6 +144,16 @@ struct Row {
     #[serde(default)]
     next_restart_at_ms: Option<u64>,
     message: String,
+    #[serde(default)]
+    health: Option<HealthRow>,
+}
+
+/// The part of an instance's health the table shows.
+#[derive(Debug, serde::Deserialize)]
+struct HealthRow {
+    status: String,
+    #[serde(default)]
+    reasons: Vec<String>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -210,7 +220,7 @@ async fn fetch_status(api: &str) -> anyhow::Result<String> {
 
 fn render_table(doc: &StatusDoc) -> String {
     let mut rows = vec![[
-        "NAME", "ENGINE", "PORT", "PHASE", "READY", "PID", "RESTARTS", "UPTIME", "MESSAGE",
+        "NAME", "ENGINE", "PORT", "PHASE", "READY", "PID", "RESTARTS", "UPTIME", "HEALTH", "MESSAGE",
     ]
     .map(String::from)];
     for r in &doc.instances {
@@ -225,6 +235,7 @@ fn render_table(doc: &StatusDoc) -> String {
             r.uptime_seconds.map_or("-".into(), |s| {
                 crate::units::format_duration_short(Duration::from_secs(s))
             }),
+            r.health.as_ref().map_or("-".into(), |h| h.status.clone()),
             match r.next_restart_at_ms {
                 Some(at) => {
                     let wait = Duration::from_millis(at.saturating_sub(crate::process::unix_now_millis()));
@@ -236,7 +247,11 @@ fn render_table(doc: &StatusDoc) -> String {
                 }
                 None => r.message.clone(),
             }
-            .replace('\n', " "),
+            .replace('\n', " ")
+                + &r.health
+                    .as_ref()
+                    .filter(|h| !h.reasons.is_empty())
+                    .map_or(String::new(), |h| format!(" [{}]", h.reasons.join("; "))),
         ]);
     }
     let columns = rows[0].len();

@@ -290,13 +290,16 @@ fn the_status_command_shows_the_table_and_json() {
     h.manifest("cache-1", port, "");
     h.start_agent();
     let pid = h.wait_ready("cache-1");
+    h.wait_for("a health verdict", Duration::from_secs(5), |h| {
+        h.instance("cache-1")["health"]["status"] == "ok"
+    });
     let api = format!("127.0.0.1:{}", h.api_port);
     let out = h.cli(&["status", "--api", &api]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     let header = text.lines().find(|l| l.starts_with("NAME")).unwrap();
     for column in [
-        "NAME", "ENGINE", "PORT", "PHASE", "READY", "PID", "RESTARTS", "UPTIME", "MESSAGE",
+        "NAME", "ENGINE", "PORT", "PHASE", "READY", "PID", "RESTARTS", "UPTIME", "HEALTH", "MESSAGE",
     ] {
         assert!(header.contains(column), "{header}");
     }
@@ -314,6 +317,7 @@ fn the_status_command_shows_the_table_and_json() {
             "0"
         ]
     );
+    assert_eq!(words.get(8), Some(&"ok"), "{row}");
 
     let out = h.cli(&["status", "--api", &api, "--json"]);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
