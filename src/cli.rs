@@ -325,7 +325,8 @@ mod tests {
             "desired": {"revision": 4, "generation": 2, "last_rejection": {"problems": ["a.toml: port: 1 is outside 1024-65535"]}},
             "instances": [
                 {"name": "cache-1", "engine": "redis", "port": 6380, "phase": "running", "ready": true,
-                 "pid": 42, "restarts": 1, "uptime_seconds": 61, "message": ""},
+                 "pid": 42, "restarts": 1, "uptime_seconds": 61, "message": "",
+                 "health": {"status": "degraded", "reasons": ["PING took 150 ms"]}},
                 {"name": "b", "engine": "redis", "port": 6381, "phase": "crash-loop", "ready": false,
                  "pid": null, "restarts": 7, "uptime_seconds": null, "message": "exit code 1"}
             ]
@@ -339,15 +340,16 @@ mod tests {
         );
         assert_eq!(lines[2], "  a.toml: port: 1 is outside 1024-65535");
         assert!(
-            lines[3].starts_with("NAME     ENGINE  PORT  PHASE       READY  PID  RESTARTS  UPTIME  MESSAGE"),
+            lines[3].starts_with("NAME     ENGINE  PORT  PHASE       READY  PID  RESTARTS  UPTIME  HEALTH    MESSAGE"),
             "{table}"
         );
         assert!(
-            lines[4].starts_with("cache-1  redis   6380  running     yes    42   1         1m1s"),
+            lines[4]
+                == "cache-1  redis   6380  running     yes    42   1         1m1s    degraded   [PING took 150 ms]",
             "{table}"
         );
         assert!(
-            lines[5].starts_with("b        redis   6381  crash-loop  no     -    7         -       exit code 1"),
+            lines[5] == "b        redis   6381  crash-loop  no     -    7         -       -         exit code 1",
             "{table}"
         );
     }

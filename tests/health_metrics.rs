@@ -42,7 +42,7 @@ fn a_stopped_process_is_unhealthy_within_three_intervals_and_recovers() {
     let stopped = Instant::now();
     // Default health interval: 1 s. Unhealthy within 3 intervals (+ slack for a busy
     // test machine).
-    let unhealthy = wait_health(&h, "a", "unhealthy", Duration::from_millis(3500));
+    let unhealthy = wait_health(&h, "a", "unhealthy", Duration::from_millis(4000));
     let took = stopped.elapsed();
     assert_eq!(unhealthy["answering"], false, "{unhealthy}");
     assert!(
