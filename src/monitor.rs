@@ -18,6 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// The shortest time a probe waits for an answer, whatever the interval.
+const MIN_CALL_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// Longest wait between two connection attempts to an instance that refuses them.
 const RECONNECT_MAX: Duration = Duration::from_secs(8);
 
@@ -180,7 +183,7 @@ async fn watch_process(
 /// The kept connection to one process, opened on demand with back-off.
 struct Watch<'a> {
     target: &'a MonitorTarget,
-    /// Each call's limit: a probe must end within the health interval.
+    /// Each call's limit: half the health interval (see `Watch::new`).
     call_target: Target,
     connection: Option<Session>,
     next_attempt: Instant,
@@ -195,7 +198,9 @@ struct Watch<'a> {
 impl<'a> Watch<'a> {
     fn new(target: &'a MonitorTarget, interval: Duration) -> Watch<'a> {
         let mut call_target = target.target.clone();
-        call_target.timeout = interval.min(target.target.timeout);
+        // No answer within half an interval is a miss: two misses (unhealthy) then
+        // take at most three intervals from the moment the server stops answering.
+        call_target.timeout = (interval / 2).max(MIN_CALL_TIMEOUT).min(target.target.timeout);
         Watch {
             target,
             call_target,
