@@ -8,7 +8,7 @@
 
 use crate::engine::ServerStats;
 use crate::health::HealthStatus;
-use crate::observations::Observations;
+use crate::observations::{HostSample, Observations};
 use crate::process::unix_now;
 use crate::status::{Phase, StatusBoard};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, NoLabelSet};
@@ -100,6 +100,9 @@ const NO_LABELS: [(&str, &str); 0] = [];
 
 /// A label set with owned values.
 type Labels<const N: usize> = [(&'static str, String); N];
+
+/// Every instance's last sample, by name.
+type Samples = std::collections::BTreeMap<String, std::sync::Arc<crate::observations::InstanceMetrics>>;
 
 type Field = fn(&ServerStats) -> Option<f64>;
 
@@ -310,8 +313,9 @@ impl prometheus_client::collector::Collector for Snapshot {
         self.replication(e, &servers)?;
         self.keyspace(e, &servers)?;
         self.agent_view(e, &statuses)?;
-        self.processes(e)?;
-        self.host(e)?;
+        let host = self.observations.host();
+        self.processes(e, &samples, host.as_deref())?;
+        self.host(e, host.as_deref())?;
         Ok(())
     }
 }
@@ -482,19 +486,8 @@ impl Snapshot {
     }
 
     /// The instances' processes and the agent's own, from /proc.
-    fn processes(&self, e: &mut DescriptorEncoder) -> Result<(), Error> {
-        let host = self.observations.host();
-        let agent = host.as_ref().and_then(|h| h.agent.clone());
-        let samples = self.observations.instances();
-        let mut rows: Vec<(String, crate::procfs::ProcessMetrics)> = samples
-            .iter()
-            .filter_map(|(name, m)| Some((name.clone(), m.process.clone()?)))
-            .collect();
-        let instance_count = rows.len();
-        if let Some(agent) = agent {
-            rows.push((String::new(), agent));
-        }
-        let (instances, own) = rows.split_at(instance_count);
+    fn processes(&self, e: &mut DescriptorEncoder, samples: &Samples, host: Option<&HostSample>) -> Result<(), Error> {
+        let agent = host.and_then(|h| h.agent.as_ref());
         type Read = fn(&crate::procfs::ProcessMetrics) -> f64;
         let families: [(&str, &str, MetricType, Read); 5] = [
             ("resident_memory_bytes", "Resident memory", MetricType::Gauge, |p| {
@@ -520,21 +513,23 @@ impl Snapshot {
                 &format!("ker_instance_process_{suffix}"),
                 &format!("{help} of the instance's process"),
                 kind,
-                instances.iter().map(|(name, p)| ([("name", name.as_str())], read(p))),
+                samples
+                    .iter()
+                    .filter_map(|(name, m)| Some(([("name", name.as_str())], read(m.process.as_ref()?)))),
             )?;
             family(
                 e,
                 &format!("ker_agent_process_{suffix}"),
                 &format!("{help} of the agent"),
                 kind,
-                own.iter().map(|(_, p)| (NO_LABELS, read(p))),
+                agent.map(|p| (NO_LABELS, read(p))),
             )?;
         }
         Ok(())
     }
 
-    fn host(&self, e: &mut DescriptorEncoder) -> Result<(), Error> {
-        let Some(sample) = self.observations.host() else {
+    fn host(&self, e: &mut DescriptorEncoder, host: Option<&HostSample>) -> Result<(), Error> {
+        let Some(sample) = host else {
             return Ok(());
         };
         let m = &sample.metrics;

@@ -216,13 +216,12 @@ impl<'a> Watch<'a> {
     /// The process's resource usage; `None` when /proc cannot tell (it is logged at
     /// debug level: the health probe says more about a dying process).
     fn process_metrics(&mut self, pid: u32) -> Option<crate::procfs::ProcessMetrics> {
-        let files = match self.process_files.take() {
+        let mut files = match self.process_files.take() {
             Some(files) => files,
             None => crate::procfs::ProcessFiles::open(pid)
                 .map_err(|error| tracing::debug!(%error, "Cannot open the instance's /proc files."))
                 .ok()?,
         };
-        let mut files = files;
         match files.sample() {
             Ok(metrics) => {
                 self.process_files = Some(files);

@@ -183,20 +183,6 @@ fn parse_statm(text: &str, page_size: u64) -> Option<(u64, u64)> {
     ))
 }
 
-/// Number of open descriptors of a process. Since Linux 6.2 the size of
-/// `/proc/<pid>/fd` is that number, which costs one stat instead of a readdir that
-/// allocates per entry (a busy Redis has one descriptor per client). Older kernels
-/// report 0 there, and then the directory is counted.
-fn count_fds(dir: &str) -> Result<u64, ProcfsError> {
-    let size = fs::metadata(dir)
-        .map_err(|e| ProcfsError::from_io(dir.to_string(), e))?
-        .len();
-    if size > 0 {
-        return Ok(size);
-    }
-    count_dir_entries(dir)
-}
-
 fn count_dir_entries(dir: &str) -> Result<u64, ProcfsError> {
     let mut count = 0u64;
     for entry in fs::read_dir(dir).map_err(|e| ProcfsError::from_io(dir.to_string(), e))? {
@@ -251,6 +237,9 @@ impl ProcessFiles {
                 path: format!("/proc/{pid}/statm"),
             })?
         };
+        // Since Linux 6.2 the size of `/proc/<pid>/fd` is the number of descriptors: one
+        // fstat instead of a readdir that allocates per entry (a busy Redis has one per
+        // client). Older kernels report 0, and then the directory is counted.
         let size = self
             .fd_dir
             .metadata()
@@ -283,22 +272,11 @@ fn read_at_start<'b>(file: &fs::File, buf: &'b mut Vec<u8>) -> io::Result<&'b st
     std::str::from_utf8(buf).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
 }
 
-/// Resource usage of process `pid`: reads `/proc/<pid>/stat` and `/proc/<pid>/status`
-/// once each and counts `/proc/<pid>/fd` (see [`count_fds`]). Blocking file work: call
-/// it on the blocking pool. Counting descriptors needs the process's uid or
+/// Resource usage of process `pid`, once (see [`ProcessFiles`]). Blocking file work:
+/// call it on the blocking pool. Counting descriptors needs the process's uid or
 /// `CAP_SYS_PTRACE`, which the agent has for the instances it started.
 pub fn process_metrics(pid: u32) -> Result<ProcessMetrics, ProcfsError> {
-    let stat_path = format!("/proc/{pid}/stat");
-    let text = fs::read_to_string(&stat_path).map_err(|e| ProcfsError::from_io(stat_path.clone(), e))?;
-    let usage = parse_stat_usage(&text).ok_or(ProcfsError::Format { path: stat_path })?;
-
-    let statm_path = format!("/proc/{pid}/statm");
-    let text = fs::read_to_string(&statm_path).map_err(|e| ProcfsError::from_io(statm_path.clone(), e))?;
-    let (rss_bytes, anon_bytes) =
-        parse_statm(&text, crate::sys::page_size()).ok_or(ProcfsError::Format { path: statm_path })?;
-
-    let open_fds = count_fds(&format!("/proc/{pid}/fd"))?;
-    Ok(usage.into_metrics(rss_bytes, anon_bytes, open_fds))
+    ProcessFiles::open(pid)?.sample()
 }
 
 impl StatUsage {

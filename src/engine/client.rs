@@ -133,17 +133,7 @@ impl Connection {
     /// Checks that the server is the expected process (`INFO server` → `process_id`).
     pub async fn verify_pid(&mut self, expected: u32) -> Result<(), ClientError> {
         let reply = self.call("INFO", &["server"]).await?;
-        let text = as_text(&reply).unwrap_or_default();
-        let found = info_field(&text, "process_id").unwrap_or("none").to_string();
-        if found == expected.to_string() {
-            Ok(())
-        } else {
-            Err(ClientError::Stranger {
-                addr: self.addr,
-                expected,
-                found,
-            })
-        }
+        check_process_id(self.addr, &reply, expected)
     }
 
     /// Sends one command and returns the reply.
@@ -178,15 +168,6 @@ impl Connection {
         }
     }
 
-    /// An error for a reply the agent cannot use.
-    pub fn unexpected(&self, command: &'static str, reason: String) -> ClientError {
-        ClientError::Server {
-            addr: self.addr,
-            command,
-            reason,
-        }
-    }
-
     /// `CONFIG GET key` → the value, or `None` when the server does not know the key.
     pub async fn config_get(&mut self, key: &str) -> Result<Option<String>, ClientError> {
         let reply = self.call("CONFIG GET", &[key]).await?;
@@ -194,6 +175,21 @@ impl Connection {
             Value::Array(items) => items.get(1).and_then(as_text),
             Value::Map(pairs) => pairs.first().and_then(|(_, v)| as_text(v)),
             _ => None,
+        })
+    }
+}
+
+/// Whether an `INFO server` reply at `addr` comes from process `expected`.
+pub fn check_process_id(addr: SocketAddr, info_server: &Value, expected: u32) -> Result<(), ClientError> {
+    let text = as_text(info_server).unwrap_or_default();
+    let found = info_field(&text, "process_id").unwrap_or("none");
+    if found == expected.to_string() {
+        Ok(())
+    } else {
+        Err(ClientError::Stranger {
+            addr,
+            expected,
+            found: found.to_string(),
         })
     }
 }

@@ -171,17 +171,8 @@ impl Engine for RedisEngine {
             let mut info = redis::cmd("INFO");
             info.arg("server");
             let reply = session.pipeline("INFO", &[info]).await?;
-            let text = reply.first().and_then(as_text).unwrap_or_default();
-            let found = super::client::info_field(&text, "process_id").unwrap_or("none");
-            if found == pid.to_string() {
-                Ok(())
-            } else {
-                Err(ClientError::Stranger {
-                    addr: session.addr(),
-                    expected: pid,
-                    found: found.to_string(),
-                })
-            }
+            let reply = reply.first().unwrap_or(&Value::Nil);
+            super::client::check_process_id(session.addr(), reply, pid)
         })
     }
 
