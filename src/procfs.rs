@@ -135,10 +135,10 @@ impl ProcfsError {
 /// Resource usage of one process, for metrics.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ProcessMetrics {
-    /// Resident memory (`VmRSS`). 0 for a zombie, which has no memory left.
+    /// Resident memory (`statm` resident, as `VmRSS`). 0 for a zombie.
     pub rss_bytes: u64,
-    /// Resident anonymous memory (`RssAnon`): the dataset and buffers, without the
-    /// mapped binary and libraries. 0 on kernels before 4.5, which lack the field.
+    /// Resident anonymous memory (`statm` resident - shared, as `RssAnon`): the dataset
+    /// and buffers, without the mapped binary and libraries.
     pub anon_bytes: u64,
     /// User plus system CPU time since the process started (all threads, not children).
     pub cpu_seconds: f64,
