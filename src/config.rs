@@ -16,6 +16,7 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/ker-agent";
 pub const DEFAULT_LOG_DIR: &str = "/var/log/ker-agent";
 pub const DEFAULT_API_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9737);
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_PASSWORD_GRACE: Duration = Duration::from_secs(60);
 
 /// The validated agent configuration.
 #[derive(Debug, Clone)]
@@ -43,6 +44,9 @@ pub struct MonitoringConfig {
     pub health_interval: Duration,
     /// One full INFO per instance, process and host metrics.
     pub metrics_interval: Duration,
+    /// How often the values a spec sets are compared with the running server's and
+    /// set back when someone changed them.
+    pub drift_interval: Duration,
 }
 
 impl Default for MonitoringConfig {
@@ -50,6 +54,7 @@ impl Default for MonitoringConfig {
         MonitoringConfig {
             health_interval: Duration::from_secs(1),
             metrics_interval: Duration::from_secs(10),
+            drift_interval: Duration::from_secs(5),
         }
     }
 }
@@ -161,7 +166,11 @@ fn parse_controller(
 }
 
 fn parse_monitoring(table: &Map<String, Value>, c: &mut Checker) -> MonitoringConfig {
-    let fields = c.table(table, "monitoring", &["health_interval", "metrics_interval"]);
+    let fields = c.table(
+        table,
+        "monitoring",
+        &["health_interval", "metrics_interval", "drift_interval"],
+    );
     let mut config = MonitoringConfig::default();
     let mut duration = |key: &str, default: Duration, min: Duration| match c.string(&fields, key) {
         Some(text) => match units::parse_duration(&text) {
@@ -182,6 +191,7 @@ fn parse_monitoring(table: &Map<String, Value>, c: &mut Checker) -> MonitoringCo
     };
     config.health_interval = duration("health_interval", config.health_interval, Duration::from_millis(100));
     config.metrics_interval = duration("metrics_interval", config.metrics_interval, Duration::from_secs(1));
+    config.drift_interval = duration("drift_interval", config.drift_interval, Duration::from_millis(500));
     if config.metrics_interval < config.health_interval {
         c.problem(
             fields.path("metrics_interval"),
@@ -215,6 +225,9 @@ pub struct InstanceDefaults {
     pub log_dir: PathBuf,
     /// How long a graceful stop may take before SIGKILL, unless a spec says otherwise.
     pub stop_timeout: Duration,
+    /// How long an instance's old password keeps working after a change, unless a
+    /// spec says otherwise.
+    pub password_grace: Duration,
 }
 
 impl AgentConfig {
@@ -352,9 +365,14 @@ impl AgentConfig {
             bind: vec![IpAddr::from([127, 0, 0, 1])],
             log_dir: PathBuf::from(DEFAULT_LOG_DIR),
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            password_grace: DEFAULT_PASSWORD_GRACE,
         };
         if let Some(table) = c.subtable(&top, "instances") {
-            let fields = c.table(table, "instances", &["bind", "log_dir", "stop_timeout"]);
+            let fields = c.table(
+                table,
+                "instances",
+                &["bind", "log_dir", "stop_timeout", "password_grace"],
+            );
             if let Some(list) = c.string_list(&fields, "bind") {
                 let mut bind = Vec::new();
                 for (i, addr) in list.iter().enumerate() {
@@ -374,10 +392,15 @@ impl AgentConfig {
             if let Some(dir) = c.string(&fields, "log_dir") {
                 instances.log_dir = resolve(dir);
             }
-            if let Some(timeout) = c.string(&fields, "stop_timeout") {
-                match units::parse_duration(&timeout) {
-                    Ok(d) => instances.stop_timeout = d,
-                    Err(e) => c.problem(fields.path("stop_timeout"), e),
+            for (key, slot) in [
+                ("stop_timeout", &mut instances.stop_timeout),
+                ("password_grace", &mut instances.password_grace),
+            ] {
+                if let Some(text) = c.string(&fields, key) {
+                    match units::parse_duration(&text) {
+                        Ok(d) => *slot = d,
+                        Err(e) => c.problem(fields.path(key), e),
+                    }
                 }
             }
         }

@@ -54,7 +54,7 @@ pub enum Event {
     ConflictCleared,
     Stopping {
         pid: u32,
-        reason: &'static str,
+        reason: String,
     },
     StopRequested {
         pid: u32,
@@ -90,6 +90,43 @@ pub enum Event {
         to: crate::health::HealthStatus,
         reasons: String,
     },
+    /// Spec changes applied to the running process without a restart; each entry
+    /// names a key and its new value (never a password).
+    Reconfigured {
+        changes: Vec<String>,
+    },
+    /// The server refused a live change, so the change needs a restart.
+    ConfigRefused {
+        key: String,
+        reason: String,
+    },
+    /// The server accepted a change but reads back another value.
+    ConfigUnverified {
+        key: String,
+        wanted: String,
+        got: String,
+    },
+    /// Live changes could not be applied (the server did not answer); retried.
+    ReconfigureFailed {
+        error: String,
+    },
+    /// A value the spec sets was changed behind the agent's back and is set back.
+    DriftCorrected {
+        key: String,
+        was: String,
+        now: String,
+    },
+    /// A drifted value that could not be set back.
+    DriftUncorrected {
+        key: String,
+        error: String,
+    },
+    /// A new password is in force; the previous one keeps working for `grace`.
+    PasswordChanged {
+        grace: Duration,
+    },
+    /// The grace period ended: only the current password works.
+    PasswordGraceEnded,
 }
 
 impl Event {
@@ -117,6 +154,14 @@ impl Event {
             Event::DesiredAccepted { .. } => "desired-accepted",
             Event::DesiredRejected { .. } => "desired-rejected",
             Event::HealthChanged { .. } => "health-changed",
+            Event::Reconfigured { .. } => "reconfigured",
+            Event::ConfigRefused { .. } => "config-refused",
+            Event::ConfigUnverified { .. } => "config-unverified",
+            Event::ReconfigureFailed { .. } => "reconfigure-failed",
+            Event::DriftCorrected { .. } => "drift-corrected",
+            Event::DriftUncorrected { .. } => "drift-uncorrected",
+            Event::PasswordChanged { .. } => "password-changed",
+            Event::PasswordGraceEnded => "password-grace-ended",
         }
     }
 
@@ -187,6 +232,21 @@ impl Event {
                     false => format!("health {from} → {}: {reasons}", to.as_str()),
                 }
             }
+            Event::Reconfigured { changes } => format!("reconfigured without a restart: {}", changes.join("; ")),
+            Event::ConfigRefused { key, reason } => {
+                format!("CONFIG SET {key} refused ({reason}): the change needs a restart")
+            }
+            Event::ConfigUnverified { key, wanted, got } => {
+                format!("{key} set to {wanted:?} but CONFIG GET reads {got:?}")
+            }
+            Event::ReconfigureFailed { error } => format!("live changes not applied: {error}; retrying"),
+            Event::DriftCorrected { key, was, now } => format!("drift corrected: {key}, was {was}, now {now}"),
+            Event::DriftUncorrected { key, error } => format!("drift not corrected: {key}: {error}"),
+            Event::PasswordChanged { grace } => format!(
+                "password changed; the previous one keeps working for {}",
+                format_duration_short(*grace)
+            ),
+            Event::PasswordGraceEnded => "password grace period ended: only the current password works".into(),
         }
     }
 
@@ -246,7 +306,7 @@ impl Event {
                 "Instance port conflict; not signalling a foreign process."
             ),
             Event::ConflictCleared => info!(instance, "Instance port conflict cleared."),
-            Event::Stopping { pid, reason } => info!(instance, pid, reason, "Instance stopping."),
+            Event::Stopping { pid, reason } => info!(instance, pid, reason = reason.as_str(), "Instance stopping."),
             Event::StopRequested { pid, method } => {
                 info!(instance, pid, method = method.as_str(), "Instance asked to stop.")
             }
@@ -301,6 +361,50 @@ impl Event {
                     ),
                 }
             }
+            Event::Reconfigured { changes } => {
+                info!(
+                    instance,
+                    changes = changes.join("; ").as_str(),
+                    "Instance reconfigured live."
+                )
+            }
+            Event::ConfigRefused { key, reason } => warn!(
+                instance,
+                key = key.as_str(),
+                reason = reason.as_str(),
+                "Instance refused a live change; restarting it for the change."
+            ),
+            Event::ConfigUnverified { key, wanted, got } => warn!(
+                instance,
+                key = key.as_str(),
+                wanted = wanted.as_str(),
+                got = got.as_str(),
+                "Instance reads back another value than was set."
+            ),
+            Event::ReconfigureFailed { error } => {
+                warn!(
+                    instance,
+                    error = error.as_str(),
+                    "Instance live changes not applied; retrying."
+                )
+            }
+            Event::DriftCorrected { key, was, now } => warn!(
+                instance,
+                key = key.as_str(),
+                was = was.as_str(),
+                now = now.as_str(),
+                "Instance config drift corrected."
+            ),
+            Event::DriftUncorrected { key, error } => warn!(
+                instance,
+                key = key.as_str(),
+                error = error.as_str(),
+                "Instance config drift not corrected."
+            ),
+            Event::PasswordChanged { grace } => {
+                info!(instance, grace_s = grace.as_secs(), "Instance password changed.")
+            }
+            Event::PasswordGraceEnded => info!(instance, "Instance password grace period ended."),
         }
     }
 }

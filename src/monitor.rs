@@ -131,9 +131,13 @@ async fn watch_process(
             _ => context.unanswered + 1,
         };
         let verdict = health::evaluate(&probe, &context);
-        let (ping_ms, observed_role) = match &probe {
-            Probe::Answered { ping, stats } => (Some(ping.as_secs_f64() * 1000.0), stats.role),
-            _ => (None, None),
+        let (ping_ms, observed_role, replication) = match &probe {
+            Probe::Answered { ping, stats } => (
+                Some(ping.as_secs_f64() * 1000.0),
+                stats.role,
+                Some(crate::status::Replication::of(stats)),
+            ),
+            _ => (None, None, None),
         };
         let answering = matches!(probe, Probe::Answered { .. } | Probe::Loading);
         let health = Health {
@@ -142,6 +146,7 @@ async fn watch_process(
             answering,
             ping_ms,
             observed_role,
+            replication,
             checked_at_ms: unix_now_millis(),
         };
         ctx.board.set_health(name, Some(health));

@@ -237,6 +237,13 @@ impl Process {
         &self.record
     }
 
+    /// The record, to note what the process now runs with after a live change. Its
+    /// identity (pid, start time, executable, boot) is the proof of ownership and is
+    /// never changed.
+    pub fn record_mut(&mut self) -> &mut InstanceRecord {
+        &mut self.record
+    }
+
     /// How long the process has been running.
     pub fn running_for(&self) -> Duration {
         Duration::from_secs(unix_now().saturating_sub(self.record.started_at))

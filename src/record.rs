@@ -19,7 +19,8 @@ pub struct InstanceRecord {
     pub boot_id: String,
     /// The executable as `/proc/<pid>/exe` named it right after the start.
     pub executable: PathBuf,
-    /// [`crate::spec::InstanceSpec::config_hash`] of the spec it was started with.
+    /// [`crate::spec::InstanceSpec::config_hash`] of the spec the process runs with:
+    /// the one it was started with, or the one live changes last brought it to.
     pub config_hash: String,
     /// Wall-clock start, seconds since the Unix epoch.
     pub started_at: u64,
@@ -35,6 +36,23 @@ pub struct InstanceRecord {
     pub engine: EngineKind,
     pub version: String,
     pub port: u16,
+    /// The spec's `restart_epoch` when the process started.
+    #[serde(default)]
+    pub restart_epoch: u64,
+    /// The spec's `[limits]` the process started with.
+    #[serde(default)]
+    pub nofile: Option<u64>,
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
+    /// Until when (milliseconds since the Unix epoch) the previous password stays
+    /// valid after a change, so that an agent restarted meanwhile ends the grace
+    /// period on time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_grace_until_ms: Option<u64>,
+    /// The agent asked the process to stop: an exit that a later agent finds is not a
+    /// crash.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopping: bool,
 }
 
 /// A record that could not be read.
@@ -118,6 +136,11 @@ mod tests {
             consecutive_crashes: 1,
             address: Some("127.0.0.1:7000".parse().unwrap()),
             engine: EngineKind::Redis,
+            restart_epoch: 3,
+            nofile: Some(1024),
+            oom_score_adj: None,
+            password_grace_until_ms: Some(5),
+            stopping: true,
             version: "7.0".into(),
             port: 7000,
         };

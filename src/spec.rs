@@ -83,6 +83,9 @@ pub struct InstanceSpec {
     pub restart_epoch: u64,
     /// Overrides `[instances] stop_timeout` of agent.toml.
     pub stop_timeout: Option<Duration>,
+    /// How long the old password keeps working after a change; overrides
+    /// `[instances] password_grace` of agent.toml.
+    pub password_grace: Option<Duration>,
     /// `[config]`: engine keys (lower-case) and their values as text.
     pub config: BTreeMap<String, String>,
     pub limits: Limits,
@@ -100,6 +103,7 @@ const FIELDS: &[&str] = &[
     "replica_of",
     "restart_epoch",
     "stop_timeout",
+    "password_grace",
     "config",
     "limits",
 ];
@@ -186,15 +190,8 @@ impl InstanceSpec {
 
         let restart_epoch = c.unsigned(&f, "restart_epoch").unwrap_or(0);
 
-        let stop_timeout = c
-            .string(&f, "stop_timeout")
-            .and_then(|text| match units::parse_duration(&text) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    c.problem(f.path("stop_timeout"), e);
-                    None
-                }
-            });
+        let stop_timeout = duration_field(&f, "stop_timeout", c);
+        let password_grace = duration_field(&f, "password_grace", c);
 
         let config = parse_engine_config(&f, engine.and_then(engine::for_kind), c);
 
@@ -214,6 +211,7 @@ impl InstanceSpec {
             replica_of,
             restart_epoch,
             stop_timeout,
+            password_grace,
             config,
             limits,
         })
@@ -275,8 +273,20 @@ impl InstanceSpec {
             replica_of: None,
             restart_epoch: 0,
             stop_timeout: None,
+            password_grace: None,
             config: BTreeMap::new(),
             limits: Limits::default(),
+        }
+    }
+}
+
+fn duration_field(f: &Fields<'_>, key: &str, c: &mut Checker) -> Option<Duration> {
+    let text = c.string(f, key)?;
+    match units::parse_duration(&text) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            c.problem(f.path(key), e);
+            None
         }
     }
 }

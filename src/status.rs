@@ -142,8 +142,53 @@ pub struct Health {
     pub ping_ms: Option<f64>,
     /// The role the server itself reports.
     pub observed_role: Option<ObservedRole>,
+    /// Replication as the server reports it.
+    pub replication: Option<Replication>,
     /// When the probe ended, milliseconds since the Unix epoch.
     pub checked_at_ms: u64,
+}
+
+/// Replication as a server reports it: a replica's master and link, a master's
+/// replicas.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Replication {
+    /// A replica's master, `host:port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
+    /// Whether a replica's link to its master is up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_up: Option<bool>,
+    /// Seconds since a replica last heard from its master (its lag when the master
+    /// writes; a quiet master pings every 10 s by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_last_io_seconds: Option<i64>,
+    /// A replica is loading a full copy from its master.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_in_progress: Option<bool>,
+    /// A master's replicas, each with its state and lag.
+    pub replicas: Vec<crate::engine::ReplicaLink>,
+}
+
+impl Replication {
+    pub fn of(stats: &crate::engine::ServerStats) -> Replication {
+        let master = match (&stats.master_host, stats.master_port) {
+            (Some(host), Some(port)) => Some(
+                crate::spec::ReplicaOf {
+                    host: host.clone(),
+                    port,
+                }
+                .to_string(),
+            ),
+            _ => None,
+        };
+        Replication {
+            master,
+            link_up: stats.master_link_up,
+            master_last_io_seconds: stats.master_last_io_seconds_ago,
+            sync_in_progress: stats.master_sync_in_progress,
+            replicas: stats.replicas.clone(),
+        }
+    }
 }
 
 impl InstanceStatus {

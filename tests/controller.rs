@@ -3,50 +3,12 @@
 
 mod common;
 
-use common::controller::{Controller, Fault};
+use common::controller::{controlled, document, Controller, Fault, API_TOKEN, NODE, TOKEN};
 use common::openapi::Spec;
 use common::*;
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
-
-const TOKEN: &str = "controller-token-0123456789";
-const NODE: &str = "test-node";
-const API_TOKEN: &str = "local-api-token-0123456789";
-
-/// A harness whose agent is controlled by `controller` (fast intervals for tests).
-fn controlled(controller: &Controller) -> Harness {
-    let h = Harness::new();
-    let token = h.path().join("controller.token");
-    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let api_token = h.path().join("api.token");
-    std::fs::write(&api_token, format!("{API_TOKEN}\n")).unwrap();
-    std::fs::set_permissions(&api_token, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut config = std::fs::read_to_string(h.config_path())
-        .unwrap()
-        .replace("[api]\n", "[api]\ntoken_file = \"api.token\"\n");
-    config.push_str(&format!(
-        "\n[controller]\nurl = \"{}\"\ntoken_file = \"controller.token\"\nreport_interval = \"300ms\"\npoll_wait = \"500ms\"\n",
-        controller.url()
-    ));
-    std::fs::write(h.config_path(), config).unwrap();
-    h
-}
-
-fn document(generation: u64, instances: &[(&str, u16, Value)]) -> Value {
-    let specs: Vec<Value> = instances
-        .iter()
-        .map(|(name, port, extra)| {
-            let mut spec = json!({"name": name, "port": port, "version": "7.0"});
-            if let Value::Object(extra) = extra {
-                spec.as_object_mut().unwrap().extend(extra.clone());
-            }
-            spec
-        })
-        .collect();
-    json!({"generation": generation, "instances": specs})
-}
 
 /// Every event of every accepted report, in the order received.
 fn reported_events(controller: &Controller) -> Vec<Value> {
@@ -99,12 +61,20 @@ fn generations_create_change_and_remove_instances_and_reports_follow() {
         );
     }
 
-    // Generation 2 changes a and removes b.
+    // Generation 2 changes a (live: same process) and removes b.
     controller.set_document(NODE, document(2, &[("a", pa, json!({"maxmemory": "20mb"}))]));
-    h.wait_for("b removed and a restarted", Duration::from_secs(15), |h| {
-        let a2 = h.instance("a");
-        h.instance("b").is_null() && a2["ready"] == true && a2["pid"].as_u64().is_some_and(|p| p as u32 != a)
+    let maxmemory = || -> Vec<String> {
+        let mut conn = redis(pa, None).unwrap();
+        redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory")
+            .query(&mut conn)
+            .unwrap()
+    };
+    h.wait_for("b removed and a reconfigured", Duration::from_secs(15), |h| {
+        h.instance("b").is_null() && maxmemory() == ["maxmemory", "20971520"]
     });
+    assert_eq!(h.instance("a")["pid"], a);
     assert!(!alive(b));
     controller.wait_for_report(NODE, Duration::from_secs(10), |r| {
         r["observed_generation"] == 2 && r["instances"].as_array().is_some_and(|i| i.len() == 1)

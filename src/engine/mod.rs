@@ -1,6 +1,7 @@
 //! Everything that differs between server families sits behind the [`Engine`] trait:
 //! which `[config]` keys are allowed, the ports an instance occupies, the config file
-//! and command line, readiness, and the graceful stop.
+//! and command line, readiness, the graceful stop, and live reconfiguration (which
+//! keys can change at runtime, `CONFIG SET`, the replication command, passwords).
 //!
 //! Architecture invariant: only `engine/` knows a Redis or Pika config key or command.
 //! The supervisor drives every engine through this trait alone.
@@ -8,6 +9,7 @@
 mod client;
 pub mod info;
 mod redis;
+mod redis_defaults;
 mod session;
 mod stats;
 
@@ -17,7 +19,8 @@ pub use redis::RedisEngine;
 pub use session::Session;
 pub use stats::{DbKeys, ObservedRole, ReplicaLink, ServerStats};
 
-use crate::spec::{InstanceSpec, Secret};
+use crate::spec::{InstanceSpec, ReplicaOf, Secret};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::future::Future;
 use std::net::IpAddr;
@@ -125,6 +128,60 @@ pub struct HostNeeds {
     pub nofile: u64,
 }
 
+/// What a spec asks the server itself to be, under the engine's own key names: the
+/// part of a spec that reconfiguration compares and applies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Config keys and values as the config file holds them (the spec's `[config]`
+    /// and fields such as `maxmemory` that map onto a key).
+    pub config: BTreeMap<String, String>,
+    pub replica_of: Option<ReplicaOf>,
+    pub password: Option<Secret>,
+}
+
+/// Whether a config key can change while the server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutability {
+    /// `CONFIG SET` changes it.
+    Live,
+    /// Only a restart changes it.
+    Restart,
+}
+
+/// What the server made of a `CONFIG SET`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetOutcome {
+    /// Accepted; `now` is what `CONFIG GET` reads back.
+    Applied { now: String },
+    /// Refused, with the server's reason.
+    Refused { reason: String },
+}
+
+/// Whether `got` (what `CONFIG GET` reads) is the value `wanted` (what a spec says).
+/// Servers normalise what they are given: case (`ALLKEYS-LRU`), sizes (`1mb` reads
+/// back as `1048576`), and lists that a partial value extends
+/// (`client-output-buffer-limit "normal 0 0 0"` reads back with every class). So the
+/// words of `wanted`, each lower-cased and with sizes in bytes, must appear as one run
+/// in the words of `got`.
+pub fn values_match(wanted: &str, got: &str) -> bool {
+    fn words(text: &str) -> Vec<String> {
+        text.split_whitespace()
+            .map(|word| {
+                let lower = word.to_ascii_lowercase();
+                match crate::units::parse_size(&lower) {
+                    Ok(bytes) if lower.starts_with(|c: char| c.is_ascii_digit()) => bytes.to_string(),
+                    _ => lower,
+                }
+            })
+            .collect()
+    }
+    let (wanted, got) = (words(wanted), words(got));
+    if wanted.is_empty() || got.is_empty() {
+        return wanted.is_empty() && got.is_empty();
+    }
+    got.windows(wanted.len()).any(|run| run == wanted.as_slice())
+}
+
 /// One server family.
 pub trait Engine: Send + Sync + 'static {
     fn kind(&self) -> EngineKind;
@@ -139,8 +196,22 @@ pub trait Engine: Send + Sync + 'static {
     /// Every TCP port an instance on `port` occupies.
     fn ports(&self, port: u16) -> Vec<u16>;
 
+    /// The server settings `spec` asks for.
+    fn settings(&self, spec: &InstanceSpec) -> Settings;
+
     /// The config file for `spec`, with the agent-owned settings of `layout`.
     fn render_config(&self, spec: &InstanceSpec, layout: &Layout) -> String;
+
+    /// The settings a config file rendered by [`Engine::render_config`] holds: what a
+    /// process started from it, or reconfigured to match it, runs with.
+    fn rendered_settings(&self, config_text: &str) -> Settings;
+
+    /// Whether `key` (lower-case) can change at runtime.
+    fn mutability(&self, key: &str) -> Mutability;
+
+    /// The value `key` has when no spec sets it, when the agent knows it: a key removed
+    /// from a spec is set back to it.
+    fn default_value(&self, key: &str) -> Option<&'static str>;
 
     /// The command-line arguments, after the binary.
     fn args(&self, layout: &Layout) -> Vec<OsString>;
@@ -166,9 +237,49 @@ pub trait Engine: Send + Sync + 'static {
     /// Asks the server to stop gracefully.
     fn request_stop<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, StopRequest>;
 
-    /// The password a server started from the rendered config file `config_text` runs
-    /// with (an adopted process may have been started with an older spec).
-    fn configured_password(&self, config_text: &str) -> Option<Secret>;
+    /// `CONFIG SET key value`, then `CONFIG GET key` to read back what the server
+    /// made of it. An error reply to the set is a [`SetOutcome::Refused`].
+    fn config_set<'a>(
+        &'a self,
+        session: &'a mut Session,
+        key: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<SetOutcome, ClientError>>;
+
+    /// The current values of `keys` (a key the server does not know is left out).
+    fn config_get<'a>(
+        &'a self,
+        session: &'a mut Session,
+        keys: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, ClientError>>;
+
+    /// The master the server replicates from, as it reports it (`None`: it is a master).
+    fn master<'a>(&'a self, session: &'a mut Session) -> BoxFuture<'a, Result<Option<ReplicaOf>, ClientError>>;
+
+    /// Makes the server a replica of `master`, or a master when `None`, without a
+    /// restart.
+    fn set_master<'a>(
+        &'a self,
+        session: &'a mut Session,
+        master: Option<&'a ReplicaOf>,
+    ) -> BoxFuture<'a, Result<(), ClientError>>;
+
+    /// Makes exactly `passwords` valid for clients (none: no password), in one step
+    /// so that no client sees a moment without its password; the first one is also
+    /// what the server authenticates to its master with.
+    fn set_passwords<'a>(
+        &'a self,
+        session: &'a mut Session,
+        passwords: &'a [Secret],
+    ) -> BoxFuture<'a, Result<(), ClientError>>;
+
+    /// Whether exactly `passwords` are valid for clients, and the first one is what
+    /// the server authenticates to its master with.
+    fn passwords_are<'a>(
+        &'a self,
+        session: &'a mut Session,
+        passwords: &'a [Secret],
+    ) -> BoxFuture<'a, Result<bool, ClientError>>;
 }
 
 static REDIS: RedisEngine = RedisEngine;
@@ -190,5 +301,24 @@ pub fn layout(engine: &dyn Engine, instances_dir: &Path, log_dir: &Path, name: &
         log_file: log_dir.join(format!("{name}.log")),
         bind: bind.to_vec(),
         instance_dir,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::values_match;
+
+    #[test]
+    fn values_match_the_way_servers_read_them_back() {
+        assert!(values_match("allkeys-lru", "allkeys-lru"));
+        assert!(values_match("ALLKEYS-LRU", "allkeys-lru"));
+        assert!(values_match("1mb", "1048576"));
+        assert!(values_match("3600 1 300 100", "3600 1 300 100"));
+        assert!(values_match("normal 0 0 0", "normal 0 0 0 slave 268435456 67108864 60"));
+        assert!(values_match("", ""));
+        assert!(!values_match("allkeys-lru", "noeviction"));
+        assert!(!values_match("", "3600 1"));
+        assert!(!values_match("3600 1", ""));
+        assert!(!values_match("10", "100"));
     }
 }

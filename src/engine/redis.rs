@@ -1,12 +1,19 @@
 //! The `redis-server` engine: which keys a spec may set, `redis.conf` rendering, the
-//! command line, readiness (`PING` → `PONG`, `-LOADING` is "starting") and the
-//! graceful stop (`SHUTDOWN SAVE` when the server persists, `SHUTDOWN NOSAVE` when not).
+//! command line, readiness (`PING` → `PONG`, `-LOADING` is "starting"), the graceful
+//! stop (`SHUTDOWN SAVE` when the server persists, `SHUTDOWN NOSAVE` when not) and live
+//! reconfiguration (`CONFIG SET`, `REPLICAOF`, the default user's passwords).
 
 use super::client::{as_text, ClientError, Connection, Target};
+use super::redis_defaults::{DEFAULTS, IMMUTABLE};
 use super::session::{server_error_text, Session};
-use super::{BoxFuture, Depth, Engine, EngineKind, HostNeeds, Layout, Readiness, Sample, StopRequest};
-use crate::spec::{InstanceSpec, Secret};
+use super::{
+    BoxFuture, Depth, Engine, EngineKind, HostNeeds, Layout, Mutability, Readiness, Sample, SetOutcome, Settings,
+    StopRequest,
+};
+use crate::spec::{InstanceSpec, ReplicaOf, Secret};
 use redis::Value;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt::Write;
 
@@ -52,7 +59,19 @@ const REFUSED: &[(&str, &str)] = &[
     ("tls-ca-cert-file", "a spec never names a path on the host"),
     ("tls-ca-cert-dir", "a spec never names a path on the host"),
     ("tls-dh-params-file", "a spec never names a path on the host"),
+    (
+        "tls-key-file-pass",
+        "a spec never names a TLS key file, so it has no key password either",
+    ),
+    (
+        "tls-client-key-file-pass",
+        "a spec never names a TLS key file, so it has no key password either",
+    ),
 ];
+
+/// Keys of `redis.conf` that the agent writes itself; what is left of a rendered file
+/// without them (and without the password and replication lines) is the spec's.
+const AGENT_OWNED: &[&str] = &["port", "bind", "dir", "logfile", "daemonize", "supervised"];
 
 /// The INFO sections health reads: loading and save status, role and link,
 /// memory, rejected connections.
@@ -85,7 +104,20 @@ impl Engine for RedisEngine {
         vec![port]
     }
 
+    fn settings(&self, spec: &InstanceSpec) -> Settings {
+        let mut config = spec.config.clone();
+        if let Some(bytes) = spec.maxmemory {
+            config.insert("maxmemory".into(), bytes.to_string());
+        }
+        Settings {
+            config,
+            replica_of: spec.replica_of.clone(),
+            password: spec.password.clone(),
+        }
+    }
+
     fn render_config(&self, spec: &InstanceSpec, layout: &Layout) -> String {
+        let settings = self.settings(spec);
         let mut out = String::new();
         // Writing to a String cannot fail; the results are ignored for that reason.
         let _ = writeln!(out, "# Rendered by ker-agent for instance {:?}.", spec.name);
@@ -93,22 +125,18 @@ impl Engine for RedisEngine {
             out,
             "# Do not edit: the agent rewrites this file; change the instance's spec."
         );
-        if !spec.config.is_empty() {
-            let _ = writeln!(out, "\n# [config] of the spec");
-            for (key, value) in &spec.config {
+        if !settings.config.is_empty() {
+            let _ = writeln!(out, "\n# The spec's settings");
+            for (key, value) in &settings.config {
                 let _ = writeln!(out, "{key} {}", quote(value));
             }
         }
-        let _ = writeln!(out, "\n# Fields of the spec");
-        if let Some(bytes) = spec.maxmemory {
-            let _ = writeln!(out, "maxmemory {bytes}");
-        }
-        if let Some(password) = &spec.password {
+        if let Some(password) = &settings.password {
             let _ = writeln!(out, "requirepass {}", quote(password.expose()));
             // Replicas authenticate to their master with the same password.
             let _ = writeln!(out, "masterauth {}", quote(password.expose()));
         }
-        if let Some(master) = &spec.replica_of {
+        if let Some(master) = &settings.replica_of {
             let _ = writeln!(out, "replicaof {} {}", quote(&master.host), master.port);
         }
         // Agent-owned settings come last so that nothing above can override them.
@@ -121,6 +149,43 @@ impl Engine for RedisEngine {
         let _ = writeln!(out, "daemonize no");
         let _ = writeln!(out, "supervised no");
         out
+    }
+
+    fn rendered_settings(&self, config_text: &str) -> Settings {
+        let mut settings = Settings::default();
+        for args in config_text.lines().filter_map(split_config_line) {
+            match args.as_slice() {
+                [key, ..] if key.starts_with('#') => {}
+                [key, value] if key == "requirepass" => settings.password = Some(Secret::new(value)),
+                [key, _] if key == "masterauth" => {}
+                [key, host, port] if key == "replicaof" => {
+                    settings.replica_of = port.parse().ok().map(|port| ReplicaOf {
+                        host: host.clone(),
+                        port,
+                    })
+                }
+                [key, value] if !AGENT_OWNED.contains(&key.as_str()) => {
+                    settings.config.insert(key.clone(), value.clone());
+                }
+                _ => {}
+            }
+        }
+        settings
+    }
+
+    fn mutability(&self, key: &str) -> Mutability {
+        if IMMUTABLE.contains(&key) {
+            Mutability::Restart
+        } else {
+            Mutability::Live
+        }
+    }
+
+    fn default_value(&self, key: &str) -> Option<&'static str> {
+        DEFAULTS
+            .binary_search_by(|(k, _)| (*k).cmp(key))
+            .ok()
+            .map(|i| DEFAULTS[i].1)
     }
 
     fn args(&self, layout: &Layout) -> Vec<OsString> {
@@ -253,14 +318,215 @@ impl Engine for RedisEngine {
         })
     }
 
-    fn configured_password(&self, config_text: &str) -> Option<Secret> {
-        config_text.lines().find_map(|line| {
-            let args = split_config_line(line)?;
-            match args.as_slice() {
-                [key, value] if key == "requirepass" => Some(Secret::new(value)),
-                _ => None,
+    fn config_set<'a>(
+        &'a self,
+        session: &'a mut Session,
+        key: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<SetOutcome, ClientError>> {
+        Box::pin(async move {
+            let mut set = redis::cmd("CONFIG");
+            set.arg("SET").arg(key).arg(value);
+            let mut get = redis::cmd("CONFIG");
+            get.arg("GET").arg(key);
+            let replies = session.pipeline("CONFIG SET", &[set, get]).await?;
+            match replies.as_slice() {
+                [Value::ServerError(error), _] => Ok(SetOutcome::Refused {
+                    reason: server_error_text(error),
+                }),
+                [_, got] => Ok(SetOutcome::Applied {
+                    now: config_values(got).remove(key).unwrap_or_default(),
+                }),
+                _ => Err(session.unexpected("CONFIG SET", "not two replies".into())),
             }
         })
+    }
+
+    fn config_get<'a>(
+        &'a self,
+        session: &'a mut Session,
+        keys: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, ClientError>> {
+        Box::pin(async move {
+            // One CONFIG GET per key, pipelined: Redis before 7.0 takes one key at a time.
+            let gets: Vec<redis::Cmd> = keys
+                .iter()
+                .map(|key| {
+                    let mut get = redis::cmd("CONFIG");
+                    get.arg("GET").arg(*key);
+                    get
+                })
+                .collect();
+            let mut values = BTreeMap::new();
+            for reply in session.pipeline("CONFIG GET", &gets).await? {
+                if let Value::ServerError(error) = &reply {
+                    return Err(session.unexpected("CONFIG GET", server_error_text(error)));
+                }
+                values.extend(config_values(&reply));
+            }
+            Ok(values)
+        })
+    }
+
+    fn master<'a>(&'a self, session: &'a mut Session) -> BoxFuture<'a, Result<Option<ReplicaOf>, ClientError>> {
+        Box::pin(async move {
+            let mut info = redis::cmd("INFO");
+            info.arg("replication");
+            let reply = session.pipeline("INFO", &[info]).await?;
+            let text = match reply.first() {
+                Some(Value::BulkString(bytes)) => bytes.clone(),
+                other => return Err(session.unexpected("INFO", format!("answered {other:?}"))),
+            };
+            let stats = super::redis_stats_typed(&text);
+            Ok(match (stats.role, stats.master_host, stats.master_port) {
+                (Some(super::ObservedRole::Replica), Some(host), Some(port)) => Some(ReplicaOf { host, port }),
+                _ => None,
+            })
+        })
+    }
+
+    fn set_master<'a>(
+        &'a self,
+        session: &'a mut Session,
+        master: Option<&'a ReplicaOf>,
+    ) -> BoxFuture<'a, Result<(), ClientError>> {
+        Box::pin(async move {
+            let mut command = redis::cmd("REPLICAOF");
+            match master {
+                Some(master) => command.arg(&master.host).arg(master.port),
+                None => command.arg("NO").arg("ONE"),
+            };
+            let reply = session.pipeline("REPLICAOF", &[command]).await?;
+            expect_ok(session, "REPLICAOF", reply)
+        })
+    }
+
+    fn set_passwords<'a>(
+        &'a self,
+        session: &'a mut Session,
+        passwords: &'a [Secret],
+    ) -> BoxFuture<'a, Result<(), ClientError>> {
+        Box::pin(async move {
+            // The ACL sets the default user's passwords; `requirepass` is set too so
+            // that CONFIG GET tells the truth (it skips the setter when the value is
+            // unchanged, so it alone cannot drop a second password). MULTI makes it one
+            // step: no client finds its password missing in between.
+            let first = passwords.first().map_or("", Secret::expose);
+            let mut commands = vec![redis::cmd("MULTI")];
+            let mut requirepass = redis::cmd("CONFIG");
+            requirepass.arg("SET").arg("requirepass").arg(first);
+            commands.push(requirepass);
+            let mut acl = redis::cmd("ACL");
+            acl.arg("SETUSER").arg("default").arg("resetpass");
+            if passwords.is_empty() {
+                acl.arg("nopass");
+            }
+            for password in passwords {
+                acl.arg(format!(">{}", password.expose()));
+            }
+            commands.push(acl);
+            let mut masterauth = redis::cmd("CONFIG");
+            masterauth.arg("SET").arg("masterauth").arg(first);
+            commands.push(masterauth);
+            commands.push(redis::cmd("EXEC"));
+            let replies = session.pipeline("CONFIG SET requirepass", &commands).await?;
+            // Never show the replies themselves: an error may quote its arguments.
+            match replies.last() {
+                Some(Value::Array(results)) if results.len() == commands.len() - 2 => {
+                    match results.iter().find(|r| matches!(r, Value::ServerError(_))) {
+                        Some(Value::ServerError(error)) => {
+                            Err(session.unexpected("CONFIG SET requirepass", format!("refused ({})", error.code())))
+                        }
+                        _ => Ok(()),
+                    }
+                }
+                _ => Err(session.unexpected("CONFIG SET requirepass", "the transaction was not executed".into())),
+            }
+        })
+    }
+
+    fn passwords_are<'a>(
+        &'a self,
+        session: &'a mut Session,
+        passwords: &'a [Secret],
+    ) -> BoxFuture<'a, Result<bool, ClientError>> {
+        Box::pin(async move {
+            let mut user = redis::cmd("ACL");
+            user.arg("GETUSER").arg("default");
+            let mut masterauth = redis::cmd("CONFIG");
+            masterauth.arg("GET").arg("masterauth");
+            let replies = session.pipeline("ACL GETUSER", &[user, masterauth]).await?;
+            let [user, masterauth] = <[Value; 2]>::try_from(replies)
+                .map_err(|_| session.unexpected("ACL GETUSER", "not two replies".into()))?;
+            if let Value::ServerError(error) = &user {
+                return Err(session.unexpected("ACL GETUSER", server_error_text(error)));
+            }
+            let mut hashes = acl_password_hashes(&user);
+            hashes.sort();
+            let mut wanted: Vec<String> = passwords.iter().map(|p| sha256_hex(p.expose())).collect();
+            wanted.sort();
+            wanted.dedup();
+            let first = passwords.first().map_or("", Secret::expose);
+            let masterauth_ok = config_values(&masterauth).get("masterauth").map(String::as_str) == Some(first);
+            Ok(hashes == wanted && masterauth_ok)
+        })
+    }
+}
+
+/// The `key → value` pairs of a `CONFIG GET` reply (a flat array in RESP2, a map in
+/// RESP3).
+fn config_values(reply: &Value) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    match reply {
+        Value::Array(items) => {
+            for pair in items.chunks_exact(2) {
+                if let (Some(k), Some(v)) = (as_text(&pair[0]), as_text(&pair[1])) {
+                    out.insert(k, v);
+                }
+            }
+        }
+        Value::Map(pairs) => {
+            for (k, v) in pairs {
+                if let (Some(k), Some(v)) = (as_text(k), as_text(v)) {
+                    out.insert(k, v);
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// The SHA-256 hashes (hex) of the passwords an `ACL GETUSER` reply lists.
+fn acl_password_hashes(reply: &Value) -> Vec<String> {
+    let fields: Vec<(String, &Value)> = match reply {
+        Value::Array(items) => items
+            .chunks_exact(2)
+            .filter_map(|pair| Some((as_text(&pair[0])?, &pair[1])))
+            .collect(),
+        Value::Map(pairs) => pairs.iter().filter_map(|(k, v)| Some((as_text(k)?, v))).collect(),
+        _ => Vec::new(),
+    };
+    match fields.iter().find(|(k, _)| k == "passwords") {
+        Some((_, Value::Array(hashes))) => hashes.iter().filter_map(as_text).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `+OK`, or the error the server answered.
+fn expect_ok(session: &Session, command: &'static str, reply: Vec<Value>) -> Result<(), ClientError> {
+    match reply.first() {
+        Some(Value::Okay) => Ok(()),
+        Some(Value::SimpleString(s)) if s.starts_with("OK") => Ok(()),
+        Some(Value::ServerError(error)) => Err(session.unexpected(command, server_error_text(error))),
+        other => Err(session.unexpected(command, format!("answered {other:?}"))),
     }
 }
 
@@ -383,12 +649,75 @@ mod tests {
     }
 
     #[test]
-    fn the_password_is_read_back_from_the_rendered_file() {
+    fn the_settings_are_read_back_from_the_rendered_file() {
         let mut spec = InstanceSpec::example("a", 7000);
         spec.password = Some(Secret::new("p\"w \\d"));
+        spec.maxmemory = Some(1024);
+        spec.replica_of = Some(ReplicaOf {
+            host: "::1".into(),
+            port: 6379,
+        });
+        spec.config.insert("save".into(), "".into());
+        spec.config.insert("maxmemory-policy".into(), "allkeys-lru".into());
         let text = RedisEngine.render_config(&spec, &layout());
-        assert_eq!(RedisEngine.configured_password(&text), Some(Secret::new("p\"w \\d")));
-        assert_eq!(RedisEngine.configured_password("port 1\n"), None);
+        let settings = RedisEngine.rendered_settings(&text);
+        assert_eq!(settings, RedisEngine.settings(&spec));
+        assert_eq!(settings.password, Some(Secret::new("p\"w \\d")));
+        assert_eq!(settings.config.get("maxmemory").map(String::as_str), Some("1024"));
+        assert_eq!(RedisEngine.rendered_settings("port 1\n"), Settings::default());
+    }
+
+    #[test]
+    fn immutable_keys_need_a_restart_and_defaults_are_known() {
+        for key in ["databases", "io-threads", "cluster-enabled", "daemonize", "tcp-backlog"] {
+            assert_eq!(RedisEngine.mutability(key), Mutability::Restart, "{key}");
+        }
+        for key in ["maxmemory-policy", "maxmemory", "save", "appendonly", "hz", "port"] {
+            assert_eq!(RedisEngine.mutability(key), Mutability::Live, "{key}");
+        }
+        assert_eq!(RedisEngine.default_value("maxmemory-policy"), Some("noeviction"));
+        assert_eq!(RedisEngine.default_value("save"), Some("3600 1 300 100 60 10000"));
+        assert_eq!(RedisEngine.default_value("no-such-key"), None);
+    }
+
+    /// The tables agree with a real server's `CONFIG GET *`: every default is what
+    /// the server reported (but `save`, which that server had set to ""), and every
+    /// key a spec may set and the server knows is in one table or the other.
+    #[test]
+    fn the_defaults_table_matches_a_real_server() {
+        let fixture = include_str!("../../tests/fixtures/redis/config-get-all.txt");
+        let lines: Vec<&str> = fixture.split('\n').collect();
+        let real: BTreeMap<&str, &str> = lines.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+        assert!(DEFAULTS.windows(2).all(|w| w[0].0 < w[1].0), "DEFAULTS must be sorted");
+        for (key, value) in DEFAULTS {
+            if *key != "save" {
+                assert_eq!(real.get(key), Some(value), "{key}");
+            }
+        }
+        for key in real.keys() {
+            if RedisEngine.refuse_config_key(key).is_none() {
+                assert!(
+                    IMMUTABLE.contains(key) || RedisEngine.default_value(key).is_some(),
+                    "{key} is in neither table"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn acl_password_hashes_are_read_from_a_reply() {
+        let reply = Value::Array(vec![
+            Value::BulkString(b"flags".to_vec()),
+            Value::Array(vec![Value::BulkString(b"on".to_vec())]),
+            Value::BulkString(b"passwords".to_vec()),
+            Value::Array(vec![Value::BulkString(sha256_hex("a").into_bytes())]),
+        ]);
+        assert_eq!(acl_password_hashes(&reply), [sha256_hex("a")]);
+        assert_eq!(
+            sha256_hex("foobar"),
+            "c3ab8ff13720e8ad9047dd39466b3c8974e592c2fa383d4a3960714caef0c4f2"
+        );
+        assert!(acl_password_hashes(&Value::Nil).is_empty());
     }
 
     #[test]

@@ -149,26 +149,50 @@ pub fn server_error_text(error: &redis::ServerError) -> String {
     }
 }
 
+/// How deep arrays may nest in a reply (`ACL GETUSER` nests two levels).
+const MAX_NESTING: usize = 8;
+
 /// The length of the first complete RESP2 reply in `bytes`: `Ok(None)` while it is
-/// incomplete. Only the reply types probes receive are accepted (simple strings,
-/// errors, integers, bulk strings); anything else is a protocol error.
+/// incomplete. The RESP2 types are accepted (simple strings, errors, integers, bulk
+/// strings, arrays nested up to [`MAX_NESTING`]); anything else is a protocol error.
 fn frame_len(bytes: &[u8]) -> Result<Option<usize>, String> {
+    frame_len_nested(bytes, 0)
+}
+
+fn frame_len_nested(bytes: &[u8], depth: usize) -> Result<Option<usize>, String> {
     let Some(&kind) = bytes.first() else {
         return Ok(None);
     };
-    let Some(line_end) = bytes.windows(2).position(|w| w == b"\r\n") else {
+    let Some(line_end) = memchr::memmem::find(bytes, b"\r\n") else {
         return Ok(None);
+    };
+    let header = || -> Result<i64, String> {
+        let text = std::str::from_utf8(&bytes[1..line_end]).map_err(|_| "bad length".to_string())?;
+        text.parse().map_err(|_| format!("bad length {text:?}"))
     };
     match kind {
         b'+' | b'-' | b':' => Ok(Some(line_end + 2)),
         b'$' => {
-            let header = std::str::from_utf8(&bytes[1..line_end]).map_err(|_| "bad bulk length".to_string())?;
-            let len: i64 = header.parse().map_err(|_| format!("bad bulk length {header:?}"))?;
+            let len = header()?;
             if len < 0 {
                 return Ok(Some(line_end + 2));
             }
-            let total = line_end + 2 + len as usize + 2;
+            let total = (line_end + 4).saturating_add(len as usize);
             Ok((bytes.len() >= total).then_some(total))
+        }
+        b'*' => {
+            let count = header()?;
+            if depth >= MAX_NESTING {
+                return Err(format!("reply nested deeper than {MAX_NESTING} arrays"));
+            }
+            let mut total = line_end + 2;
+            for _ in 0..count.max(0) {
+                match frame_len_nested(&bytes[total..], depth + 1)? {
+                    Some(len) => total += len,
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some(total))
         }
         other => Err(format!("unexpected reply type {:?}", other as char)),
     }
@@ -190,7 +214,12 @@ mod tests {
         assert_eq!(frame_len(b"$3\r\nabc\r"), Ok(None));
         assert_eq!(frame_len(b"$3\r\nabc\r\n+OK\r\n"), Ok(Some(9)));
         assert_eq!(frame_len(b"$-1\r\n"), Ok(Some(5)));
-        assert!(frame_len(b"*1\r\n").is_err());
+        assert_eq!(frame_len(b"*1\r\n"), Ok(None));
+        assert_eq!(frame_len(b"*2\r\n$1\r\na\r\n*1\r\n:1\r\n+OK\r\n"), Ok(Some(19)));
+        assert_eq!(frame_len(b"*-1\r\n"), Ok(Some(5)));
+        assert_eq!(frame_len(b"*0\r\n"), Ok(Some(4)));
+        assert!(frame_len(&b"*1\r\n".repeat(20)).is_err());
+        assert!(frame_len(b"%1\r\n").is_err());
         assert!(frame_len(b"$x\r\n").is_err());
     }
 

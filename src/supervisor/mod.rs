@@ -6,6 +6,8 @@
 //! longer declared (removed while the agent was down) and gives each a worker that
 //! stops it.
 
+mod changes;
+mod live;
 pub mod plan;
 mod worker;
 

@@ -16,11 +16,25 @@ pub enum Desired {
     },
 }
 
+/// The live process, as far as planning needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Live {
+    /// The config hash of the spec the process runs with.
+    pub config_hash: String,
+    /// Why the differences from the desired spec need a restart (see
+    /// `changes::diff`); empty when they can all be applied live.
+    pub restart: Vec<String>,
+    /// Whether the process answers, so that live changes can be applied.
+    pub ready: bool,
+    /// After a failed attempt to apply live changes: not before this.
+    pub reconfigure_not_before: Option<Instant>,
+}
+
 /// What the worker observed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
-    /// The config hash of the live process, if there is one.
-    pub running: Option<String>,
+    /// The live process, if there is one.
+    pub running: Option<Live>,
     /// When a restart after a crash is allowed (back-off), if one is pending.
     pub restart_not_before: Option<Instant>,
     /// A process the agent does not own stands in the way: a foreign listener on one
@@ -30,20 +44,21 @@ pub struct Observed {
 }
 
 /// Why a process is stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
     Removed,
     StateStopped,
-    /// The spec changed in a way the running process cannot take: stop, then start.
-    SpecChanged,
+    /// The spec changed in ways the running process cannot take live (each named):
+    /// stop, then start.
+    Restart(Vec<String>),
 }
 
 impl StopReason {
-    pub fn as_str(self) -> &'static str {
+    pub fn describe(&self) -> String {
         match self {
-            StopReason::Removed => "removed from the desired state",
-            StopReason::StateStopped => "state = stopped",
-            StopReason::SpecChanged => "spec changed: restart",
+            StopReason::Removed => "removed from the desired state".into(),
+            StopReason::StateStopped => "state = stopped".into(),
+            StopReason::Restart(why) => format!("restart required by {}", why.join("; ")),
         }
     }
 }
@@ -60,6 +75,8 @@ pub enum Action {
     /// again later.
     Conflict,
     Stop(StopReason),
+    /// Apply the spec's changes to the running process without a restart.
+    Reconfigure,
     /// Removed and nothing runs: the worker ends.
     Finish,
 }
@@ -71,8 +88,16 @@ pub fn reconcile(desired: &Desired, observed: &Observed, now: Instant) -> Action
         (Desired::Removed, None) => Action::Finish,
         (Desired::Stopped, Some(_)) => Action::Stop(StopReason::StateStopped),
         (Desired::Stopped, None) => Action::Idle,
-        (Desired::Running { config_hash }, Some(running)) if running == config_hash => Action::Idle,
-        (Desired::Running { .. }, Some(_)) => Action::Stop(StopReason::SpecChanged),
+        (Desired::Running { config_hash }, Some(live)) if live.config_hash == *config_hash => Action::Idle,
+        (Desired::Running { .. }, Some(live)) if !live.restart.is_empty() => {
+            Action::Stop(StopReason::Restart(live.restart.clone()))
+        }
+        // Live changes need a server that answers; the readiness probe wakes the worker.
+        (Desired::Running { .. }, Some(live)) if !live.ready => Action::Idle,
+        (Desired::Running { .. }, Some(live)) => match live.reconfigure_not_before {
+            Some(at) if at > now => Action::WaitUntil(at),
+            _ => Action::Reconfigure,
+        },
         (Desired::Running { .. }, None) => match observed.restart_not_before {
             Some(at) if at > now => Action::WaitUntil(at),
             _ if observed.blocked => Action::Conflict,
@@ -140,9 +165,18 @@ mod tests {
         }
     }
 
+    fn live(hash: &str) -> Live {
+        Live {
+            config_hash: hash.into(),
+            restart: Vec::new(),
+            ready: true,
+            reconfigure_not_before: None,
+        }
+    }
+
     fn observed(running: Option<&str>) -> Observed {
         Observed {
-            running: running.map(str::to_string),
+            running: running.map(live),
             restart_not_before: None,
             blocked: false,
         }
@@ -153,10 +187,21 @@ mod tests {
         let now = Instant::now();
         assert_eq!(reconcile(&running("a"), &observed(None), now), Action::Start);
         assert_eq!(reconcile(&running("a"), &observed(Some("a")), now), Action::Idle);
+        assert_eq!(reconcile(&running("b"), &observed(Some("a")), now), Action::Reconfigure);
+        let mut o = observed(Some("a"));
+        o.running.as_mut().unwrap().restart = vec!["databases".into()];
         assert_eq!(
-            reconcile(&running("b"), &observed(Some("a")), now),
-            Action::Stop(StopReason::SpecChanged)
+            reconcile(&running("b"), &o, now),
+            Action::Stop(StopReason::Restart(vec!["databases".into()]))
         );
+        let mut o = observed(Some("a"));
+        o.running.as_mut().unwrap().ready = false;
+        assert_eq!(reconcile(&running("b"), &o, now), Action::Idle);
+        let retry = now + Duration::from_secs(1);
+        o.running.as_mut().unwrap().ready = true;
+        o.running.as_mut().unwrap().reconfigure_not_before = Some(retry);
+        assert_eq!(reconcile(&running("b"), &o, now), Action::WaitUntil(retry));
+        assert_eq!(reconcile(&running("b"), &o, retry), Action::Reconfigure);
         assert_eq!(
             reconcile(&Desired::Stopped, &observed(Some("a")), now),
             Action::Stop(StopReason::StateStopped)
@@ -198,9 +243,14 @@ mod tests {
         match action {
             Action::Start => {
                 if let Desired::Running { config_hash } = desired {
-                    o.running = Some(config_hash.clone());
+                    o.running = Some(live(config_hash));
                 }
                 o.restart_not_before = None;
+            }
+            Action::Reconfigure => {
+                if let (Desired::Running { config_hash }, Some(running)) = (desired, o.running.as_mut()) {
+                    running.config_hash = config_hash.clone();
+                }
             }
             Action::Stop(_) => o.running = None,
             Action::WaitUntil(at) => *now = *at,
@@ -224,13 +274,18 @@ mod tests {
         #[test]
         fn converges_and_is_idempotent(
             desired in desired_strategy(),
-            running in proptest::option::of("[ab]"),
+            running in proptest::option::of(("[ab]", any::<bool>())),
             backoff_ms in proptest::option::of(0u64..5000),
             blocked: bool,
         ) {
             let mut now = Instant::now();
             let mut o = Observed {
-                running,
+                // A process that needs a restart for the spec it runs with, or that
+                // can take the other spec live.
+                running: running.map(|(hash, needs_restart)| Live {
+                    restart: if needs_restart { vec!["databases".into()] } else { Vec::new() },
+                    ..live(&hash)
+                }),
                 restart_not_before: backoff_ms.map(|ms| now + Duration::from_millis(ms)),
                 blocked,
             };
@@ -246,7 +301,9 @@ mod tests {
                 prop_assert!(steps <= 4, "did not converge: {:?} {:?}", desired, o);
             }
             match desired {
-                Desired::Running { config_hash } => prop_assert_eq!(o.running, Some(config_hash)),
+                Desired::Running { config_hash } => {
+                    prop_assert_eq!(o.running.map(|r| r.config_hash), Some(config_hash))
+                }
                 _ => prop_assert_eq!(o.running, None),
             }
         }

@@ -4,9 +4,11 @@
 //! asks the pure planner what to do, does it, and waits for the next event: a new
 //! spec, the process's exit, a readiness probe, a timer, or the agent's shutdown.
 
-use super::plan::{self, Action, CrashHistory, Desired, Observed, StopReason};
+use super::changes::{self, Changes};
+use super::live;
+use super::plan::{self, Action, CrashHistory, Desired, Live, Observed, StopReason};
 use crate::config::AgentConfig;
-use crate::engine::{self, Engine, EngineKind, Layout, Readiness, StopRequest, Target};
+use crate::engine::{self, ClientError, Engine, EngineKind, Layout, Readiness, Session, Settings, StopRequest, Target};
 use crate::events::{Event, EventLog};
 use crate::monitor::MonitorTarget;
 use crate::ports::{self, PortHolder};
@@ -39,6 +41,10 @@ const PROBE_MAX: Duration = Duration::from_millis(200);
 const STOP_RETRY: Duration = Duration::from_secs(5);
 /// How many log lines the status shows after a crash.
 const LOG_TAIL_LINES: usize = 5;
+/// Live changes that could not be applied are retried after this, doubling up to
+/// `RECONFIGURE_RETRY_MAX`.
+const RECONFIGURE_RETRY_FIRST: Duration = Duration::from_secs(1);
+const RECONFIGURE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// What every worker shares.
 pub struct WorkerContext {
@@ -62,6 +68,12 @@ enum Wake {
     Exited(Exit),
     Probed(Readiness),
     Timer,
+}
+
+/// The previous password still works until `until_ms` (milliseconds since the Unix
+/// epoch).
+struct Grace {
+    until_ms: u64,
 }
 
 /// A stop in progress, for the status while the process is being stopped.
@@ -109,6 +121,20 @@ pub struct Worker {
     last_desired_hash: Option<String>,
     /// The process the instance's monitor watches (set while running and ready).
     monitor: watch::Sender<Option<MonitorTarget>>,
+    /// What the live process runs with (from its rendered config file, then kept up
+    /// to date by live changes); `None` when unknown.
+    running_settings: Option<Settings>,
+    /// Keys the server refused to change live, for the spec with this config hash:
+    /// they need a restart.
+    refused: Option<(String, Vec<String>)>,
+    reconfigure_not_before: Option<Instant>,
+    reconfigure_delay: Duration,
+    /// The worker's own connection to the live process, for changes and drift checks.
+    admin: Option<Session>,
+    grace: Option<Grace>,
+    next_drift_check: Option<Instant>,
+    /// Why the last drift check could not talk to the server (logged once).
+    drift_failure: Option<String>,
 }
 
 impl Worker {
@@ -147,6 +173,14 @@ impl Worker {
             reconciled: false,
             last_desired_hash: None,
             monitor: watch::Sender::new(None),
+            running_settings: None,
+            refused: None,
+            reconfigure_not_before: None,
+            reconfigure_delay: RECONFIGURE_RETRY_FIRST,
+            admin: None,
+            grace: None,
+            next_drift_check: None,
+            drift_failure: None,
         }
     }
 
@@ -196,13 +230,25 @@ impl Worker {
             let now = Instant::now();
             let blocked = self.unverified.is_some() || self.check_ports(spec.as_deref(), &desired, now).await;
             let observed = Observed {
-                running: self.process.as_ref().map(|p| p.record().config_hash.clone()),
+                running: self.live_view(spec.as_deref(), &desired),
                 restart_not_before: self.restart_not_before,
                 blocked,
             };
             let mut wake_at = None;
             match plan::reconcile(&desired, &observed, now) {
-                Action::Idle => wake_at = self.stable_run_check(),
+                Action::Idle => {
+                    let upkeep = match &spec {
+                        Some(spec) => self.upkeep(spec).await,
+                        None => None,
+                    };
+                    wake_at = earliest(self.stable_run_check(), upkeep);
+                }
+                Action::Reconfigure => {
+                    if let Some(spec) = &spec {
+                        self.reconfigure(spec).await;
+                    }
+                    continue;
+                }
                 Action::Start => {
                     if let Some(spec) = &spec {
                         self.start(spec).await;
@@ -345,7 +391,13 @@ impl Worker {
                     pid: process.pid(),
                     running_for: process.running_for(),
                 });
-                self.auth = self.running_password(&process, spec).await;
+                self.running_settings = self.rendered_settings(&process).await;
+                let declared = spec.and_then(|s| s.password.clone());
+                self.auth = self
+                    .running_settings
+                    .as_ref()
+                    .map_or(declared.clone(), |s| s.password.clone().or(declared));
+                self.grace = record.password_grace_until_ms.map(|until_ms| Grace { until_ms });
                 self.drift = self.binary_drift(&process);
                 self.crashes.consecutive = record.consecutive_crashes;
                 self.process = Some(*process);
@@ -359,7 +411,8 @@ impl Worker {
                 let rebooted = record.boot_id != self.ctx.boot_id;
                 let wanted = spec.is_some_and(|s| s.state == RunState::Running);
                 self.emit(Event::RecordStale { reason });
-                if !rebooted && wanted {
+                // A process the previous agent was stopping did not crash.
+                if !rebooted && wanted && !record.stopping {
                     // It died while no agent was watching, or while this agent was
                     // between two starts: an unexpected exit like any other. How long
                     // it ran is not known; its age is the best guess.
@@ -385,15 +438,21 @@ impl Worker {
         self.unverified = Some(reason);
     }
 
-    /// The password an adopted process was started with: the one in its rendered
-    /// config file, or else the declared one.
-    async fn running_password(&self, process: &Process, spec: Option<&Arc<InstanceSpec>>) -> Option<Secret> {
-        let declared = spec.and_then(|s| s.password.clone());
+    /// What an adopted process runs with: its rendered config file says so (an
+    /// adopted process may have been started or reconfigured for an older spec).
+    async fn rendered_settings(&self, process: &Process) -> Option<Settings> {
         let engine = engine::for_kind(process.record().engine)?;
         let path = self.instance_dir().join(engine.config_file_name());
         match blocking("read the rendered config", move || std::fs::read_to_string(path)).await {
-            Ok(Ok(text)) => engine.configured_password(&text).or(declared),
-            _ => declared,
+            Ok(Ok(text)) => Some(engine.rendered_settings(&text)),
+            Ok(Err(error)) => {
+                tracing::warn!(instance = %self.name, %error, "Cannot read the rendered config; live changes will set every key again.");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(instance = %self.name, %error, "Cannot read the rendered config; live changes will set every key again.");
+                None
+            }
         }
     }
 
@@ -497,6 +556,11 @@ impl Worker {
             engine: spec.engine,
             version: spec.version.clone(),
             port: spec.port,
+            restart_epoch: spec.restart_epoch,
+            nofile: spec.limits.nofile,
+            oom_score_adj: spec.limits.oom_score_adj,
+            password_grace_until_ms: None,
+            stopping: false,
         };
         let launch = Launch {
             binary: &binary,
@@ -532,6 +596,8 @@ impl Worker {
         });
         self.process = Some(process);
         self.auth = spec.password.clone();
+        self.forget_live_state();
+        self.running_settings = Some(engine.settings(spec));
         self.drift = None;
         self.ready = false;
         self.loading = false;
@@ -579,6 +645,7 @@ impl Worker {
             .collect();
         self.ready = false;
         self.loading = false;
+        self.forget_live_state();
         self.restart_pending = true;
         let delay = self.crashes.on_crash(ran_for, fastrand::f64());
         self.schedule_restart(delay);
@@ -610,6 +677,303 @@ impl Worker {
             Readiness::Unreachable(error) => {
                 self.last_probe_error = Some(error);
                 self.probe_delay = self.probe_delay.mul_f64(1.5).clamp(PROBE_FIRST, PROBE_MAX);
+            }
+        }
+    }
+
+    /// The live process as the planner sees it: the config hash it runs with, and
+    /// when that differs from the desired one, whether the differences need a restart.
+    fn live_view(&self, spec: Option<&InstanceSpec>, desired: &Desired) -> Option<Live> {
+        let process = self.process.as_ref()?;
+        let record = process.record();
+        let mut restart = Vec::new();
+        if let (Some(spec), Desired::Running { config_hash }) = (spec, desired) {
+            if *config_hash != record.config_hash {
+                if let Some(engine) = engine::for_kind(record.engine) {
+                    let running = changes::Running::new(record, self.running_settings.clone());
+                    restart = changes::diff(engine, &running, spec).restart;
+                }
+                if let Some((hash, keys)) = &self.refused {
+                    if hash == config_hash {
+                        restart.extend(keys.iter().cloned());
+                    }
+                }
+            }
+        }
+        Some(Live {
+            config_hash: record.config_hash.clone(),
+            restart,
+            ready: self.ready,
+            reconfigure_not_before: self.reconfigure_not_before,
+        })
+    }
+
+    /// Forgets what the worker knew about the live process's configuration and its
+    /// connection to it: the process is gone or about to be replaced.
+    fn forget_live_state(&mut self) {
+        self.running_settings = None;
+        self.refused = None;
+        self.reconfigure_not_before = None;
+        self.reconfigure_delay = RECONFIGURE_RETRY_FIRST;
+        self.admin = None;
+        self.grace = None;
+        self.next_drift_check = None;
+        self.drift_failure = None;
+    }
+
+    /// The worker's connection to the live process, opened (and the process
+    /// verified) when there is none.
+    async fn admin_session(&mut self) -> Result<(&'static dyn Engine, &mut Session), ClientError> {
+        let Some(process) = self.process.as_ref() else {
+            return Err(ClientError::Connect {
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                reason: "no running process".into(),
+            });
+        };
+        let target = self.target(process);
+        let Some(engine) = engine::for_kind(process.record().engine) else {
+            return Err(ClientError::Connect {
+                addr: target.addr,
+                reason: format!("engine {} is not supported", process.record().engine),
+            });
+        };
+        let session = match self.admin.take() {
+            Some(session) => session,
+            None => {
+                let mut session = Session::open(&target).await?;
+                engine.verify_pid(&mut session, target.pid).await?;
+                session
+            }
+        };
+        Ok((engine, self.admin.insert(session)))
+    }
+
+    /// Applies the spec's changes to the live process without a restart: passwords
+    /// first (a replica's `masterauth` before it connects), then config keys and the
+    /// master. Then the rendered file and the record say what it runs with, so that a
+    /// later restart keeps the same values. A key the server refuses makes the change
+    /// a restart.
+    async fn reconfigure(&mut self, spec: &Arc<InstanceSpec>) {
+        let Some(record) = self.process.as_ref().map(|p| p.record().clone()) else {
+            return;
+        };
+        let Some(engine) = engine::for_kind(record.engine) else {
+            return;
+        };
+        let running = changes::Running::new(&record, self.running_settings.clone());
+        let changes = changes::diff(engine, &running, spec);
+        if changes.needs_restart() {
+            return;
+        }
+        let config_hash = spec.config_hash();
+        match self.apply_live(spec, &changes).await {
+            Err(error) => {
+                self.admin = None;
+                self.emit(Event::ReconfigureFailed { error });
+                self.reconfigure_not_before = Some(Instant::now() + self.reconfigure_delay);
+                self.reconfigure_delay = (self.reconfigure_delay * 2).min(RECONFIGURE_RETRY_MAX);
+            }
+            Ok(applied) => {
+                for event in applied.events {
+                    self.emit(event);
+                }
+                if !applied.refused.is_empty() {
+                    let mut keys = Vec::new();
+                    for (key, reason) in applied.refused {
+                        keys.push(format!("{key} (refused live: {reason})"));
+                        self.emit(Event::ConfigRefused { key, reason });
+                    }
+                    self.refused = Some((config_hash, keys));
+                    return;
+                }
+                self.running_settings = Some(engine.settings(spec));
+                if let Err(error) = self.note_reconfigured(spec, &config_hash).await {
+                    self.emit(Event::ConfigWriteFailed { error });
+                    self.reconfigure_not_before = Some(Instant::now() + self.reconfigure_delay);
+                    self.reconfigure_delay = (self.reconfigure_delay * 2).min(RECONFIGURE_RETRY_MAX);
+                    return;
+                }
+                self.reconfigure_not_before = None;
+                self.reconfigure_delay = RECONFIGURE_RETRY_FIRST;
+                if !applied.changes.is_empty() {
+                    self.emit(Event::Reconfigured {
+                        changes: applied.changes,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Talks to the server for [`Worker::reconfigure`]; the error says what failed.
+    async fn apply_live(&mut self, spec: &InstanceSpec, changes: &Changes) -> Result<live::Applied, String> {
+        let mut password_change = None;
+        if let Some(new) = &changes.password {
+            let old = self.auth.clone();
+            let grace = spec.password_grace.unwrap_or(self.ctx.config.instances.password_grace);
+            let passwords: Vec<Secret> = match (&old, new) {
+                (Some(old), Some(new)) if !grace.is_zero() && old != new => {
+                    // The record learns of the grace period first: an agent restarted
+                    // in the middle must still end it.
+                    let until_ms = unix_now_millis() + grace.as_millis() as u64;
+                    self.write_record(|r| r.password_grace_until_ms = Some(until_ms))
+                        .await?;
+                    self.grace = Some(Grace { until_ms });
+                    password_change = Some(grace);
+                    vec![new.clone(), old.clone()]
+                }
+                (_, new) => {
+                    self.grace = None;
+                    new.iter().cloned().collect()
+                }
+            };
+            let (engine, session) = self.admin_session().await.map_err(|e| e.to_string())?;
+            engine
+                .set_passwords(session, &passwords)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.auth = new.clone();
+        }
+        let (engine, session) = self.admin_session().await.map_err(|e| e.to_string())?;
+        let mut applied = live::apply(engine, session, changes).await.map_err(|e| e.to_string())?;
+        match (&changes.password, password_change) {
+            (Some(_), Some(grace)) => {
+                applied
+                    .changes
+                    .push("password (the previous one keeps working for the grace period)".into());
+                self.emit(Event::PasswordChanged { grace });
+            }
+            (Some(Some(_)), None) => applied.changes.push("password".into()),
+            (Some(None), None) => applied.changes.push("password removed".into()),
+            (None, _) => {}
+        }
+        if changes.restart_epoch_lowered {
+            applied
+                .changes
+                .push(format!("restart_epoch lowered to {}", spec.restart_epoch));
+        }
+        Ok(applied)
+    }
+
+    /// Rewrites the rendered config file for `spec` and records that the process now
+    /// runs with it.
+    async fn note_reconfigured(&mut self, spec: &InstanceSpec, config_hash: &str) -> Result<(), String> {
+        let config = &self.ctx.config;
+        let engine = engine::for_kind(spec.engine).ok_or("engine not supported")?;
+        let layout = engine::layout(
+            engine,
+            &config.instances_dir(),
+            &config.instances.log_dir,
+            &self.name,
+            &config.instances.bind,
+        );
+        let rendered = engine.render_config(spec, &layout);
+        blocking("rewrite the instance's config", move || {
+            prepare_files(&layout, &rendered)
+        })
+        .await??;
+        let (hash, epoch) = (config_hash.to_string(), spec.restart_epoch);
+        self.write_record(move |r| {
+            r.config_hash = hash;
+            r.restart_epoch = epoch;
+        })
+        .await
+    }
+
+    /// Changes the live process's record and writes it; the change is kept only when
+    /// the write succeeds.
+    async fn write_record(&mut self, change: impl FnOnce(&mut InstanceRecord)) -> Result<(), String> {
+        let dir = self.instance_dir();
+        let Some(process) = self.process.as_mut() else {
+            return Err("no running process".into());
+        };
+        let mut record = process.record().clone();
+        change(&mut record);
+        let written = {
+            let record = record.clone();
+            blocking("write the instance record", move || record::write(&dir, &record)).await
+        };
+        written.and_then(|r| r.map_err(|e| e.to_string()))?;
+        *process.record_mut() = record;
+        Ok(())
+    }
+
+    /// While the process runs as desired and answers: ends a password grace period
+    /// that is over, and checks for drift when one is due. Returns when to look again.
+    async fn upkeep(&mut self, spec: &InstanceSpec) -> Option<Instant> {
+        if self.process.is_none() || !self.ready {
+            return None;
+        }
+        let now = Instant::now();
+        if let Some(grace) = &self.grace {
+            let left = Duration::from_millis(grace.until_ms.saturating_sub(unix_now_millis()));
+            if left.is_zero() {
+                self.end_grace().await;
+            }
+        }
+        let interval = self.ctx.config.monitoring.drift_interval;
+        match self.next_drift_check {
+            Some(at) if at <= now => {
+                self.check_drift(spec).await;
+                self.next_drift_check = Some(Instant::now() + interval);
+            }
+            Some(_) => {}
+            None => self.next_drift_check = Some(now + interval),
+        }
+        let grace_end = self.grace.as_ref().map(|g| {
+            // Not earlier than a second from now: a failed end is retried, not spun on.
+            let left = Duration::from_millis(g.until_ms.saturating_sub(unix_now_millis()));
+            Instant::now() + if left.is_zero() { Duration::from_secs(1) } else { left }
+        });
+        earliest(self.next_drift_check, grace_end)
+    }
+
+    /// Only the current password works from now on.
+    async fn end_grace(&mut self) {
+        let passwords: Vec<Secret> = self.auth.iter().cloned().collect();
+        let result = match self.admin_session().await {
+            Ok((engine, session)) => engine.set_passwords(session, &passwords).await,
+            Err(e) => Err(e),
+        };
+        if let Err(error) = result {
+            self.admin = None;
+            tracing::warn!(instance = %self.name, %error, "Cannot end the password grace period; retrying.");
+            return;
+        }
+        if let Err(error) = self.write_record(|r| r.password_grace_until_ms = None).await {
+            tracing::warn!(instance = %self.name, %error, "Cannot note the end of the password grace period.");
+        }
+        self.grace = None;
+        self.emit(Event::PasswordGraceEnded);
+    }
+
+    /// Sets back whatever the server runs with that differs from the spec.
+    async fn check_drift(&mut self, spec: &InstanceSpec) {
+        let Some(engine) = engine::for_kind(spec.engine) else {
+            return;
+        };
+        let settings = engine.settings(spec);
+        // During a grace period the server holds two passwords on purpose.
+        let passwords: Option<Vec<Secret>> = self.grace.is_none().then(|| self.auth.iter().cloned().collect());
+        let result = match self.admin_session().await {
+            Ok((engine, session)) => live::correct_drift(engine, session, &settings, passwords.as_deref()).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(events) => {
+                if self.drift_failure.take().is_some() {
+                    tracing::info!(instance = %self.name, "Drift check works again.");
+                }
+                for event in events {
+                    self.emit(event);
+                }
+            }
+            Err(error) => {
+                self.admin = None;
+                let error = error.to_string();
+                if self.drift_failure.as_ref() != Some(&error) {
+                    tracing::warn!(instance = %self.name, error = error.as_str(), "Drift check failed.");
+                }
+                self.drift_failure = Some(error);
             }
         }
     }
@@ -647,13 +1011,24 @@ impl Worker {
         self.stopping = Some(Stopping {
             pid,
             port: process.record().port,
-            message: format!("stopping ({})", reason.as_str()),
+            message: format!("stopping ({})", reason.describe()),
         });
         self.publish_current();
         self.emit(Event::Stopping {
             pid,
-            reason: reason.as_str(),
+            reason: reason.describe(),
         });
+        self.admin = None;
+        // A later agent that finds the process gone then knows it was asked to stop.
+        process.record_mut().stopping = true;
+        let written = {
+            let record = process.record().clone();
+            let dir = self.instance_dir();
+            blocking("write the instance record", move || record::write(&dir, &record)).await
+        };
+        if let Err(error) = written.and_then(|r| r.map_err(|e| e.to_string())) {
+            tracing::warn!(instance = %self.name, %error, "Cannot note the stop in the record.");
+        }
 
         // Ask, and ask again while the server refuses (a failing save may succeed once
         // space is freed), until the process exits or the deadline passes.
@@ -696,8 +1071,8 @@ impl Worker {
             });
             if let Some(stopping) = &mut self.stopping {
                 stopping.message = match &refusal {
-                    Some(refusal) => format!("stopping ({}): {refusal}; retrying", reason.as_str()),
-                    None => format!("stopping ({}) with {how}", reason.as_str()),
+                    Some(refusal) => format!("stopping ({}): {refusal}; retrying", reason.describe()),
+                    None => format!("stopping ({}) with {how}", reason.describe()),
                 };
             }
             self.publish_current();
@@ -760,6 +1135,7 @@ impl Worker {
         self.ready = false;
         self.loading = false;
         self.auth = None;
+        self.forget_live_state();
         self.drift = None;
         self.restart_not_before = None;
         self.restart_pending = false;
@@ -898,7 +1274,16 @@ impl Worker {
                 Some(e) => format!("waiting for PONG: {e}"),
                 None => "waiting for PONG".into(),
             },
-            Phase::Running => self.drift.clone().unwrap_or_default(),
+            Phase::Running => {
+                let grace = self.grace.as_ref().map(|g| {
+                    let until = std::time::UNIX_EPOCH + Duration::from_millis(g.until_ms);
+                    format!(
+                        "password grace period: the previous password keeps working until {}",
+                        humantime::format_rfc3339_seconds(until)
+                    )
+                });
+                [self.drift.clone(), grace].into_iter().flatten().collect::<Vec<_>>().join("; ")
+            }
             Phase::Stopping => self.stopping.as_ref().map(|s| s.message.clone()).unwrap_or_default(),
             Phase::Stopped => match &self.last_stop {
                 Some(stop) => format!("stopped by {}", stop.how),
@@ -929,6 +1314,14 @@ impl Worker {
                 format!("{prefix}{exit}; waiting to restart{}", tail())
             }
         }
+    }
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -36,6 +36,7 @@ use std::collections::HashMap;
 use std::future::IntoFuture;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::os::unix::fs::PermissionsExt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::Context;
@@ -55,6 +56,46 @@ pub const GARBAGE_BODY: &str = "<html><body>502 Bad Gateway</body></html>\n{{{ t
 /// How long a TLS client may take to complete its handshake before it is dropped (and
 /// recorded as a TLS failure).
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The token the test controller accepts, the node it serves, and the agent's API token.
+pub const TOKEN: &str = "controller-token-0123456789";
+pub const NODE: &str = "test-node";
+pub const API_TOKEN: &str = "local-api-token-0123456789";
+
+/// A harness whose agent is controlled by `controller` (fast intervals for tests).
+pub fn controlled(controller: &Controller) -> super::Harness {
+    let h = super::Harness::new();
+    let token = h.path().join("controller.token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let api_token = h.path().join("api.token");
+    std::fs::write(&api_token, format!("{API_TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&api_token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut config = std::fs::read_to_string(h.config_path())
+        .unwrap()
+        .replace("[api]\n", "[api]\ntoken_file = \"api.token\"\n");
+    config.push_str(&format!(
+        "\n[controller]\nurl = \"{}\"\ntoken_file = \"controller.token\"\nreport_interval = \"300ms\"\npoll_wait = \"500ms\"\n",
+        controller.url()
+    ));
+    std::fs::write(h.config_path(), config).unwrap();
+    h
+}
+
+/// A desired-state document of Redis 7.0 instances: name, port and extra spec fields.
+pub fn document(generation: u64, instances: &[(&str, u16, Value)]) -> Value {
+    let specs: Vec<Value> = instances
+        .iter()
+        .map(|(name, port, extra)| {
+            let mut spec = serde_json::json!({"name": name, "port": port, "version": "7.0"});
+            if let Value::Object(extra) = extra {
+                spec.as_object_mut().unwrap().extend(extra.clone());
+            }
+            spec
+        })
+        .collect();
+    serde_json::json!({"generation": generation, "instances": specs})
+}
 
 /// The largest request body the controller reads, and the largest decompressed report.
 const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
