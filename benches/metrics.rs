@@ -5,7 +5,9 @@
 //! 1. agent CPU per instance per metrics sweep (every tick a full sample: PING + INFO),
 //!    and what each sweep costs the servers (commands, connections, INFO's own time
 //!    from `INFO commandstats`); the same for redis_exporter scraping each instance;
-//! 2. the agent's total CPU with the defaults (health every 1 s, metrics every 10 s);
+//! 2. the agent's total CPU with the defaults (health every 1 s, metrics every 10 s,
+//!    drift checks every 5 s), and again with drift checks off, which is the monitoring
+//!    alone and gives the cost of a drift check by difference;
 //! 3. `/metrics` latency with 100 instances.
 //!
 //! Run with `cargo bench --bench metrics`. Knobs: `BENCH_INSTANCES` (100),
@@ -74,14 +76,36 @@ fn delta(a: ServerSide, b: ServerSide, ports: usize) -> ServerSide {
     }
 }
 
-fn configure(h: &Harness, health: &str, metrics: &str) {
+/// Sets `[monitoring]`; drift checks every `drift` (the default 5 s when `None`).
+fn configure(h: &Harness, health: &str, metrics: &str, drift: Option<&str>) {
     let config = std::fs::read_to_string(h.config_path()).unwrap();
     let base = config.split("\n[monitoring]").next().unwrap().to_string();
+    let drift = drift.map_or(String::new(), |d| format!("drift_interval = \"{d}\"\n"));
     std::fs::write(
         h.config_path(),
-        format!("{base}\n[monitoring]\nhealth_interval = \"{health}\"\nmetrics_interval = \"{metrics}\"\n"),
+        format!("{base}\n[monitoring]\nhealth_interval = \"{health}\"\nmetrics_interval = \"{metrics}\"\n{drift}"),
     )
     .unwrap();
+}
+
+/// The agent's CPU in ms over `secs` with the given monitoring, the servers' side,
+/// and the time it took.
+fn idle_run(
+    h: &mut Harness,
+    instances: usize,
+    ports: &[u16],
+    secs: u64,
+    drift: Option<&str>,
+) -> (f64, ServerSide, Duration) {
+    h.stop_agent(common::SIGTERM);
+    configure(h, "1s", "10s", drift);
+    start_and_wait(h, instances);
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = h.agent_pid();
+    let (cpu0, side0, t0) = (cpu_ms(pid), server_side(ports), Instant::now());
+    std::thread::sleep(Duration::from_secs(secs));
+    let (cpu1, side1, elapsed) = (cpu_ms(pid), server_side(ports), t0.elapsed());
+    (cpu1 - cpu0, delta(side0, side1, instances), elapsed)
 }
 
 fn start_and_wait(h: &mut Harness, instances: usize) {
@@ -136,7 +160,7 @@ fn main() {
     }
 
     // 1. Every tick a full sweep: CPU per instance per sweep, and the servers' side.
-    configure(&h, "1s", "1s");
+    configure(&h, "1s", "1s", Some("1h"));
     start_and_wait(&mut h, instances);
     std::thread::sleep(Duration::from_secs(2));
     let pid = h.agent_pid();
@@ -160,17 +184,17 @@ fn main() {
     times.sort();
     let metrics_bytes = get(api, "/metrics");
 
-    // 2. The defaults: health every second, metrics every 10 s.
-    h.stop_agent(common::SIGTERM);
-    configure(&h, "1s", "10s");
-    start_and_wait(&mut h, instances);
-    std::thread::sleep(Duration::from_secs(3));
+    // 2. The defaults: health every second, metrics every 10 s, drift checks every
+    // 5 s; then the same without drift checks.
+    let (all_cpu, all_side, all_elapsed) = idle_run(&mut h, instances, &ports, idle_secs, None);
+    let all_share = all_cpu / (all_elapsed.as_secs_f64() * 1000.0) * 100.0;
+    let (idle_cpu, idle_side, idle_elapsed) = idle_run(&mut h, instances, &ports, idle_secs, Some("1h"));
+    let idle_share = idle_cpu / (idle_elapsed.as_secs_f64() * 1000.0) * 100.0;
     let pid = h.agent_pid();
-    let (idle0, side0, t0) = (cpu_ms(pid), server_side(&ports), Instant::now());
-    std::thread::sleep(Duration::from_secs(idle_secs));
-    let (idle1, side1, idle_elapsed) = (cpu_ms(pid), server_side(&ports), t0.elapsed());
-    let idle_side = delta(side0, side1, instances);
-    let idle_share = (idle1 - idle0) / (idle_elapsed.as_secs_f64() * 1000.0) * 100.0;
+    let drift_checks = instances as f64 * all_elapsed.as_secs_f64() / 5.0;
+    let drift_check_ms = (all_cpu / all_elapsed.as_secs_f64() - idle_cpu / idle_elapsed.as_secs_f64())
+        * all_elapsed.as_secs_f64()
+        / drift_checks;
     let rss_kb = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()
@@ -235,7 +259,7 @@ fn main() {
     // At the defaults, each instance gets 9 health probes and 1 full sample per 10 s:
     // B = (9 H + F) / 10, with F the full sweep above; so a health probe costs
     // H = (10 B - F) / 9, and the metrics part of a sweep is F - H.
-    let defaults_per_instance_s = (idle1 - idle0) / (instances as f64 * idle_elapsed.as_secs_f64());
+    let defaults_per_instance_s = idle_cpu / (instances as f64 * idle_elapsed.as_secs_f64());
     let health_probe_ms = (10.0 * defaults_per_instance_s - per_instance_sweep_ms) / 9.0;
     println!(
         "| … of which a health probe / the metrics part | {:.3} ms / {:.3} ms (from the two runs) | | |",
@@ -254,11 +278,19 @@ fn main() {
         e_side.info_usec / e_side.info_calls.max(1.0),
     );
     println!(
-        "| agent CPU, defaults (health 1 s, metrics 10 s), {:.0} s | {:.0} ms = {:.3} % of one core (RSS {rss_kb}) | | ≤ 0.7 %: {} |",
+        "| agent CPU, monitoring at its defaults (health 1 s, metrics 10 s; drift checks off), {:.0} s | {:.0} ms = {:.3} % of one core (RSS {rss_kb}) | | ≤ 0.7 %: {} |",
         idle_elapsed.as_secs_f64(),
-        idle1 - idle0,
+        idle_cpu,
         idle_share,
         if idle_share <= 0.7 { "met" } else { "MISSED" }
+    );
+    println!(
+        "| agent CPU, all defaults (drift checks every 5 s too), {:.0} s | {:.0} ms = {:.3} % of one core; a drift check {:.3} ms (by difference; {:.2} commands per instance per second) | | |",
+        all_elapsed.as_secs_f64(),
+        all_cpu,
+        all_share,
+        drift_check_ms,
+        all_side.commands / (instances as f64 * all_elapsed.as_secs_f64()),
     );
     println!(
         "| … server side per instance per second | {:.2} INFO, {:.2} commands, {:.3} new connections | | |",

@@ -154,6 +154,28 @@ struct HealthRow {
     status: String,
     #[serde(default)]
     reasons: Vec<String>,
+    #[serde(default)]
+    observed_role: Option<String>,
+    #[serde(default)]
+    replication: Option<ReplicationRow>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ReplicationRow {
+    #[serde(default)]
+    link_up: Option<bool>,
+}
+
+impl HealthRow {
+    /// `master`, `replica`, or `replica (link down)`, as the server reports it.
+    fn role(&self) -> String {
+        let link_down = self.replication.as_ref().is_some_and(|r| r.link_up == Some(false));
+        match self.observed_role.as_deref() {
+            Some("replica") if link_down => "replica (link down)".into(),
+            Some(role) => role.to_string(),
+            None => "-".into(),
+        }
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -220,7 +242,7 @@ async fn fetch_status(api: &str) -> anyhow::Result<String> {
 
 fn render_table(doc: &StatusDoc) -> String {
     let mut rows = vec![[
-        "NAME", "ENGINE", "PORT", "PHASE", "READY", "PID", "RESTARTS", "UPTIME", "HEALTH", "MESSAGE",
+        "NAME", "ENGINE", "PORT", "PHASE", "READY", "PID", "RESTARTS", "UPTIME", "HEALTH", "ROLE", "MESSAGE",
     ]
     .map(String::from)];
     for r in &doc.instances {
@@ -236,6 +258,7 @@ fn render_table(doc: &StatusDoc) -> String {
                 crate::units::format_duration_short(Duration::from_secs(s))
             }),
             r.health.as_ref().map_or("-".into(), |h| h.status.clone()),
+            r.health.as_ref().map_or("-".into(), HealthRow::role),
             match r.next_restart_at_ms {
                 Some(at) => {
                     let wait = Duration::from_millis(at.saturating_sub(crate::process::unix_now_millis()));
@@ -326,7 +349,8 @@ mod tests {
             "instances": [
                 {"name": "cache-1", "engine": "redis", "port": 6380, "phase": "running", "ready": true,
                  "pid": 42, "restarts": 1, "uptime_seconds": 61, "message": "",
-                 "health": {"status": "degraded", "reasons": ["PING took 150 ms"]}},
+                 "health": {"status": "degraded", "reasons": ["PING took 150 ms"], "observed_role": "replica",
+                            "replication": {"master": "10.0.0.1:6379", "link_up": false, "replicas": []}}},
                 {"name": "b", "engine": "redis", "port": 6381, "phase": "crash-loop", "ready": false,
                  "pid": null, "restarts": 7, "uptime_seconds": null, "message": "exit code 1"}
             ]
@@ -340,16 +364,18 @@ mod tests {
         );
         assert_eq!(lines[2], "  a.toml: port: 1 is outside 1024-65535");
         assert!(
-            lines[3].starts_with("NAME     ENGINE  PORT  PHASE       READY  PID  RESTARTS  UPTIME  HEALTH    MESSAGE"),
+            lines[3].starts_with(
+                "NAME     ENGINE  PORT  PHASE       READY  PID  RESTARTS  UPTIME  HEALTH    ROLE                 MESSAGE"
+            ),
             "{table}"
         );
         assert!(
             lines[4]
-                == "cache-1  redis   6380  running     yes    42   1         1m1s    degraded   [PING took 150 ms]",
+                == "cache-1  redis   6380  running     yes    42   1         1m1s    degraded  replica (link down)   [PING took 150 ms]",
             "{table}"
         );
         assert!(
-            lines[5] == "b        redis   6381  crash-loop  no     -    7         -       -         exit code 1",
+            lines[5] == "b        redis   6381  crash-loop  no     -    7         -       -         -                    exit code 1",
             "{table}"
         );
     }

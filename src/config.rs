@@ -512,11 +512,12 @@ mod tests {
         let base = "[engines.redis.versions]\n\"7.0\" = \"/bin/sh\"\n";
         assert_eq!(load(base).unwrap().monitoring, MonitoringConfig::default());
         let config = load(&format!(
-            "{base}[monitoring]\nhealth_interval = \"500ms\"\nmetrics_interval = \"5s\"\n"
+            "{base}[monitoring]\nhealth_interval = \"500ms\"\nmetrics_interval = \"5s\"\ndrift_interval = \"2s\"\n"
         ))
         .unwrap();
         assert_eq!(config.monitoring.health_interval, Duration::from_millis(500));
         assert_eq!(config.monitoring.metrics_interval, Duration::from_secs(5));
+        assert_eq!(config.monitoring.drift_interval, Duration::from_secs(2));
         let problems = messages(load(&format!(
             "{base}[monitoring]\nhealth_interval = \"10ms\"\nmetrics_interval = \"2s\"\nother = 1\n"
         )));
@@ -551,6 +552,7 @@ mod tests {
             bind = ["127.0.0.1", "::1"]
             log_dir = "log"
             stop_timeout = "5s"
+            password_grace = "10s"
             "#,
         )
         .unwrap();
@@ -558,6 +560,7 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/etc/k/var"));
         assert_eq!(config.instances.log_dir, PathBuf::from("/etc/k/log"));
         assert_eq!(config.instances.stop_timeout, Duration::from_secs(5));
+        assert_eq!(config.instances.password_grace, Duration::from_secs(10));
         assert_eq!(config.binary(EngineKind::Redis, "7.0"), Some(Path::new("/bin/sh")));
         assert_eq!(config.api.listen.port(), 0);
         assert_eq!(config.instances.bind.len(), 2);

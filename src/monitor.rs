@@ -55,7 +55,7 @@ pub struct MonitorContext {
 }
 
 /// The first multiple of `interval` after `origin` that is still ahead.
-fn next_beat(origin: Instant, interval: Duration) -> Instant {
+pub fn next_beat(origin: Instant, interval: Duration) -> Instant {
     let now = Instant::now();
     let interval_ns = interval.as_nanos().max(1);
     let since = now.saturating_duration_since(origin).as_nanos();

@@ -595,6 +595,7 @@ pub(crate) mod tests {
             replica_of = "10.0.0.5:6379"
             restart_epoch = 2
             stop_timeout = "30s"
+            password_grace = "2m"
             [config]
             "maxmemory-policy" = "allkeys-lru"
             appendonly = true
@@ -614,6 +615,7 @@ pub(crate) mod tests {
         assert_eq!(spec.config["hz"], "20");
         assert_eq!(spec.limits.nofile, Some(65536));
         assert_eq!(spec.limits.oom_score_adj, Some(-100));
+        assert_eq!(spec.password_grace, Some(Duration::from_secs(120)));
         assert_eq!(spec.stop_timeout, Some(Duration::from_secs(30)));
     }
 
@@ -790,7 +792,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn config_hash_is_stable_and_ignores_state_and_stop_timeout() {
+    fn config_hash_is_stable_and_ignores_state_and_timeouts() {
         let spec = InstanceSpec::example("a", 7000);
         // Pinned: a change of this value restarts every instance on agent upgrade.
         assert_eq!(spec.config_hash(), spec.config_hash());
@@ -798,6 +800,7 @@ pub(crate) mod tests {
         let mut stopped = spec.clone();
         stopped.state = RunState::Stopped;
         stopped.stop_timeout = Some(Duration::from_secs(1));
+        stopped.password_grace = Some(Duration::from_secs(1));
         assert_eq!(stopped.config_hash(), pinned);
         let mut changed = spec.clone();
         changed.config.insert("hz".into(), "20".into());

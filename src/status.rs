@@ -325,6 +325,11 @@ impl StatusBoard {
         }
     }
 
+    /// The monitor's last verdict on `name`.
+    pub fn health(&self, name: &str) -> Option<Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
     /// Notified when an instance's phase, readiness or pid changes, or it goes away.
     pub fn changes(&self) -> Arc<tokio::sync::Notify> {
         self.changes.clone()

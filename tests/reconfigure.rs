@@ -64,6 +64,22 @@ fn rendered(h: &Harness, name: &str) -> String {
     std::fs::read_to_string(h.instance_dir(name).join("redis.conf")).unwrap()
 }
 
+/// Declares a new spec for instance `name` and tells the agent at once.
+fn respec(h: &Harness, name: &str, port: u16, extra: &str) {
+    h.manifest(name, port, extra);
+    h.signal_agent(SIGHUP);
+}
+
+/// Waits until instance `name` runs as a new, ready process instead of `old`; returns
+/// the new pid.
+fn wait_restarted(h: &Harness, name: &str, old: u32) -> u32 {
+    h.wait_for(&format!("{name} restarted"), Duration::from_secs(20), |h| {
+        let i = h.instance(name);
+        i["pid"] != old && i["ready"] == true
+    });
+    h.wait_ready(name)
+}
+
 /// How many times the instance's server started, from its own log: this counts
 /// restarts across agents.
 fn server_starts(h: &Harness, name: &str) -> usize {
@@ -85,12 +101,12 @@ fn live_keys_change_without_a_restart_and_the_rendered_file_follows() {
     h.start_agent();
     let pid = h.wait_ready("a");
 
-    h.manifest(
+    respec(
+        &h,
         "a",
         port,
         "maxmemory = \"128mb\"\n[config]\n\"maxmemory-policy\" = \"volatile-lru\"\n\"hz\" = \"20\"",
     );
-    h.signal_agent(SIGHUP);
     h.wait_for("the reconfigured event", Duration::from_secs(10), |h| {
         count(h, "a", "reconfigured") == 1
     });
@@ -111,8 +127,7 @@ fn live_keys_change_without_a_restart_and_the_rendered_file_follows() {
     );
 
     // A key the spec no longer sets goes back to Redis's default, live too.
-    h.manifest("a", port, "maxmemory = \"128mb\"\n[config]\n\"hz\" = \"20\"");
-    h.signal_agent(SIGHUP);
+    respec(&h, "a", port, "maxmemory = \"128mb\"\n[config]\n\"hz\" = \"20\"");
     h.wait_for("the policy back at its default", Duration::from_secs(10), |_| {
         config_get(port, None, "maxmemory-policy") == "noeviction"
     });
@@ -138,12 +153,8 @@ fn an_immutable_key_restarts_once_and_the_event_names_it() {
     h.start_agent();
     let pid = h.wait_ready("a");
 
-    h.manifest("a", port, "[config]\n\"databases\" = \"32\"\n\"hz\" = \"15\"");
-    h.signal_agent(SIGHUP);
-    h.wait_for("a new process", Duration::from_secs(20), |h| {
-        let i = h.instance("a");
-        i["pid"] != pid && i["ready"] == true
-    });
+    respec(&h, "a", port, "[config]\n\"databases\" = \"32\"\n\"hz\" = \"15\"");
+    wait_restarted(&h, "a", pid);
     assert_eq!(config_get(port, None, "databases"), "32");
     assert_eq!(config_get(port, None, "hz"), "15");
     let stopping: Vec<String> = events(&h, "a")
@@ -209,9 +220,26 @@ fn a_value_changed_by_hand_is_set_back_within_one_drift_cycle() {
     assert!(all.contains("drift corrected: password"), "{all}");
     assert!(!all.contains("intruder-pw-2") && !all.contains("drift-pw-1"), "{all}");
 
+    // A master made a replica by hand is made a master again.
+    let nowhere = free_port();
+    let mut conn = redis(port, pw).unwrap();
+    redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(nowhere)
+        .query::<()>(&mut conn)
+        .unwrap();
+    h.wait_for("a master again", Duration::from_secs(6), |h| {
+        events(h, "a").iter().any(|(k, m)| {
+            k == "drift-corrected"
+                && *m == format!("drift corrected: replica_of, was replica of 127.0.0.1:{nowhere}, now master")
+        })
+    });
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut conn).unwrap();
+    assert_eq!(role.first(), Some(&redis::Value::BulkString(b"master".to_vec())));
+
     // Values Redis normalises (sizes, case) are not drift.
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(count(&h, "a", "drift-corrected"), 2, "{:?}", events(&h, "a"));
+    assert_eq!(count(&h, "a", "drift-corrected"), 3, "{:?}", events(&h, "a"));
     assert_eq!(h.instance("a")["pid"], pid);
 }
 
@@ -240,8 +268,7 @@ fn replica_of_set_switched_and_removed_without_restarts() {
     };
 
     for (master, value) in [(m1, "from-m1"), (m2, "from-m2")] {
-        h.manifest("r", r, &format!("replica_of = \"127.0.0.1:{master}\""));
-        h.signal_agent(SIGHUP);
+        respec(&h, "r", r, &format!("replica_of = \"127.0.0.1:{master}\""));
         h.wait_for(&format!("r replicating {value}"), Duration::from_secs(20), |h| {
             let replication = &h.instance("r")["health"]["replication"];
             value_on_r().as_deref() == Some(value)
@@ -258,8 +285,7 @@ fn replica_of_set_switched_and_removed_without_restarts() {
         });
     }
 
-    h.manifest("r", r, "");
-    h.signal_agent(SIGHUP);
+    respec(&h, "r", r, "");
     h.wait_for("r a master again", Duration::from_secs(10), |h| {
         h.instance("r")["health"]["observed_role"] == "master"
     });
@@ -381,13 +407,8 @@ fn raising_restart_epoch_restarts_exactly_once_even_if_the_agent_dies_meanwhile(
     h.start_agent();
     let first = h.wait_ready("a");
 
-    h.manifest("a", port, "restart_epoch = 1");
-    h.signal_agent(SIGHUP);
-    h.wait_for("a restarted", Duration::from_secs(20), |h| {
-        let i = h.instance("a");
-        i["pid"] != first && i["ready"] == true
-    });
-    let second = h.wait_ready("a");
+    respec(&h, "a", port, "restart_epoch = 1");
+    let second = wait_restarted(&h, "a", first);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(h.instance("a")["pid"], second);
     assert_eq!(server_starts(&h, "a"), 2);
@@ -396,8 +417,7 @@ fn raising_restart_epoch_restarts_exactly_once_even_if_the_agent_dies_meanwhile(
     // cannot finish before the agent is gone), and the server finishes exiting with
     // no agent watching. The next agent starts it once, and does not call it a crash.
     send_signal(second, SIGSTOP);
-    h.manifest("a", port, "restart_epoch = 2");
-    h.signal_agent(SIGHUP);
+    respec(&h, "a", port, "restart_epoch = 2");
     h.wait_for("the stop requested", Duration::from_secs(20), |h| {
         count(h, "a", "stop-requested") == 2
     });
@@ -419,11 +439,7 @@ fn raising_restart_epoch_restarts_exactly_once_even_if_the_agent_dies_meanwhile(
     h.manifest("a", port, "restart_epoch = 3");
     h.stop_agent(SIGKILL);
     h.start_agent();
-    h.wait_for("a restarted by the next agent", Duration::from_secs(20), |h| {
-        let i = h.instance("a");
-        i["pid"] != third && i["ready"] == true
-    });
-    let fourth = h.wait_ready("a");
+    let fourth = wait_restarted(&h, "a", third);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(h.instance("a")["pid"], fourth);
     assert_eq!(server_starts(&h, "a"), 4);
@@ -458,5 +474,44 @@ fn a_new_version_restarts_onto_its_binary() {
         "{stopping:?}"
     );
     std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(server_starts(&h, "a"), 2);
+}
+
+#[test]
+fn a_change_the_server_refuses_live_restarts_for_it_once() {
+    let mut h = fast_drift();
+    let port = free_port();
+    // With 1024 open files, Redis cannot take 4000 clients at runtime (it says "The
+    // operating system is not able to handle the specified number of clients"); at a
+    // start it lowers maxclients to what the limit allows and runs.
+    h.manifest("a", port, "[config]\nmaxclients = \"900\"\n[limits]\nnofile = 1024");
+    h.start_agent();
+    let pid = h.wait_ready("a");
+
+    respec(
+        &h,
+        "a",
+        port,
+        "[config]\nmaxclients = \"4000\"\n[limits]\nnofile = 1024",
+    );
+    wait_restarted(&h, "a", pid);
+    let all = events(&h, "a");
+    assert!(
+        all.iter()
+            .any(|(k, m)| k == "config-refused" && m.contains("CONFIG SET maxclients refused")),
+        "{all:?}"
+    );
+    assert!(
+        all.iter()
+            .any(|(k, m)| k == "stopping" && m.contains("maxclients (refused live:")),
+        "{all:?}"
+    );
+    // The restarted server still cannot have 4000 clients: the drift check says so
+    // once, not every cycle.
+    h.wait_for("the uncorrected drift reported", Duration::from_secs(5), |h| {
+        count(h, "a", "drift-uncorrected") == 1
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(count(&h, "a", "drift-uncorrected"), 1);
     assert_eq!(server_starts(&h, "a"), 2);
 }

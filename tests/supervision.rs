@@ -299,7 +299,7 @@ fn the_status_command_shows_the_table_and_json() {
     assert!(out.status.success(), "{out:?}");
     let header = text.lines().find(|l| l.starts_with("NAME")).unwrap();
     for column in [
-        "NAME", "ENGINE", "PORT", "PHASE", "READY", "PID", "RESTARTS", "UPTIME", "HEALTH", "MESSAGE",
+        "NAME", "ENGINE", "PORT", "PHASE", "READY", "PID", "RESTARTS", "UPTIME", "HEALTH", "ROLE", "MESSAGE",
     ] {
         assert!(header.contains(column), "{header}");
     }
@@ -318,6 +318,7 @@ fn the_status_command_shows_the_table_and_json() {
         ]
     );
     assert_eq!(words.get(8), Some(&"ok"), "{row}");
+    assert_eq!(words.get(9), Some(&"master"), "{row}");
 
     let out = h.cli(&["status", "--api", &api, "--json"]);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -139,6 +139,14 @@ pub struct Settings {
     pub password: Option<Secret>,
 }
 
+/// What a running server has of what a spec sets (see [`Engine::read_current`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Current {
+    pub config: BTreeMap<String, String>,
+    /// Whether exactly the passwords asked about are valid; `None` when not asked.
+    pub passwords_match: Option<bool>,
+}
+
 /// Whether a config key can change while the server runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mutability {
@@ -246,15 +254,17 @@ pub trait Engine: Send + Sync + 'static {
         value: &'a str,
     ) -> BoxFuture<'a, Result<SetOutcome, ClientError>>;
 
-    /// The current values of `keys` (a key the server does not know is left out).
-    fn config_get<'a>(
+    /// What the server runs with of what a spec sets, in one round trip: the values
+    /// of `keys` (a key the server does not know is left out) and, when `passwords`
+    /// is given (at most one: outside a grace period), whether the server's password
+    /// and `masterauth` are that one (or none).
+    /// (Its master is in every health probe, so it is not asked for again.)
+    fn read_current<'a>(
         &'a self,
         session: &'a mut Session,
         keys: &'a [&'a str],
-    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, ClientError>>;
-
-    /// The master the server replicates from, as it reports it (`None`: it is a master).
-    fn master<'a>(&'a self, session: &'a mut Session) -> BoxFuture<'a, Result<Option<ReplicaOf>, ClientError>>;
+        passwords: Option<&'a [Secret]>,
+    ) -> BoxFuture<'a, Result<Current, ClientError>>;
 
     /// Makes the server a replica of `master`, or a master when `None`, without a
     /// restart.
@@ -272,14 +282,6 @@ pub trait Engine: Send + Sync + 'static {
         session: &'a mut Session,
         passwords: &'a [Secret],
     ) -> BoxFuture<'a, Result<(), ClientError>>;
-
-    /// Whether exactly `passwords` are valid for clients, and the first one is what
-    /// the server authenticates to its master with.
-    fn passwords_are<'a>(
-        &'a self,
-        session: &'a mut Session,
-        passwords: &'a [Secret],
-    ) -> BoxFuture<'a, Result<bool, ClientError>>;
 }
 
 static REDIS: RedisEngine = RedisEngine;

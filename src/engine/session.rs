@@ -149,7 +149,7 @@ pub fn server_error_text(error: &redis::ServerError) -> String {
     }
 }
 
-/// How deep arrays may nest in a reply (`ACL GETUSER` nests two levels).
+/// How deep arrays may nest in a reply (`EXEC` nests the replies of a transaction).
 const MAX_NESTING: usize = 8;
 
 /// The length of the first complete RESP2 reply in `bytes`: `Ok(None)` while it is

@@ -7,13 +7,14 @@
 //! (version, port, restart epoch, limits) and what its rendered config file says it
 //! runs with now (the file is rewritten after every live change).
 
-use crate::engine::{Engine, Mutability, Settings};
+use crate::engine::{Engine, EngineKind, Mutability, Settings};
 use crate::record::InstanceRecord;
 use crate::spec::{InstanceSpec, ReplicaOf, Secret};
 
 /// What the live process runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Running {
+    pub engine: EngineKind,
     pub version: String,
     pub port: u16,
     pub restart_epoch: u64,
@@ -26,6 +27,7 @@ pub struct Running {
 impl Running {
     pub fn new(record: &InstanceRecord, settings: Option<Settings>) -> Running {
         Running {
+            engine: record.engine,
             version: record.version.clone(),
             port: record.port,
             restart_epoch: record.restart_epoch,
@@ -72,6 +74,9 @@ impl Changes {
 pub fn diff(engine: &dyn Engine, running: &Running, spec: &InstanceSpec) -> Changes {
     let mut changes = Changes::default();
     let restart = &mut changes.restart;
+    if running.engine != spec.engine {
+        restart.push(format!("engine {} → {}", running.engine, spec.engine));
+    }
     if running.version != spec.version {
         restart.push(format!("version {:?} → {:?}", running.version, spec.version));
     }
@@ -155,7 +160,7 @@ fn show<T: std::fmt::Display>(value: Option<T>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{self, EngineKind};
+    use crate::engine;
     use proptest::prelude::*;
 
     fn redis() -> &'static dyn Engine {
@@ -164,6 +169,7 @@ mod tests {
 
     fn running_as(spec: &InstanceSpec) -> Running {
         Running {
+            engine: spec.engine,
             version: spec.version.clone(),
             port: spec.port,
             restart_epoch: spec.restart_epoch,

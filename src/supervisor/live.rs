@@ -48,25 +48,54 @@ pub async fn apply(engine: &dyn Engine, session: &mut Session, changes: &Changes
     Ok(applied)
 }
 
-/// Compares what the server runs with to `settings` and sets back whatever differs:
-/// the live config keys, the master, and (when `passwords` is given) the passwords.
-/// Returns one event per difference found.
+/// What a drift check compares the server with.
+pub struct DriftCheck<'a> {
+    pub settings: &'a Settings,
+    /// The passwords that must be valid; `None` skips them (during a grace period
+    /// the server holds two on purpose).
+    pub passwords: Option<&'a [Secret]>,
+    /// The master the last health probe saw (`Some(None)`: a master), if that probe
+    /// came after the last change.
+    pub observed_master: Option<Option<String>>,
+}
+
+impl DriftCheck<'_> {
+    /// The config keys to compare: those the spec sets that can change live.
+    fn keys(&self, engine: &dyn Engine) -> Vec<&str> {
+        self.settings
+            .config
+            .keys()
+            .map(String::as_str)
+            .filter(|key| engine.mutability(key) == Mutability::Live)
+            .collect()
+    }
+
+    /// Whether the health probe saw another master than the spec's.
+    fn master_drifted(&self) -> bool {
+        let wanted = self.settings.replica_of.as_ref().map(ToString::to_string);
+        self.observed_master.as_ref().is_some_and(|seen| *seen != wanted)
+    }
+
+    /// Whether the check has to talk to the server at all.
+    pub fn needs_server(&self, engine: &dyn Engine) -> bool {
+        !self.keys(engine).is_empty() || self.passwords.is_some() || self.master_drifted()
+    }
+}
+
+/// Compares what the server runs with to the check's settings and sets back whatever
+/// differs: the live config keys, the master, and the passwords. Returns one event per
+/// difference found.
 pub async fn correct_drift(
     engine: &dyn Engine,
     session: &mut Session,
-    settings: &Settings,
-    passwords: Option<&[Secret]>,
+    check: &DriftCheck<'_>,
 ) -> Result<Vec<Event>, ClientError> {
     let mut events = Vec::new();
-    let keys: Vec<&str> = settings
-        .config
-        .keys()
-        .map(String::as_str)
-        .filter(|key| engine.mutability(key) == Mutability::Live)
-        .collect();
-    let current = engine.config_get(session, &keys).await?;
+    let (settings, passwords) = (check.settings, check.passwords);
+    let keys = check.keys(engine);
+    let current = engine.read_current(session, &keys, passwords).await?;
     for key in keys {
-        let (Some(wanted), Some(was)) = (settings.config.get(key), current.get(key)) else {
+        let (Some(wanted), Some(was)) = (settings.config.get(key), current.config.get(key)) else {
             continue;
         };
         if values_match(wanted, was) {
@@ -85,30 +114,62 @@ pub async fn correct_drift(
         }
     }
 
-    let master = engine.master(session).await?;
-    if master != settings.replica_of {
+    if check.master_drifted() {
         engine.set_master(session, settings.replica_of.as_ref()).await?;
-        let describe = |m: &Option<crate::spec::ReplicaOf>| match m {
+        let describe = |m: Option<String>| match m {
             Some(m) => format!("replica of {m}"),
             None => "master".to_string(),
         };
         events.push(Event::DriftCorrected {
             key: "replica_of".into(),
-            was: describe(&master),
-            now: describe(&settings.replica_of),
+            was: describe(check.observed_master.clone().flatten()),
+            now: describe(settings.replica_of.as_ref().map(ToString::to_string)),
         });
     }
 
-    if let Some(passwords) = passwords {
-        if !engine.passwords_are(session, passwords).await? {
-            engine.set_passwords(session, passwords).await?;
-            // Never the values: only that they were not the spec's.
-            events.push(Event::DriftCorrected {
-                key: "password".into(),
-                was: "not the spec's".into(),
-                now: "the spec's".into(),
-            });
-        }
+    if let (Some(passwords), Some(false)) = (passwords, current.passwords_match) {
+        engine.set_passwords(session, passwords).await?;
+        // Never the values: only that they were not the spec's.
+        events.push(Event::DriftCorrected {
+            key: "password".into(),
+            was: "not the spec's".into(),
+            now: "the spec's".into(),
+        });
     }
     Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{self, EngineKind};
+    use crate::spec::ReplicaOf;
+
+    #[test]
+    fn a_check_talks_to_the_server_only_when_there_is_something_to_compare() {
+        let redis = engine::for_kind(EngineKind::Redis).unwrap();
+        let mut settings = Settings::default();
+        let check = |settings: &Settings, seen: Option<Option<&str>>| {
+            let check = DriftCheck {
+                settings,
+                passwords: None,
+                observed_master: seen.map(|m| m.map(str::to_string)),
+            };
+            (check.needs_server(redis), check.master_drifted())
+        };
+        assert_eq!(check(&settings, None), (false, false));
+        assert_eq!(check(&settings, Some(None)), (false, false));
+        assert_eq!(check(&settings, Some(Some("10.0.0.1:6379"))), (true, true));
+        settings.replica_of = Some(ReplicaOf {
+            host: "10.0.0.1".into(),
+            port: 6379,
+        });
+        assert_eq!(check(&settings, Some(Some("10.0.0.1:6379"))), (false, false));
+        assert_eq!(check(&settings, Some(None)), (true, true));
+        // Keys that cannot change live are not compared.
+        settings.config.insert("databases".into(), "4".into());
+        assert_eq!(check(&settings, None), (false, false));
+        settings.config.insert("hz".into(), "20".into());
+        assert_eq!(check(&settings, None), (true, false));
+    }
 }

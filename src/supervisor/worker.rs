@@ -135,6 +135,12 @@ pub struct Worker {
     next_drift_check: Option<Instant>,
     /// Why the last drift check could not talk to the server (logged once).
     drift_failure: Option<String>,
+    /// Keys whose drift could not be set back, already reported for this process.
+    uncorrected: std::collections::BTreeSet<String>,
+    /// When the agent last changed the process (started, adopted, reconfigured it),
+    /// in milliseconds since the Unix epoch: a health probe from before says nothing
+    /// about what it runs with now.
+    changed_at_ms: u64,
 }
 
 impl Worker {
@@ -181,6 +187,8 @@ impl Worker {
             grace: None,
             next_drift_check: None,
             drift_failure: None,
+            uncorrected: Default::default(),
+            changed_at_ms: 0,
         }
     }
 
@@ -386,11 +394,20 @@ impl Worker {
             blocking("verify the recorded process", move || Process::adopt(&record, &boot_id)).await
         };
         match adoption {
-            Ok(Adoption::Adopted(process)) => {
+            Ok(Adoption::Adopted(mut process)) => {
+                // A process that runs exactly the declared spec runs its epoch and
+                // limits too (records written before they were recorded lack them).
+                if let Some(spec) = spec.filter(|s| s.config_hash() == record.config_hash) {
+                    let record = process.record_mut();
+                    record.restart_epoch = spec.restart_epoch;
+                    record.nofile = spec.limits.nofile;
+                    record.oom_score_adj = spec.limits.oom_score_adj;
+                }
                 self.emit(Event::Adopted {
                     pid: process.pid(),
                     running_for: process.running_for(),
                 });
+                self.changed_at_ms = unix_now_millis();
                 self.running_settings = self.rendered_settings(&process).await;
                 let declared = spec.and_then(|s| s.password.clone());
                 self.auth = self
@@ -719,6 +736,8 @@ impl Worker {
         self.grace = None;
         self.next_drift_check = None;
         self.drift_failure = None;
+        self.uncorrected.clear();
+        self.changed_at_ms = unix_now_millis();
     }
 
     /// The worker's connection to the live process, opened (and the process
@@ -766,7 +785,10 @@ impl Worker {
             return;
         }
         let config_hash = spec.config_hash();
-        match self.apply_live(spec, &changes).await {
+        self.changed_at_ms = unix_now_millis();
+        let result = self.apply_live(spec, &changes).await;
+        self.changed_at_ms = unix_now_millis();
+        match result {
             Err(error) => {
                 self.admin = None;
                 self.emit(Event::ReconfigureFailed { error });
@@ -910,14 +932,17 @@ impl Worker {
                 self.end_grace().await;
             }
         }
-        let interval = self.ctx.config.monitoring.drift_interval;
+        // Drift checks keep the monitors' beat: the runtime wakes once for all
+        // instances rather than once per instance.
+        let (origin, interval) = (self.ctx.monitor.origin, self.ctx.config.monitoring.drift_interval);
+        let next_beat = || crate::monitor::next_beat(origin, interval);
         match self.next_drift_check {
             Some(at) if at <= now => {
                 self.check_drift(spec).await;
-                self.next_drift_check = Some(Instant::now() + interval);
+                self.next_drift_check = Some(next_beat());
             }
             Some(_) => {}
-            None => self.next_drift_check = Some(now + interval),
+            None => self.next_drift_check = Some(next_beat()),
         }
         let grace_end = self.grace.as_ref().map(|g| {
             // Not earlier than a second from now: a failed end is retried, not spun on.
@@ -954,16 +979,48 @@ impl Worker {
         let settings = engine.settings(spec);
         // During a grace period the server holds two passwords on purpose.
         let passwords: Option<Vec<Secret>> = self.grace.is_none().then(|| self.auth.iter().cloned().collect());
+        // The master is in every health probe: the last one tells, if it came after
+        // the agent last changed the process.
+        let observed_master = self
+            .ctx
+            .board
+            .health(&self.name)
+            .filter(|h| h.checked_at_ms > self.changed_at_ms)
+            .and_then(|h| match h.observed_role? {
+                engine::ObservedRole::Master => Some(None),
+                engine::ObservedRole::Replica => Some(h.replication?.master),
+            });
+        let check = live::DriftCheck {
+            settings: &settings,
+            passwords: passwords.as_deref(),
+            observed_master,
+        };
+        if !check.needs_server(engine) {
+            return;
+        }
         let result = match self.admin_session().await {
-            Ok((engine, session)) => live::correct_drift(engine, session, &settings, passwords.as_deref()).await,
+            Ok((engine, session)) => live::correct_drift(engine, session, &check).await,
             Err(e) => Err(e),
         };
+        if matches!(&result, Ok(events) if events.iter().any(|e| matches!(e, Event::DriftCorrected { key, .. } if key == "replica_of")))
+        {
+            self.changed_at_ms = unix_now_millis();
+        }
         match result {
             Ok(events) => {
                 if self.drift_failure.take().is_some() {
                     tracing::info!(instance = %self.name, "Drift check works again.");
                 }
                 for event in events {
+                    // A value the server keeps refusing is reported once, not every
+                    // cycle, until it is corrected or the process changes.
+                    match &event {
+                        Event::DriftUncorrected { key, .. } if !self.uncorrected.insert(key.clone()) => continue,
+                        Event::DriftCorrected { key, .. } => {
+                            self.uncorrected.remove(key);
+                        }
+                        _ => {}
+                    }
                     self.emit(event);
                 }
             }
