@@ -174,6 +174,9 @@ const GAUGES: &[(&str, &str, Field)] = &[
     ("redis_db_size_bytes", "db_size (Pika: bytes on disk)", |s| {
         s.disk_used_bytes.map(|v| v as f64)
     }),
+    ("pika_compaction_in_progress", "is_compact (Pika)", |s| {
+        flag(s.compaction_in_progress)
+    }),
 ];
 
 /// INFO fields exported as counters; the names get `_total`.
@@ -624,5 +627,52 @@ impl Snapshot {
             MetricType::Gauge,
             sample.findings.iter().map(|f| ([("code", f.code)], 1u32)),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observations::InstanceMetrics;
+
+    /// A Pika instance's sample, from a real Pika's INFO, exported under the common
+    /// names and Pika's own.
+    #[test]
+    fn a_pika_sample_maps_onto_the_common_names_and_its_own() {
+        let reply = include_str!("../tests/fixtures/pika/info-master.txt").replace('\n', "\r\n");
+        let board = StatusBoard::default();
+        let mut spec = crate::spec::InstanceSpec::example("p", 9221);
+        spec.engine = crate::engine::EngineKind::Pika;
+        board.publish(crate::status::InstanceStatus::pending("p", &spec));
+        let observations = Observations::default();
+        observations.set_instance(
+            "p",
+            InstanceMetrics {
+                sampled_at_ms: 1,
+                server: crate::engine::pika_stats(reply.as_bytes()),
+                process: None,
+                engine: crate::engine::EngineKind::Pika,
+                info_reply: reply.into_bytes(),
+            },
+        );
+        let text = render(&registry(
+            board,
+            observations,
+            &std::sync::Arc::new(Telemetry::default()),
+        ));
+        for line in [
+            "redis_db_size_bytes{name=\"p\"} ",
+            "pika_compaction_in_progress{name=\"p\"} 0",
+            "redis_connected_clients{name=\"p\"} ",
+            "redis_commands_processed_total{name=\"p\"} ",
+            "redis_net_input_bytes_total{name=\"p\"} ",
+        ] {
+            assert!(text.lines().any(|l| l.starts_with(line)), "no {line:?} in:\n{text}");
+        }
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("redis_instance_info{") && l.contains("role=\"master\"")),
+            "{text}"
+        );
     }
 }

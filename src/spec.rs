@@ -200,7 +200,7 @@ impl InstanceSpec {
         if c.problems.len() > before {
             return None;
         }
-        Some(InstanceSpec {
+        let spec = InstanceSpec {
             name: name?,
             engine: engine?,
             version: version?,
@@ -214,7 +214,16 @@ impl InstanceSpec {
             password_grace,
             config,
             limits,
-        })
+        };
+        // What only the engine knows (Pika's ports and open files, for one).
+        let hard_limit = crate::sys::nofile_limits().map_or(u64::MAX, |(_, hard)| hard);
+        for (field, message) in engine::for_kind(spec.engine)?.spec_problems(&spec, hard_limit) {
+            let path = field
+                .split('.')
+                .fold(path.to_string(), |p, part| crate::problem::join(&p, part));
+            c.problem(path, message);
+        }
+        (c.problems.len() == before).then_some(spec)
     }
 
     /// A hash of everything in the spec that the running process depends on. A process
@@ -562,7 +571,7 @@ pub(crate) mod tests {
 
     pub fn test_config() -> AgentConfig {
         let doc = parse_toml(
-            "node_id = \"n\"\n[engines.redis.versions]\n\"7.0\" = \"/bin/sh\"\n\"7.2\" = \"/bin/sh\"\n",
+            "node_id = \"n\"\n[engines.redis.versions]\n\"7.0\" = \"/bin/sh\"\n\"7.2\" = \"/bin/sh\"\n[engines.pika.versions]\n\"4.0\" = \"/bin/sh\"\n",
             "agent.toml",
         )
         .unwrap();

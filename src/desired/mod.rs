@@ -119,7 +119,8 @@ impl DesiredState {
 pub fn check_set(instances: &[Declared], config: &AgentConfig) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut names: BTreeMap<&str, String> = BTreeMap::new();
-    let mut ports: BTreeMap<u16, (&str, String)> = BTreeMap::new();
+    // Each port taken so far: by which instance (its origin, engine and main port).
+    let mut ports: BTreeMap<u16, (&str, String, engine::EngineKind, u16)> = BTreeMap::new();
     let api_port = config.api.listen.port();
     for declared in instances {
         let spec = &declared.spec;
@@ -142,18 +143,23 @@ pub fn check_set(instances: &[Declared], config: &AgentConfig) -> Vec<Problem> {
             if port == api_port && api_port != 0 {
                 problem("port", format!("{port} is the agent's own API port ([api] listen)"));
             }
-            if let Some((other, origin)) = ports.get(&port) {
+            if let Some((other, origin, other_engine, other_port)) = ports.get(&port) {
                 let what = if port == spec.port {
                     format!("{port}")
                 } else {
-                    format!("{port} (used by a {} instance on {})", spec.engine, spec.port)
+                    format!(
+                        "{port} (a {} instance on {} also listens on it)",
+                        spec.engine, spec.port
+                    )
                 };
-                problem(
-                    "port",
-                    format!("{what} is already used by instance {other:?} ({origin})"),
-                );
+                let by = if port == *other_port {
+                    format!("instance {other:?} ({origin})")
+                } else {
+                    format!("instance {other:?}, a {other_engine} instance on {other_port} that also listens on it ({origin})")
+                };
+                problem("port", format!("{what} is already used by {by}"));
             } else {
-                ports.insert(port, (&spec.name, origin.clone()));
+                ports.insert(port, (&spec.name, origin.clone(), spec.engine, spec.port));
             }
         }
     }
@@ -209,6 +215,42 @@ mod tests {
             [format!(
                 "{manifest}: name: \"a\" is already declared in controller document generation 4 instances[1]"
             )]
+        );
+    }
+
+    /// The problems of a document of `(name, engine, port)` specs.
+    fn port_problems(specs: &[(&str, &str, u16)]) -> Vec<String> {
+        let instances: Vec<String> = specs
+            .iter()
+            .map(|(name, engine, port)| match *engine {
+                "pika" => format!(
+                    r#"{{"name": "{name}", "engine": "pika", "port": {port}, "config": {{"maxclients": 100}}}}"#
+                ),
+                _ => format!(r#"{{"name": "{name}", "engine": "{engine}", "port": {port}, "version": "7.0"}}"#),
+            })
+            .collect();
+        let body = format!(r#"{{"generation": 1, "instances": [{}]}}"#, instances.join(", "));
+        match parse_document(body.as_bytes(), DocumentSource::Controller, &test_config()) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems.iter().map(|p| format!("{}: {}", p.field, p.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn pika_reserves_three_ports_and_overlaps_are_named_both_ways() {
+        assert_eq!(
+            port_problems(&[("p", "pika", 9221), ("r", "redis", 11221)]),
+            ["instances[1].port: 11221 is already used by instance \"p\", a pika instance on 9221 that also listens on it (controller document generation 1 instances[0])"]
+        );
+        assert_eq!(
+            port_problems(&[("r", "redis", 19222), ("p", "pika", 9221)]),
+            ["instances[1].port: 19222 (a pika instance on 9221 also listens on it) is already used by instance \"r\" (controller document generation 1 instances[0])"]
+        );
+        assert!(port_problems(&[("p", "pika", 9221), ("q", "pika", 9222), ("r", "redis", 11220)]).is_empty());
+        assert_eq!(
+            port_problems(&[("p", "pika", 9221), ("q", "pika", 11221)]).len(),
+            1,
+            "q's own port is p's replication port"
         );
     }
 }

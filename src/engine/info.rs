@@ -303,6 +303,14 @@ fn map_pika(s: &mut ServerStats, key: &str, v: &str) -> bool {
                 _ => None,
             },
         ),
+        "is_compact" => typed(
+            &mut s.compaction_in_progress,
+            match v {
+                "Yes" => Some(true),
+                "No" => Some(false),
+                _ => None,
+            },
+        ),
         "role" => typed(
             &mut s.role,
             match v {
@@ -580,6 +588,7 @@ mod tests {
         "aof_last_write_status",
         "db_size",
         "is_bgsaving",
+        "is_compact",
         "role",
         "master_host",
         "master_port",

@@ -8,6 +8,8 @@
 
 mod client;
 pub mod info;
+mod pika;
+mod pika_config;
 mod redis;
 mod redis_defaults;
 mod session;
@@ -15,6 +17,7 @@ mod stats;
 
 pub use client::{ClientError, Connection, Target};
 pub use info::{pika_stats, redis_stats, redis_stats_typed};
+pub use pika::PikaEngine;
 pub use redis::RedisEngine;
 pub use session::Session;
 pub use stats::{DbKeys, ObservedRole, ReplicaLink, ServerStats};
@@ -169,20 +172,20 @@ pub enum SetOutcome {
 /// Servers normalise what they are given: case (`ALLKEYS-LRU`), sizes (`1mb` reads
 /// back as `1048576`), and lists that a partial value extends
 /// (`client-output-buffer-limit "normal 0 0 0"` reads back with every class). So the
-/// words of `wanted`, each lower-cased and with sizes in bytes, must appear as one run
-/// in the words of `got`.
-pub fn values_match(wanted: &str, got: &str) -> bool {
-    fn words(text: &str) -> Vec<String> {
+/// words of `wanted`, each lower-cased and with sizes in bytes (as `size` reads them),
+/// must appear as one run in the words of `got`.
+pub fn values_match(wanted: &str, got: &str, size: fn(&str) -> Option<u64>) -> bool {
+    let words = |text: &str| -> Vec<String> {
         text.split_whitespace()
             .map(|word| {
                 let lower = word.to_ascii_lowercase();
-                match crate::units::parse_size(&lower) {
-                    Ok(bytes) if lower.starts_with(|c: char| c.is_ascii_digit()) => bytes.to_string(),
+                match size(&lower) {
+                    Some(bytes) if lower.starts_with(|c: char| c.is_ascii_digit()) => bytes.to_string(),
                     _ => lower,
                 }
             })
             .collect()
-    }
+    };
     let (wanted, got) = (words(wanted), words(got));
     if wanted.is_empty() || got.is_empty() {
         return wanted.is_empty() && got.is_empty();
@@ -193,6 +196,47 @@ pub fn values_match(wanted: &str, got: &str) -> bool {
 /// One server family.
 pub trait Engine: Send + Sync + 'static {
     fn kind(&self) -> EngineKind;
+
+    /// Problems of a spec that only this engine knows, as `(field, message)`;
+    /// `nofile_hard_limit` is the agent's own hard limit of open files, which a child
+    /// cannot exceed.
+    fn spec_problems(&self, spec: &InstanceSpec, nofile_hard_limit: u64) -> Vec<(String, String)> {
+        let _ = (spec, nofile_hard_limit);
+        Vec::new()
+    }
+
+    /// The shortest stop timeout that does not cut a healthy, stopping server short.
+    fn min_stop_timeout(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
+    /// `RLIMIT_NOFILE` for the server's process; `None` keeps the agent's.
+    fn child_nofile(&self, spec: &InstanceSpec) -> Option<u64> {
+        spec.limits.nofile
+    }
+
+    /// Whether `seen`, the master as the server reports it (`host:port`), is `wanted`.
+    fn is_master(&self, wanted: &ReplicaOf, seen: &str) -> bool {
+        wanted.to_string() == seen
+    }
+
+    /// Whether `got`, as `CONFIG GET` reads it, is the value `wanted` a spec sets.
+    fn same_value(&self, wanted: &str, got: &str) -> bool {
+        values_match(wanted, got, |w| crate::units::parse_size(w).ok())
+    }
+
+    /// Directories inside the instance's data directory that the server expects to
+    /// exist (the agent creates them before a start).
+    fn data_dirs(&self, layout: &Layout) -> Vec<PathBuf> {
+        let _ = layout;
+        Vec::new()
+    }
+
+    /// What a password grace period means for this engine, when it is not simply
+    /// "both passwords work".
+    fn password_grace_note(&self) -> Option<&'static str> {
+        None
+    }
 
     /// File name of the rendered config inside the instance directory.
     fn config_file_name(&self) -> &'static str;
@@ -285,12 +329,13 @@ pub trait Engine: Send + Sync + 'static {
 }
 
 static REDIS: RedisEngine = RedisEngine;
+static PIKA: PikaEngine = PikaEngine;
 
 /// The engine for `kind`, if this build supports it.
 pub fn for_kind(kind: EngineKind) -> Option<&'static dyn Engine> {
     match kind {
         EngineKind::Redis => Some(&REDIS),
-        EngineKind::Pika => None,
+        EngineKind::Pika => Some(&PIKA),
     }
 }
 
@@ -308,7 +353,9 @@ pub fn layout(engine: &dyn Engine, instances_dir: &Path, log_dir: &Path, name: &
 
 #[cfg(test)]
 mod tests {
-    use super::values_match;
+    fn values_match(wanted: &str, got: &str) -> bool {
+        super::values_match(wanted, got, |w| crate::units::parse_size(w).ok())
+    }
 
     #[test]
     fn values_match_the_way_servers_read_them_back() {

@@ -192,24 +192,7 @@ impl Engine for RedisEngine {
     }
 
     fn probe<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Readiness> {
-        Box::pin(async move {
-            let mut conn = match Connection::open(target).await {
-                Ok(conn) => conn,
-                Err(e) if e.is_loading() => return Readiness::Starting("loading the dataset".into()),
-                Err(e) => return Readiness::Unreachable(e.to_string()),
-            };
-            match conn.call("PING", &[]).await {
-                Ok(reply) if as_text(&reply).as_deref() == Some("PONG") => {}
-                Ok(other) => return Readiness::Unreachable(format!("PING answered {other:?} instead of PONG")),
-                Err(e) if e.is_loading() => return Readiness::Starting("loading the dataset".into()),
-                Err(e) => return Readiness::Unreachable(e.to_string()),
-            }
-            // A PONG proves only that *something* answers on the port.
-            match conn.verify_pid(target.pid).await {
-                Ok(()) => Readiness::Ready,
-                Err(e) => Readiness::Unreachable(e.to_string()),
-            }
-        })
+        Box::pin(super::client::ping_readiness(target))
     }
 
     fn host_needs(&self, spec: &InstanceSpec) -> HostNeeds {
@@ -231,13 +214,7 @@ impl Engine for RedisEngine {
     }
 
     fn verify_pid<'a>(&'a self, session: &'a mut Session, pid: u32) -> BoxFuture<'a, Result<(), ClientError>> {
-        Box::pin(async move {
-            let mut info = redis::cmd("INFO");
-            info.arg("server");
-            let reply = session.pipeline("INFO", &[info]).await?;
-            let reply = reply.first().unwrap_or(&Value::Nil);
-            super::client::check_process_id(session.addr(), reply, pid)
-        })
+        Box::pin(session.verify_pid(pid))
     }
 
     fn sample<'a>(&'a self, session: &'a mut Session, depth: Depth) -> BoxFuture<'a, Result<Sample, ClientError>> {
@@ -323,22 +300,7 @@ impl Engine for RedisEngine {
         key: &'a str,
         value: &'a str,
     ) -> BoxFuture<'a, Result<SetOutcome, ClientError>> {
-        Box::pin(async move {
-            let mut set = redis::cmd("CONFIG");
-            set.arg("SET").arg(key).arg(value);
-            let mut get = redis::cmd("CONFIG");
-            get.arg("GET").arg(key);
-            let replies = session.pipeline("CONFIG SET", &[set, get]).await?;
-            match replies.as_slice() {
-                [Value::ServerError(error), _] => Ok(SetOutcome::Refused {
-                    reason: server_error_text(error),
-                }),
-                [_, got] => Ok(SetOutcome::Applied {
-                    now: config_values(got).remove(key).unwrap_or_default(),
-                }),
-                _ => Err(session.unexpected("CONFIG SET", "not two replies".into())),
-            }
-        })
+        Box::pin(set_and_read_back(session, key, value))
     }
 
     fn read_current<'a>(
@@ -348,43 +310,23 @@ impl Engine for RedisEngine {
         passwords: Option<&'a [Secret]>,
     ) -> BoxFuture<'a, Result<Current, ClientError>> {
         Box::pin(async move {
-            // One CONFIG GET per key (Redis before 7.0 takes one key at a time), then
-            // the passwords: one pipeline, one round trip.
-            let mut commands: Vec<redis::Cmd> = keys
-                .iter()
-                .map(|key| {
-                    let mut get = redis::cmd("CONFIG");
-                    get.arg("GET").arg(*key);
-                    get
-                })
-                .collect();
-            if passwords.is_some() {
-                // `ACL GETUSER` would list every password, but costs the server 0.3 ms
-                // per call; `requirepass` (set with every change of passwords) costs 8 µs.
-                for key in ["requirepass", "masterauth"] {
-                    let mut get = redis::cmd("CONFIG");
-                    get.arg("GET").arg(key);
-                    commands.push(get);
-                }
-            }
-            let replies = session.pipeline("CONFIG GET", &commands).await?;
-            if replies.len() != commands.len() {
-                return Err(session.unexpected("CONFIG GET", "too few replies".into()));
-            }
-            if let Some(Value::ServerError(error)) = replies.iter().find(|r| matches!(r, Value::ServerError(_))) {
-                return Err(session.unexpected("CONFIG GET", server_error_text(error)));
-            }
-            let mut current = Current::default();
-            for reply in &replies[..keys.len()] {
-                current.config.extend(config_values(reply));
-            }
-            if let (Some(passwords), [requirepass, masterauth]) = (passwords, &replies[keys.len()..]) {
+            // `ACL GETUSER` would list every password, but costs the server 0.3 ms per
+            // call; `requirepass` (set with every change of passwords) costs 8 µs.
+            let password_keys: &[&str] = if passwords.is_some() {
+                &["requirepass", "masterauth"]
+            } else {
+                &[]
+            };
+            let (config, extra) = config_get_all(session, keys, password_keys).await?;
+            let mut current = Current {
+                config,
+                ..Current::default()
+            };
+            if let Some(passwords) = passwords {
                 let first = passwords.first().map_or("", Secret::expose);
-                let is_first =
-                    |reply: &Value, key: &str| config_values(reply).get(key).map(String::as_str) == Some(first);
-                current.passwords_match = Some(
-                    passwords.len() <= 1 && is_first(requirepass, "requirepass") && is_first(masterauth, "masterauth"),
-                );
+                let is_first = |key: &str| extra.get(key).map(String::as_str) == Some(first);
+                current.passwords_match =
+                    Some(passwords.len() <= 1 && is_first("requirepass") && is_first("masterauth"));
             }
             Ok(current)
         })
@@ -395,15 +337,7 @@ impl Engine for RedisEngine {
         session: &'a mut Session,
         master: Option<&'a ReplicaOf>,
     ) -> BoxFuture<'a, Result<(), ClientError>> {
-        Box::pin(async move {
-            let mut command = redis::cmd("REPLICAOF");
-            match master {
-                Some(master) => command.arg(&master.host).arg(master.port),
-                None => command.arg("NO").arg("ONE"),
-            };
-            let reply = session.pipeline("REPLICAOF", &[command]).await?;
-            expect_ok(session, "REPLICAOF", reply)
-        })
+        Box::pin(replicate(session, "REPLICAOF", master))
     }
 
     fn set_passwords<'a>(
@@ -451,9 +385,80 @@ impl Engine for RedisEngine {
     }
 }
 
+/// `CONFIG SET key value`, then `CONFIG GET key`, pipelined (Redis and Pika alike).
+pub(super) async fn set_and_read_back(
+    session: &mut Session,
+    key: &str,
+    value: &str,
+) -> Result<SetOutcome, ClientError> {
+    let mut set = redis::cmd("CONFIG");
+    set.arg("SET").arg(key).arg(value);
+    let mut get = redis::cmd("CONFIG");
+    get.arg("GET").arg(key);
+    let replies = session.pipeline("CONFIG SET", &[set, get]).await?;
+    match replies.as_slice() {
+        [Value::ServerError(error), _] => Ok(SetOutcome::Refused {
+            reason: server_error_text(error),
+        }),
+        [_, got] => Ok(SetOutcome::Applied {
+            now: config_values(got).remove(key).unwrap_or_default(),
+        }),
+        _ => Err(session.unexpected("CONFIG SET", "not two replies".into())),
+    }
+}
+
+/// `CONFIG GET key`.
+fn config_get(key: &str) -> redis::Cmd {
+    let mut get = redis::cmd("CONFIG");
+    get.arg("GET").arg(key);
+    get
+}
+
+/// The values of `keys` and of `extra`, each read with its own `CONFIG GET` (Redis
+/// before 7.0 and Pika take one key at a time), pipelined: one round trip.
+pub(super) async fn config_get_all(
+    session: &mut Session,
+    keys: &[&str],
+    extra: &[&str],
+) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>), ClientError> {
+    let commands: Vec<redis::Cmd> = keys.iter().chain(extra).map(|key| config_get(key)).collect();
+    let replies = session.pipeline("CONFIG GET", &commands).await?;
+    if replies.len() != commands.len() {
+        return Err(session.unexpected("CONFIG GET", "too few replies".into()));
+    }
+    if let Some(Value::ServerError(error)) = replies.iter().find(|r| matches!(r, Value::ServerError(_))) {
+        return Err(session.unexpected("CONFIG GET", server_error_text(error)));
+    }
+    let (mut config, mut rest) = (BTreeMap::new(), BTreeMap::new());
+    for (i, reply) in replies.iter().enumerate() {
+        if i < keys.len() {
+            config.extend(config_values(reply));
+        } else {
+            rest.extend(config_values(reply));
+        }
+    }
+    Ok((config, rest))
+}
+
+/// Makes the server a replica of `master` (a master when `None`) with `command`
+/// (`REPLICAOF`, or Pika's `SLAVEOF`).
+pub(super) async fn replicate(
+    session: &mut Session,
+    command: &'static str,
+    master: Option<&ReplicaOf>,
+) -> Result<(), ClientError> {
+    let mut cmd = redis::cmd(command);
+    match master {
+        Some(master) => cmd.arg(&master.host).arg(master.port),
+        None => cmd.arg("NO").arg("ONE"),
+    };
+    let reply = session.pipeline(command, &[cmd]).await?;
+    expect_ok(session, command, reply)
+}
+
 /// The `key → value` pairs of a `CONFIG GET` reply (a flat array in RESP2, a map in
 /// RESP3).
-fn config_values(reply: &Value) -> BTreeMap<String, String> {
+pub(super) fn config_values(reply: &Value) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     match reply {
         Value::Array(items) => {
@@ -476,7 +481,7 @@ fn config_values(reply: &Value) -> BTreeMap<String, String> {
 }
 
 /// `+OK`, or the error the server answered.
-fn expect_ok(session: &Session, command: &'static str, reply: Vec<Value>) -> Result<(), ClientError> {
+pub(super) fn expect_ok(session: &Session, command: &'static str, reply: Vec<Value>) -> Result<(), ClientError> {
     match reply.first() {
         Some(Value::Okay) => Ok(()),
         Some(Value::SimpleString(s)) if s.starts_with("OK") => Ok(()),

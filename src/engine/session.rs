@@ -136,6 +136,16 @@ impl Session {
         }
     }
 
+    /// Checks that the server is process `pid` (`INFO server` → `process_id`; Redis and
+    /// Pika alike).
+    pub async fn verify_pid(&mut self, pid: u32) -> Result<(), ClientError> {
+        let mut info = redis::cmd("INFO");
+        info.arg("server");
+        let reply = self.pipeline("INFO", &[info]).await?;
+        let reply = reply.first().unwrap_or(&Value::Nil);
+        super::client::check_process_id(self.addr, reply, pid)
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

@@ -80,6 +80,8 @@ pub struct ServerStats {
     pub aof_last_write_ok: Option<bool>,
     /// Bytes on disk (Pika's `db_size`).
     pub disk_used_bytes: Option<u64>,
+    /// A manual or scheduled compaction is running (Pika's `is_compact`).
+    pub compaction_in_progress: Option<bool>,
     // Replication.
     pub role: Option<ObservedRole>,
     pub master_host: Option<String>,

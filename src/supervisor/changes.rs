@@ -90,12 +90,9 @@ pub fn diff(engine: &dyn Engine, running: &Running, spec: &InstanceSpec) -> Chan
         ));
     }
     changes.restart_epoch_lowered = spec.restart_epoch < running.restart_epoch;
-    if running.nofile != spec.limits.nofile {
-        restart.push(format!(
-            "limits.nofile {} → {}",
-            show(running.nofile),
-            show(spec.limits.nofile)
-        ));
+    let nofile = engine.child_nofile(spec);
+    if running.nofile != nofile {
+        restart.push(format!("open files {} → {}", show(running.nofile), show(nofile)));
     }
     if running.oom_score_adj != spec.limits.oom_score_adj {
         restart.push(format!(
@@ -173,7 +170,7 @@ mod tests {
             version: spec.version.clone(),
             port: spec.port,
             restart_epoch: spec.restart_epoch,
-            nofile: spec.limits.nofile,
+            nofile: redis().child_nofile(spec),
             oom_score_adj: spec.limits.oom_score_adj,
             settings: Some(redis().settings(spec)),
         }
@@ -238,7 +235,7 @@ mod tests {
                 "version \"7.0\" → \"7.2\"",
                 "port 7000 → 7001",
                 "restart_epoch 0 → 1",
-                "limits.nofile unset → 4096"
+                "open files unset → 4096"
             ]
         );
 

@@ -4,7 +4,7 @@
 //! that means for the instance (events, the record, the rendered file, a restart).
 
 use super::changes::Changes;
-use crate::engine::{values_match, ClientError, Engine, Mutability, Session, SetOutcome, Settings};
+use crate::engine::{ClientError, Engine, Mutability, Session, SetOutcome, Settings};
 use crate::events::Event;
 use crate::spec::Secret;
 
@@ -26,7 +26,7 @@ pub async fn apply(engine: &dyn Engine, session: &mut Session, changes: &Changes
     for (key, value) in &changes.config {
         match engine.config_set(session, key, value).await? {
             SetOutcome::Applied { now } => {
-                if !values_match(value, &now) {
+                if !engine.same_value(value, &now) {
                     applied.events.push(Event::ConfigUnverified {
                         key: key.clone(),
                         wanted: value.clone(),
@@ -71,14 +71,18 @@ impl DriftCheck<'_> {
     }
 
     /// Whether the health probe saw another master than the spec's.
-    fn master_drifted(&self) -> bool {
-        let wanted = self.settings.replica_of.as_ref().map(ToString::to_string);
-        self.observed_master.as_ref().is_some_and(|seen| *seen != wanted)
+    fn master_drifted(&self, engine: &dyn Engine) -> bool {
+        match (&self.observed_master, &self.settings.replica_of) {
+            (None, _) => false,
+            (Some(None), wanted) => wanted.is_some(),
+            (Some(Some(_)), None) => true,
+            (Some(Some(seen)), Some(wanted)) => !engine.is_master(wanted, seen),
+        }
     }
 
     /// Whether the check has to talk to the server at all.
     pub fn needs_server(&self, engine: &dyn Engine) -> bool {
-        !self.keys(engine).is_empty() || self.passwords.is_some() || self.master_drifted()
+        !self.keys(engine).is_empty() || self.passwords.is_some() || self.master_drifted(engine)
     }
 }
 
@@ -98,7 +102,7 @@ pub async fn correct_drift(
         let (Some(wanted), Some(was)) = (settings.config.get(key), current.config.get(key)) else {
             continue;
         };
-        if values_match(wanted, was) {
+        if engine.same_value(wanted, was) {
             continue;
         }
         match engine.config_set(session, key, wanted).await? {
@@ -114,7 +118,7 @@ pub async fn correct_drift(
         }
     }
 
-    if check.master_drifted() {
+    if check.master_drifted(engine) {
         engine.set_master(session, settings.replica_of.as_ref()).await?;
         let describe = |m: Option<String>| match m {
             Some(m) => format!("replica of {m}"),
@@ -155,7 +159,7 @@ mod tests {
                 passwords: None,
                 observed_master: seen.map(|m| m.map(str::to_string)),
             };
-            (check.needs_server(redis), check.master_drifted())
+            (check.needs_server(redis), check.master_drifted(redis))
         };
         assert_eq!(check(&settings, None), (false, false));
         assert_eq!(check(&settings, Some(None)), (false, false));

@@ -398,9 +398,10 @@ impl Worker {
                 // A process that runs exactly the declared spec runs its epoch and
                 // limits too (records written before they were recorded lack them).
                 if let Some(spec) = spec.filter(|s| s.config_hash() == record.config_hash) {
+                    let nofile = engine::for_kind(spec.engine).and_then(|e| e.child_nofile(spec));
                     let record = process.record_mut();
                     record.restart_epoch = spec.restart_epoch;
-                    record.nofile = spec.limits.nofile;
+                    record.nofile = nofile;
                     record.oom_score_adj = spec.limits.oom_score_adj;
                 }
                 self.emit(Event::Adopted {
@@ -547,9 +548,9 @@ impl Worker {
         );
         let rendered = engine.render_config(spec, &layout);
         let prepared = {
-            let layout = layout.clone();
+            let (layout, dirs) = (layout.clone(), engine.data_dirs(&layout));
             blocking("prepare the instance's files", move || {
-                prepare_files(&layout, &rendered)
+                prepare_files(&layout, &dirs, &rendered)
             })
             .await
         };
@@ -574,7 +575,7 @@ impl Worker {
             version: spec.version.clone(),
             port: spec.port,
             restart_epoch: spec.restart_epoch,
-            nofile: spec.limits.nofile,
+            nofile: engine.child_nofile(spec),
             oom_score_adj: spec.limits.oom_score_adj,
             password_grace_until_ms: None,
             stopping: false,
@@ -585,7 +586,7 @@ impl Worker {
             working_dir: &layout.data_dir,
             log_file: &layout.log_file,
             setup: ChildSetup {
-                nofile: spec.limits.nofile,
+                nofile: engine.child_nofile(spec),
                 oom_score_adj: spec.limits.oom_score_adj,
             },
         };
@@ -889,8 +890,9 @@ impl Worker {
             &config.instances.bind,
         );
         let rendered = engine.render_config(spec, &layout);
+        let dirs = engine.data_dirs(&layout);
         blocking("rewrite the instance's config", move || {
-            prepare_files(&layout, &rendered)
+            prepare_files(&layout, &dirs, &rendered)
         })
         .await??;
         let (hash, epoch) = (config_hash.to_string(), spec.restart_epoch);
@@ -1059,12 +1061,13 @@ impl Worker {
         };
         let began = Instant::now();
         let pid = process.pid();
+        let engine: Option<&dyn Engine> = engine::for_kind(process.record().engine);
         let timeout = spec
             .and_then(|s| s.stop_timeout)
-            .unwrap_or(self.ctx.config.instances.stop_timeout);
+            .unwrap_or(self.ctx.config.instances.stop_timeout)
+            .max(engine.map_or(Duration::ZERO, |e| e.min_stop_timeout()));
         let deadline = began + timeout;
         let target = self.target(&process);
-        let engine: Option<&dyn Engine> = engine::for_kind(process.record().engine);
         self.stopping = Some(Stopping {
             pid,
             port: process.record().port,
@@ -1334,8 +1337,14 @@ impl Worker {
             Phase::Running => {
                 let grace = self.grace.as_ref().map(|g| {
                     let until = std::time::UNIX_EPOCH + Duration::from_millis(g.until_ms);
+                    let note = self
+                        .process
+                        .as_ref()
+                        .and_then(|p| engine::for_kind(p.record().engine))
+                        .and_then(|e| e.password_grace_note())
+                        .map_or(String::new(), |note| format!(" ({note})"));
                     format!(
-                        "password grace period: the previous password keeps working until {}",
+                        "password grace period: the previous password keeps working until {}{note}",
                         humantime::format_rfc3339_seconds(until)
                     )
                 });
@@ -1413,13 +1422,15 @@ fn redact(line: &str, password: Option<&Secret>) -> String {
     }
 }
 
-/// Creates the instance's directories and writes its config file atomically.
-fn prepare_files(layout: &Layout, rendered: &str) -> Result<(), String> {
+/// Creates the instance's directories (and the engine's `dirs` in its data
+/// directory) and writes its config file atomically.
+fn prepare_files(layout: &Layout, dirs: &[PathBuf], rendered: &str) -> Result<(), String> {
     use std::os::unix::fs::DirBuilderExt;
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true).mode(0o750);
     let log_dir = layout.log_file.parent().unwrap_or(&layout.instance_dir);
-    for dir in [&layout.instance_dir, &layout.data_dir, log_dir] {
+    let own = [layout.instance_dir.as_path(), layout.data_dir.as_path(), log_dir];
+    for dir in own.into_iter().chain(dirs.iter().map(PathBuf::as_path)) {
         builder
             .create(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;

@@ -1,0 +1,718 @@
+//! The `pika` engine (Pika 4.x): `pika.conf` in Pika's `key : value` syntax, `pika -c
+//! <file>`, three ports per instance, the open-files limit Pika insists on, readiness by
+//! `PING`, the stop by SIGTERM (Pika looks at it every 5 s), `SLAVEOF` for replication
+//! and one admin password guarded by `userpass`. The facts behind each choice are in
+//! the comments; Pika speaks the Redis protocol but is not Redis.
+
+use super::client::{as_text, ClientError, Target};
+use super::pika_config::{DEFAULTS, LIVE};
+use super::redis::{config_get_all, expect_ok, replicate, set_and_read_back};
+use super::session::{server_error_text, Session};
+use super::{
+    BoxFuture, Current, Depth, Engine, EngineKind, HostNeeds, Layout, Mutability, Readiness, Sample, SetOutcome,
+    Settings, StopRequest,
+};
+use crate::spec::{InstanceSpec, ReplicaOf, Secret};
+use redis::Value;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt::Write;
+use std::time::Duration;
+
+/// Pika 4.x.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PikaEngine;
+
+/// Pika aborts at start unless its open-files limit is at least `maxclients` plus this.
+const NOFILE_BEYOND_MAXCLIENTS: u64 = 5000;
+/// `maxclients` when the config file does not set it.
+const DEFAULT_MAXCLIENTS: u64 = 20_000;
+/// Pika looks for a stop request every 5 s and takes 8–12 s to exit: a shorter stop
+/// timeout would SIGKILL healthy instances.
+const MIN_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The highest port whose `port + 10001` (rsync) still exists.
+const MAX_PORT: u16 = u16::MAX - 10_001;
+
+/// Keys the agent sets itself, or that would let a spec escape the agent's control.
+const REFUSED: &[(&str, &str)] = &[
+    ("port", "the agent owns it: use the spec's `port`"),
+    ("daemonize", "the agent runs the server in the foreground"),
+    ("db-path", "the agent owns the data directory"),
+    ("log-path", "the agent owns the log directory"),
+    ("dump-path", "the agent owns the data directory"),
+    ("db-sync-path", "the agent owns the data directory"),
+    ("pidfile", "the agent records the pid itself"),
+    ("requirepass", "use the spec's `password` or `password_file`"),
+    ("masterauth", "use the spec's `password` or `password_file`"),
+    (
+        "userpass",
+        "the agent sets it, so that no AUTH with any password gets in",
+    ),
+    ("slaveof", "use the spec's `replica_of`"),
+    ("network-interface", "the agent plans the instance's addresses"),
+    ("aclfile", "a spec never names a path on the host"),
+    (
+        "rename-command",
+        "the agent needs the server's commands under their own names",
+    ),
+    ("run-id", "the server sets it"),
+    ("replication-id", "the server sets it"),
+];
+
+/// Keys of `pika.conf` that the agent writes itself.
+const AGENT_OWNED: &[&str] = &[
+    "port",
+    "daemonize",
+    "db-path",
+    "log-path",
+    "dump-path",
+    "db-sync-path",
+    "pidfile",
+];
+
+impl Engine for PikaEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Pika
+    }
+
+    fn spec_problems(&self, spec: &InstanceSpec, nofile_hard_limit: u64) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &str, message: String| problems.push((field.to_string(), message));
+        if spec.port > MAX_PORT {
+            problem(
+                "port",
+                format!("Pika also listens on port + 2000 and port + 10001, so the port must be at most {MAX_PORT}"),
+            );
+        }
+        if spec.maxmemory.is_some() {
+            problem(
+                "maxmemory",
+                "Pika keeps its data on disk and has no such limit; size its memory under [config] \
+                 (write-buffer-size, cache-maxmemory)"
+                    .into(),
+            );
+        }
+        if let Some(timeout) = spec.stop_timeout.filter(|t| *t < MIN_STOP_TIMEOUT) {
+            problem(
+                "stop_timeout",
+                format!(
+                    "{} is too short for Pika, which looks for a stop every 5 s and takes up to about 12 s to \
+                     exit: at least {}s, or a healthy Pika would be killed",
+                    humantime::format_duration(timeout),
+                    MIN_STOP_TIMEOUT.as_secs()
+                ),
+            );
+        }
+        for (key, value) in &spec.config {
+            if value.trim() != value {
+                problem(
+                    &format!("config.{key}"),
+                    "Pika trims the spaces around a value: write it without them".into(),
+                );
+            }
+        }
+        let needed = match maxclients(spec) {
+            Ok(maxclients) => maxclients + NOFILE_BEYOND_MAXCLIENTS,
+            Err(message) => {
+                problem("config.maxclients", message);
+                return problems;
+            }
+        };
+        match spec.limits.nofile {
+            Some(nofile) if nofile < needed => problem(
+                "limits.nofile",
+                format!("Pika needs at least maxclients + {NOFILE_BEYOND_MAXCLIENTS} = {needed} open files"),
+            ),
+            _ => {}
+        }
+        let nofile = spec.limits.nofile.unwrap_or(0).max(needed);
+        if nofile > nofile_hard_limit {
+            problem(
+                if spec.limits.nofile.is_some_and(|n| n > needed) {
+                    "limits.nofile"
+                } else {
+                    "config.maxclients"
+                },
+                format!(
+                    "Pika would need {nofile} open files, above the agent's hard limit of {nofile_hard_limit}: \
+                     lower maxclients, or raise the agent's limit (LimitNOFILE= of its systemd unit)"
+                ),
+            );
+        }
+        problems
+    }
+
+    fn min_stop_timeout(&self) -> Duration {
+        MIN_STOP_TIMEOUT
+    }
+
+    fn child_nofile(&self, spec: &InstanceSpec) -> Option<u64> {
+        let needed = maxclients(spec).unwrap_or(DEFAULT_MAXCLIENTS) + NOFILE_BEYOND_MAXCLIENTS;
+        Some(spec.limits.nofile.unwrap_or(0).max(needed))
+    }
+
+    /// Pika's `master_host` is the host's own idea of the master's address (seen: the
+    /// replica's own address), not the one `SLAVEOF` was given: only the port can be
+    /// compared.
+    fn is_master(&self, wanted: &ReplicaOf, seen: &str) -> bool {
+        seen.rsplit_once(':')
+            .is_some_and(|(_, port)| port == wanted.port.to_string())
+    }
+
+    fn same_value(&self, wanted: &str, got: &str) -> bool {
+        super::values_match(wanted, got, pika_size)
+    }
+
+    fn data_dirs(&self, layout: &Layout) -> Vec<std::path::PathBuf> {
+        ["db", "log", "dump", "dbsync"]
+            .iter()
+            .map(|dir| layout.data_dir.join(dir))
+            .collect()
+    }
+
+    fn password_grace_note(&self) -> Option<&'static str> {
+        Some(
+            "Pika has one admin password: until the grace period ends the previous one still works, as Pika's \
+             non-admin user (userpass), which may run every command not in userblacklist",
+        )
+    }
+
+    fn config_file_name(&self) -> &'static str {
+        "pika.conf"
+    }
+
+    fn refuse_config_key(&self, key: &str) -> Option<String> {
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        {
+            return Some("not a Pika config key (letters, digits, `-` and `_` only)".into());
+        }
+        REFUSED
+            .iter()
+            .find(|(refused, _)| *refused == key)
+            .map(|(_, why)| (*why).to_string())
+    }
+
+    fn ports(&self, port: u16) -> Vec<u16> {
+        // Replication on port + 2000, rsync on port + 10001.
+        [Some(port), port.checked_add(2000), port.checked_add(10_001)]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    fn settings(&self, spec: &InstanceSpec) -> Settings {
+        Settings {
+            config: spec.config.clone(),
+            replica_of: spec.replica_of.clone(),
+            password: spec.password.clone(),
+        }
+    }
+
+    fn render_config(&self, spec: &InstanceSpec, layout: &Layout) -> String {
+        let settings = self.settings(spec);
+        let mut out = String::new();
+        // Writing to a String cannot fail; the results are ignored for that reason.
+        let _ = writeln!(out, "# Rendered by ker-agent for instance {:?}.", spec.name);
+        let _ = writeln!(
+            out,
+            "# Do not edit: the agent rewrites this file; change the instance's spec."
+        );
+        if !settings.config.is_empty() {
+            let _ = writeln!(out, "\n# The spec's settings");
+            for (key, value) in &settings.config {
+                let _ = writeln!(out, "{key} : {value}");
+            }
+        }
+        if let Some(password) = &settings.password {
+            let _ = writeln!(out, "requirepass : {}", password.expose());
+            let _ = writeln!(out, "masterauth : {}", password.expose());
+            // While userpass is empty, AUTH with *any* password gets in.
+            let _ = writeln!(out, "userpass : {}", user_password(password));
+        }
+        if let Some(master) = &settings.replica_of {
+            let _ = writeln!(out, "slaveof : {master}");
+        }
+        let _ = writeln!(out, "\n# Owned by the agent");
+        let _ = writeln!(out, "port : {}", spec.port);
+        let _ = writeln!(out, "daemonize : no");
+        // Pika wants its directories with a trailing slash.
+        let dirs = self.data_dirs(layout);
+        for (key, dir) in ["db-path", "log-path", "dump-path", "db-sync-path"].iter().zip(&dirs) {
+            let _ = writeln!(out, "{key} : {}/", dir.to_string_lossy());
+        }
+        // Not written with `daemonize : no`; named so that no default path is used.
+        let _ = writeln!(out, "pidfile : {}/pika.pid", layout.instance_dir.to_string_lossy());
+        out
+    }
+
+    fn rendered_settings(&self, config_text: &str) -> Settings {
+        let mut settings = Settings::default();
+        for (key, value) in config_text.lines().filter_map(split_config_line) {
+            match key {
+                "requirepass" => settings.password = Some(Secret::new(value)),
+                "masterauth" | "userpass" => {}
+                "slaveof" => settings.replica_of = crate::spec::parse_host_port(value).ok(),
+                key if AGENT_OWNED.contains(&key) => {}
+                key => {
+                    settings.config.insert(key.to_string(), value.to_string());
+                }
+            }
+        }
+        settings
+    }
+
+    fn mutability(&self, key: &str) -> Mutability {
+        if LIVE.binary_search(&key).is_ok() {
+            Mutability::Live
+        } else {
+            Mutability::Restart
+        }
+    }
+
+    fn default_value(&self, key: &str) -> Option<&'static str> {
+        DEFAULTS
+            .binary_search_by(|(k, _)| (*k).cmp(key))
+            .ok()
+            .map(|i| DEFAULTS[i].1)
+    }
+
+    fn args(&self, layout: &Layout) -> Vec<OsString> {
+        vec!["-c".into(), layout.config_file.clone().into_os_string()]
+    }
+
+    fn probe<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Readiness> {
+        // Pika binds its port only once its databases are open: no LOADING state.
+        Box::pin(super::client::ping_readiness(target))
+    }
+
+    fn host_needs(&self, spec: &InstanceSpec) -> HostNeeds {
+        HostNeeds {
+            // Pika listens with its network library's default backlog.
+            listen_backlog: 511,
+            nofile: self
+                .child_nofile(spec)
+                .unwrap_or(DEFAULT_MAXCLIENTS + NOFILE_BEYOND_MAXCLIENTS),
+        }
+    }
+
+    fn info_raw(&self, reply: &[u8]) -> BTreeMap<String, String> {
+        super::pika_stats(reply).raw
+    }
+
+    fn verify_pid<'a>(&'a self, session: &'a mut Session, pid: u32) -> BoxFuture<'a, Result<(), ClientError>> {
+        Box::pin(session.verify_pid(pid))
+    }
+
+    fn sample<'a>(&'a self, session: &'a mut Session, _depth: Depth) -> BoxFuture<'a, Result<Sample, ClientError>> {
+        Box::pin(async move {
+            // Plain INFO: server, data, clients, stats, cpu, replication and the key
+            // counts of the last scan. Never `INFO keyspace 1`, which starts a full scan.
+            let began = std::time::Instant::now();
+            let replies = session
+                .pipeline("PING+INFO", &[redis::cmd("PING"), redis::cmd("INFO")])
+                .await?;
+            let ping = began.elapsed();
+            let [pong, reply] = <[Value; 2]>::try_from(replies)
+                .map_err(|_| session.unexpected("PING+INFO", "not two replies".into()))?;
+            if let Value::ServerError(error) = &pong {
+                return Err(session.unexpected("PING", server_error_text(error)));
+            }
+            if as_text(&pong).as_deref() != Some("PONG") {
+                return Err(session.unexpected("PING", format!("answered {pong:?} instead of PONG")));
+            }
+            let reply = match reply {
+                Value::BulkString(bytes) => bytes,
+                Value::ServerError(error) => return Err(session.unexpected("INFO", server_error_text(&error))),
+                other => return Err(session.unexpected("INFO", format!("answered {other:?} instead of text"))),
+            };
+            Ok(Sample {
+                ping,
+                stats: super::pika_stats(&reply),
+                reply,
+            })
+        })
+    }
+
+    fn request_stop<'a>(&'a self, _target: &'a Target) -> BoxFuture<'a, StopRequest> {
+        // SIGTERM and SHUTDOWN do the same in Pika (a flag its main loop reads every
+        // 5 s); the signal needs no connection and no password.
+        Box::pin(async {
+            StopRequest::Signal {
+                reason: "Pika stops on SIGTERM".into(),
+            }
+        })
+    }
+
+    fn config_set<'a>(
+        &'a self,
+        session: &'a mut Session,
+        key: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<SetOutcome, ClientError>> {
+        Box::pin(set_and_read_back(session, key, value))
+    }
+
+    fn read_current<'a>(
+        &'a self,
+        session: &'a mut Session,
+        keys: &'a [&'a str],
+        passwords: Option<&'a [Secret]>,
+    ) -> BoxFuture<'a, Result<Current, ClientError>> {
+        Box::pin(async move {
+            let password_keys: &[&str] = if passwords.is_some() {
+                &["requirepass", "masterauth", "userpass"]
+            } else {
+                &[]
+            };
+            let (config, extra) = config_get_all(session, keys, password_keys).await?;
+            let mut current = Current {
+                config,
+                ..Current::default()
+            };
+            if let Some(passwords) = passwords {
+                let get = |key: &str| extra.get(key).cloned().unwrap_or_default();
+                let (wanted, user) = match passwords.first() {
+                    Some(first) => (first.expose().to_string(), user_password(first)),
+                    None => (String::new(), String::new()),
+                };
+                current.passwords_match = Some(
+                    passwords.len() <= 1
+                        && get("requirepass") == wanted
+                        && get("masterauth") == wanted
+                        && (passwords.is_empty() || get("userpass") == user),
+                );
+            }
+            Ok(current)
+        })
+    }
+
+    fn set_master<'a>(
+        &'a self,
+        session: &'a mut Session,
+        master: Option<&'a ReplicaOf>,
+    ) -> BoxFuture<'a, Result<(), ClientError>> {
+        // Pika has no REPLICAOF.
+        Box::pin(replicate(session, "SLAVEOF", master))
+    }
+
+    fn set_passwords<'a>(
+        &'a self,
+        session: &'a mut Session,
+        passwords: &'a [Secret],
+    ) -> BoxFuture<'a, Result<(), ClientError>> {
+        Box::pin(async move {
+            // Pika has one admin password. A second one (the previous, during a grace
+            // period) becomes the non-admin user's; otherwise that is a secret nobody
+            // knows, so that no AUTH bypass exists. userpass goes first: the previous
+            // password then works throughout.
+            let (admin, user) = match passwords {
+                [] => (String::new(), String::new()),
+                [only] => (only.expose().to_string(), user_password(only)),
+                [new, previous, ..] => (new.expose().to_string(), previous.expose().to_string()),
+            };
+            let set = |key: &str, value: &str| {
+                let mut set = redis::cmd("CONFIG");
+                set.arg("SET").arg(key).arg(value);
+                set
+            };
+            let commands = [
+                set("userpass", &user),
+                set("requirepass", &admin),
+                set("masterauth", &admin),
+            ];
+            let replies = session.pipeline("CONFIG SET requirepass", &commands).await?;
+            // Never show the replies themselves: an error may quote its arguments.
+            for reply in &replies {
+                if let Value::ServerError(error) = reply {
+                    return Err(session.unexpected("CONFIG SET requirepass", format!("refused ({})", error.code())));
+                }
+                expect_ok(session, "CONFIG SET requirepass", vec![reply.clone()])?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `maxclients` of a spec: its `[config]` value or Pika's default.
+fn maxclients(spec: &InstanceSpec) -> Result<u64, String> {
+    match spec.config.get("maxclients") {
+        None => Ok(DEFAULT_MAXCLIENTS),
+        Some(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not a number of clients")),
+    }
+}
+
+/// The non-admin user's password when only one password is valid: derived from the
+/// admin password, so that the rendered file does not change from render to render,
+/// and unknown to anyone who does not know the admin password.
+fn user_password(password: &Secret) -> String {
+    let digest = Sha256::new()
+        .chain_update(b"ker-agent pika userpass\0")
+        .chain_update(password.expose().as_bytes())
+        .finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A Pika size (`256M`, `4k`): K, M and G are powers of 1024; plain digits are bytes.
+fn pika_size(text: &str) -> Option<u64> {
+    let lower = text.to_ascii_lowercase();
+    let (digits, scale) = match lower.as_bytes().last()? {
+        b'k' => (&lower[..lower.len() - 1], 1u64 << 10),
+        b'm' => (&lower[..lower.len() - 1], 1 << 20),
+        b'g' => (&lower[..lower.len() - 1], 1 << 30),
+        _ => (lower.as_str(), 1),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(scale)
+}
+
+/// One line of `pika.conf` as Pika reads it: `#` in the first column is a comment, the
+/// first `:` splits, and key and value are trimmed. `None` for comments and blank or
+/// malformed lines.
+pub fn split_config_line(line: &str) -> Option<(&str, &str)> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let (key, value) = line.split_once(':')?;
+    let key = key.trim();
+    (!key.is_empty()).then_some((key, value.trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::path::PathBuf;
+
+    fn layout() -> Layout {
+        Layout {
+            instance_dir: PathBuf::from("/var/lib/ker-agent/instances/p"),
+            data_dir: PathBuf::from("/var/lib/ker-agent/instances/p/data"),
+            config_file: PathBuf::from("/var/lib/ker-agent/instances/p/pika.conf"),
+            log_file: PathBuf::from("/var/log/ker-agent/p.log"),
+            bind: vec!["127.0.0.1".parse().unwrap()],
+        }
+    }
+
+    fn spec() -> InstanceSpec {
+        let mut spec = InstanceSpec::example("p", 9221);
+        spec.engine = EngineKind::Pika;
+        spec.version = "4.0".into();
+        spec.config.insert("maxclients".into(), "1000".into());
+        spec
+    }
+
+    /// The directives of a rendered file as Pika reads them, in order.
+    fn directives(text: &str) -> Vec<(&str, &str)> {
+        text.lines().filter_map(split_config_line).collect()
+    }
+
+    #[test]
+    fn renders_pika_syntax_with_agent_owned_paths_last() {
+        let mut spec = spec();
+        spec.password = Some(Secret::new("pw:with colon"));
+        spec.replica_of = Some(ReplicaOf {
+            host: "10.0.0.5".into(),
+            port: 9221,
+        });
+        spec.config.insert("timeout".into(), "120".into());
+        let text = PikaEngine.render_config(&spec, &layout());
+        let d = directives(&text);
+        let get = |k: &str| d.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+        assert_eq!(get("port"), Some("9221"));
+        assert_eq!(get("daemonize"), Some("no"));
+        assert_eq!(get("db-path"), Some("/var/lib/ker-agent/instances/p/data/db/"));
+        assert_eq!(get("log-path"), Some("/var/lib/ker-agent/instances/p/data/log/"));
+        assert_eq!(get("dump-path"), Some("/var/lib/ker-agent/instances/p/data/dump/"));
+        assert_eq!(get("db-sync-path"), Some("/var/lib/ker-agent/instances/p/data/dbsync/"));
+        assert_eq!(get("pidfile"), Some("/var/lib/ker-agent/instances/p/pika.pid"));
+        // Later colons belong to the value.
+        assert_eq!(get("requirepass"), Some("pw:with colon"));
+        assert_eq!(get("masterauth"), Some("pw:with colon"));
+        assert_eq!(get("slaveof"), Some("10.0.0.5:9221"));
+        assert_eq!(get("timeout"), Some("120"));
+        // No AUTH bypass: userpass is set, and is not the password.
+        let userpass = get("userpass").unwrap();
+        assert_eq!(userpass.len(), 64);
+        assert_ne!(userpass, "pw:with colon");
+        assert_eq!(userpass, user_password(&Secret::new("pw:with colon")));
+        let position = |k: &str| d.iter().position(|(key, _)| *key == k).unwrap();
+        assert!(position("timeout") < position("port"));
+        let keys: std::collections::BTreeSet<&str> = d.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys.len(), d.len(), "a key appears twice:\n{text}");
+        assert_eq!(
+            PikaEngine.args(&layout()),
+            ["-c", "/var/lib/ker-agent/instances/p/pika.conf"]
+        );
+    }
+
+    #[test]
+    fn no_password_means_no_userpass() {
+        let text = PikaEngine.render_config(&spec(), &layout());
+        assert!(!text.contains("requirepass") && !text.contains("userpass"), "{text}");
+    }
+
+    #[test]
+    fn three_ports_per_instance() {
+        assert_eq!(PikaEngine.ports(9221), [9221, 11221, 19222]);
+        assert_eq!(PikaEngine.ports(65000), [65000], "ports past 65535 do not exist");
+    }
+
+    #[test]
+    fn spec_problems_name_the_field_and_the_fix() {
+        let hard = 1 << 20;
+        assert!(PikaEngine.spec_problems(&spec(), hard).is_empty());
+
+        let mut bad = spec();
+        bad.port = 60000;
+        bad.maxmemory = Some(1);
+        bad.stop_timeout = Some(Duration::from_secs(10));
+        bad.config.insert("timeout".into(), " 5".into());
+        bad.limits.nofile = Some(2000);
+        let fields: Vec<String> = PikaEngine
+            .spec_problems(&bad, hard)
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        assert_eq!(
+            fields,
+            ["port", "maxmemory", "stop_timeout", "config.timeout", "limits.nofile"]
+        );
+
+        // Pika's default maxclients (20000) needs 25000 open files.
+        let mut default = spec();
+        default.config.remove("maxclients");
+        assert_eq!(PikaEngine.child_nofile(&default), Some(25_000));
+        let problems = PikaEngine.spec_problems(&default, 20_000);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].0, "config.maxclients");
+        assert!(
+            problems[0]
+                .1
+                .contains("25000 open files, above the agent's hard limit of 20000"),
+            "{problems:?}"
+        );
+
+        let mut nan = spec();
+        nan.config.insert("maxclients".into(), "many".into());
+        assert_eq!(PikaEngine.spec_problems(&nan, hard)[0].0, "config.maxclients");
+    }
+
+    #[test]
+    fn the_child_gets_enough_open_files() {
+        let mut spec = spec();
+        assert_eq!(PikaEngine.child_nofile(&spec), Some(6000));
+        spec.limits.nofile = Some(100_000);
+        assert_eq!(PikaEngine.child_nofile(&spec), Some(100_000));
+        assert_eq!(PikaEngine.host_needs(&spec).nofile, 100_000);
+    }
+
+    #[test]
+    fn live_keys_and_defaults_agree_with_a_real_server() {
+        let fixture = include_str!("../../tests/fixtures/pika/config-get-all.txt");
+        let lines: Vec<&str> = fixture.split('\n').collect();
+        let real: BTreeMap<&str, &str> = lines.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+        assert!(LIVE.windows(2).all(|w| w[0] < w[1]), "LIVE must be sorted");
+        assert!(DEFAULTS.windows(2).all(|w| w[0].0 < w[1].0), "DEFAULTS must be sorted");
+        for (key, value) in DEFAULTS {
+            assert_eq!(real.get(key), Some(value), "{key}");
+            assert_eq!(PikaEngine.mutability(key), Mutability::Live, "{key}");
+        }
+        for key in ["timeout", "slowlog-max-len", "write-buffer-size", "cache-maxmemory"] {
+            assert_eq!(PikaEngine.mutability(key), Mutability::Live, "{key}");
+        }
+        // Only a restart changes these; maxclients could kill Pika when set live.
+        for key in [
+            "thread-num",
+            "databases",
+            "db-instance-num",
+            "compression",
+            "maxclients",
+            "slow-cmd-pool",
+        ] {
+            assert_eq!(PikaEngine.mutability(key), Mutability::Restart, "{key}");
+        }
+        assert_eq!(PikaEngine.default_value("timeout"), Some("60"));
+        assert_eq!(PikaEngine.default_value("thread-num"), None);
+    }
+
+    #[test]
+    fn refused_keys_and_key_syntax() {
+        for key in [
+            "port",
+            "db-path",
+            "log-path",
+            "userpass",
+            "requirepass",
+            "slaveof",
+            "network-interface",
+        ] {
+            assert!(PikaEngine.refuse_config_key(key).is_some(), "{key}");
+        }
+        for key in ["timeout", "disable_auto_compactions", "thread-num", "maxclients"] {
+            assert_eq!(PikaEngine.refuse_config_key(key), None, "{key}");
+        }
+        assert!(PikaEngine.refuse_config_key("a b").is_some());
+    }
+
+    #[test]
+    fn masters_compare_by_port_because_pika_reports_its_own_idea_of_the_host() {
+        let wanted = ReplicaOf {
+            host: "127.0.0.1".into(),
+            port: 9301,
+        };
+        // From info-replica-up.txt: master_host is the host's address.
+        assert!(PikaEngine.is_master(&wanted, "192.0.2.2:9301"));
+        assert!(!PikaEngine.is_master(&wanted, "192.0.2.2:9302"));
+    }
+
+    #[test]
+    fn pika_sizes_are_powers_of_1024() {
+        assert!(PikaEngine.same_value("20M", "20971520"));
+        assert!(PikaEngine.same_value("4k", "4096"));
+        assert!(PikaEngine.same_value("yes", "YES"));
+        assert!(!PikaEngine.same_value("20M", "20000000"));
+        assert_eq!(pika_size("1g"), Some(1 << 30));
+        assert_eq!(pika_size("x"), None);
+    }
+
+    #[test]
+    fn comments_only_in_the_first_column() {
+        assert_eq!(split_config_line("# port : 1"), None);
+        assert_eq!(
+            split_config_line("port : 1 # not a comment"),
+            Some(("port", "1 # not a comment"))
+        );
+        assert_eq!(
+            split_config_line("slaveof : 1.2.3.4:9221"),
+            Some(("slaveof", "1.2.3.4:9221"))
+        );
+        assert_eq!(split_config_line("userpass :"), Some(("userpass", "")));
+        assert_eq!(split_config_line(""), None);
+    }
+
+    proptest! {
+        /// Whatever a spec sets comes back from the rendered file as Pika reads it.
+        #[test]
+        fn rendering_round_trips(
+            config in proptest::collection::btree_map("[a-z][a-z0-9_-]{0,12}", "[^\\p{Cc}\\s]([^\\p{Cc}]{0,20}[^\\p{Cc}\\s])?", 0..6),
+            password in proptest::option::of("[^\\p{Cc}\\s]{1,20}"),
+            master in proptest::option::of(1024u16..55000),
+        ) {
+            let mut spec = spec();
+            spec.config = config
+                .into_iter()
+                .filter(|(k, _)| PikaEngine.refuse_config_key(k).is_none())
+                .collect();
+            spec.password = password.as_deref().map(Secret::new);
+            spec.replica_of = master.map(|port| ReplicaOf { host: "10.1.2.3".into(), port });
+            let text = PikaEngine.render_config(&spec, &layout());
+            prop_assert_eq!(PikaEngine.rendered_settings(&text), PikaEngine.settings(&spec));
+        }
+    }
+}
