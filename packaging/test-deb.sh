@@ -225,6 +225,9 @@ check "unit enabled on fresh install" test "$(bx systemctl is-enabled "$UNIT")" 
 check "unit active right after install (Type=notify: READY=1 received)" is_active
 check "unit type is notify" test "$(unit_prop Type)" = notify
 check "unit KillMode is process" test "$(unit_prop KillMode)" = process
+check "systemd-analyze verify ker-agent.service passes" bx systemd-analyze verify "$UNIT"
+check "unit is sandboxed (ProtectSystem=strict, PrivateTmp, ProtectKernelTunables)" \
+    test "$(unit_prop ProtectSystem)/$(unit_prop PrivateTmp)/$(unit_prop ProtectKernelTunables)" = "strict/yes/yes"
 check "agent runs as user ker-agent" test "$(bx ps -o user= -p "$(main_pid)" | tr -d ' ')" = ker-agent
 check "agent API answers (ker-agent status)" bx ker-agent status
 
@@ -244,6 +247,8 @@ else
     abort "instances a and b did not come up within 60 s"
 fi
 bx ker-agent status
+check_within 10 "systemctl status shows what the agent runs (STATUS=)" \
+    eval '[[ "$(unit_prop StatusText)" == "2 instances: 2 running (2 ready)"* ]]'
 for i in "${!NAMES[@]}"; do
     port=${PORTS[$i]}
     PIDS[$port]=$(redis_pid "$port")
@@ -318,6 +323,33 @@ else
 fi
 pids_unchanged "after the agent crashed and was restarted" || true
 adopted_in "$(unit_prop InvocationID)"
+
+# ------------------------------------------------------------ agent frozen
+
+# A short watchdog (and abort timeout) for this check only; the shipped 30 s would make
+# the test wait a minute.
+bx mkdir -p /run/systemd/system/ker-agent.service.d
+printf '[Service]\nWatchdogSec=3s\nTimeoutAbortSec=2s\n' |
+    bx sh -c 'cat >/run/systemd/system/ker-agent.service.d/watchdog-test.conf'
+bx systemctl daemon-reload
+check "systemctl restart ker-agent with WatchdogSec=3s" bx systemctl restart "$UNIT"
+check_within 30 "with WatchdogSec=3s: a and b running" all_running
+old_main=$(main_pid)
+restarts=$(unit_prop NRestarts)
+bx kill -STOP "$old_main"
+if wait_until 40 eval '[ "$(unit_prop NRestarts)" -gt "$restarts" ] && is_active && [ "$(main_pid)" != "$old_main" ]'; then
+    pass "agent frozen with SIGSTOP: the watchdog restarted it"
+else
+    fail "agent frozen with SIGSTOP: not restarted by the watchdog (state $(active_state), main pid $(main_pid))"
+fi
+check "journal: systemd saw the watchdog time out" \
+    eval 'bx journalctl --no-pager -u "$UNIT" | grep -q "Watchdog timeout"'
+pids_unchanged "after the watchdog restarted the agent" || true
+adopted_in "$(unit_prop InvocationID)"
+bx rm -f /run/systemd/system/ker-agent.service.d/watchdog-test.conf
+bx systemctl daemon-reload
+check "systemctl restart ker-agent with the shipped watchdog" bx systemctl restart "$UNIT"
+check_within 30 "after the watchdog test: a and b running" all_running
 
 # ------------------------------------------------------------- log rotation
 

@@ -101,7 +101,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         }),
     });
     let (supervisor, supervisor_task) = supervisor::Supervisor::spawn(ctx, shutdown.child_token());
+    let watchdog_supervisor = supervisor.clone();
 
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(
+        "starting: reading the desired state, adopting instances",
+    )]);
     let sources = sources::Sources::new(config.clone(), board.clone(), events.clone());
     let (sources, sources_task) = sources::spawn(sources, supervisor);
     // The last accepted state is applied before the controller is asked (static
@@ -144,27 +148,47 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         standalone: config.controller.is_none(),
     };
     let api_task = tokio::spawn(api::serve(listener, api_state, shutdown.clone()));
-    // systemd (Type=notify) learns that the agent is up; instances may still be starting.
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    // systemd (Type=notify) learns that the agent is up: the config and the last
+    // accepted desired state are loaded, every instance has its worker (adopting or
+    // starting it), and the API listens.
+    let mut status_line = service_status(&board);
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status_line),
+    ]);
 
     let mut rescan = tokio::time::interval(sources::RESCAN_INTERVAL);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     rescan.tick().await;
-    // With WatchdogSec= in the unit, systemd restarts an agent whose main loop hangs
-    // (which is safe: instances are adopted).
-    let watchdog_period = sd_notify::watchdog_enabled().map(|timeout| timeout / 2);
+    // With WatchdogSec= in the unit, systemd restarts an agent whose supervision
+    // hangs (which is safe: instances are adopted). The ping goes out only when this
+    // loop runs (it also awaits every reload of the sources) and the supervisor task
+    // answers in time: a timer alone would keep pinging for a stuck agent.
+    let watchdog_period = sd_notify::watchdog_enabled().map(|timeout| timeout / 3);
     let mut watchdog = tokio::time::interval(watchdog_period.unwrap_or(std::time::Duration::from_secs(3600)));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = watchdog.tick(), if watchdog_period.is_some() => {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                let period = watchdog_period.unwrap_or_default();
+                if watchdog_supervisor.answers_within(period).await {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                } else {
+                    tracing::error!(waited_ms = period.as_millis() as u64, "The supervisor does not answer; not pinging the watchdog.");
+                }
             }
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP: reading the manifests again.");
                 sources.reload(true).await;
             }
-            _ = rescan.tick() => sources.reload(false).await,
+            _ = rescan.tick() => {
+                sources.reload(false).await;
+                let line = service_status(&board);
+                if line != status_line {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&line)]);
+                    status_line = line;
+                }
+            }
         }
     }
     for task in controller_tasks {
@@ -183,6 +207,39 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         _ => {}
     }
     Ok(())
+}
+
+/// The one-line summary `systemctl status` shows (`STATUS=`).
+fn service_status(board: &status::StatusBoard) -> String {
+    let instances = board.snapshot();
+    let count = |phase: status::Phase| instances.iter().filter(|i| i.phase == phase).count();
+    let ready = instances.iter().filter(|i| i.ready).count();
+    let troubled = instances
+        .iter()
+        .filter(|i| {
+            matches!(
+                i.phase,
+                status::Phase::CrashLoop | status::Phase::Failed | status::Phase::Conflict | status::Phase::Backoff
+            )
+        })
+        .count();
+    let mut line = format!(
+        "{} instances: {} running ({ready} ready), {} starting, {} stopped",
+        instances.len(),
+        count(status::Phase::Running),
+        count(status::Phase::Starting) + count(status::Phase::Pending),
+        count(status::Phase::Stopped),
+    );
+    if troubled > 0 {
+        line.push_str(&format!(", {troubled} failing (see ker-agent status)"));
+    }
+    if let Some(controller) = board.controller() {
+        match (&controller.poll_error, &controller.report_error) {
+            (None, None) => line.push_str("; controller ok"),
+            _ => line.push_str("; controller unreachable (running on the last desired state)"),
+        }
+    }
+    line
 }
 
 /// Makes sure only one agent works on a data directory: two would fight over every
@@ -216,4 +273,36 @@ fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
 
 fn create_dir(path: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(path).with_context(|| format!("cannot create directory {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_status_counts_phases_and_the_controller() {
+        let board = status::StatusBoard::default();
+        assert_eq!(
+            service_status(&board),
+            "0 instances: 0 running (0 ready), 0 starting, 0 stopped"
+        );
+        for (name, phase, ready) in [
+            ("a", status::Phase::Running, true),
+            ("b", status::Phase::Running, false),
+            ("c", status::Phase::CrashLoop, false),
+            ("d", status::Phase::Stopped, false),
+        ] {
+            let mut s = status::InstanceStatus::pending(name, &spec::InstanceSpec::example(name, 7000));
+            s.phase = phase;
+            s.ready = ready;
+            board.publish(s);
+        }
+        board.controller_configured("https://cc");
+        board.controller_polled(Some("timeout".into()));
+        assert_eq!(
+            service_status(&board),
+            "4 instances: 2 running (1 ready), 0 starting, 1 stopped, 1 failing (see ker-agent status); \
+             controller unreachable (running on the last desired state)"
+        );
+    }
 }

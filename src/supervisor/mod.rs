@@ -28,17 +28,31 @@ use worker::{SpecSlot, Worker};
 /// return at once on shutdown; this only bounds the wait.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
+/// What the supervisor task is asked to do.
+enum Command {
+    Apply(DesiredState),
+    /// Answer when this command's turn comes: proof that the task is not stuck.
+    Ping(tokio::sync::oneshot::Sender<()>),
+}
+
 /// A handle to send desired states to the supervisor task.
 #[derive(Clone)]
 pub struct SupervisorHandle {
-    tx: mpsc::Sender<DesiredState>,
+    tx: mpsc::Sender<Command>,
 }
 
 impl SupervisorHandle {
     /// Hands over an accepted (and already persisted) desired state.
     pub async fn apply(&self, state: DesiredState) {
         // The supervisor only stops receiving when the agent shuts down.
-        let _ = self.tx.send(state).await;
+        let _ = self.tx.send(Command::Apply(state)).await;
+    }
+
+    /// Whether the supervisor task answers within `timeout` (for the systemd watchdog).
+    pub async fn answers_within(&self, timeout: Duration) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let asked = async { self.tx.send(Command::Ping(tx)).await.is_ok() && rx.await.is_ok() };
+        tokio::time::timeout(timeout, asked).await.unwrap_or(false)
     }
 }
 
@@ -72,12 +86,15 @@ impl Supervisor {
         (SupervisorHandle { tx }, tokio::spawn(supervisor.run(rx)))
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<DesiredState>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
-                state = rx.recv() => match state {
-                    Some(state) => self.apply(state),
+                command = rx.recv() => match command {
+                    Some(Command::Apply(state)) => self.apply(state),
+                    Some(Command::Ping(answer)) => {
+                        let _ = answer.send(());
+                    }
                     None => break,
                 },
                 Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => match done {
