@@ -131,6 +131,21 @@ main_pid() { unit_prop MainPID; }
 active_state() { bx systemctl is-active "$UNIT" 2>/dev/null || true; }
 is_active() { [ "$(active_state)" = active ]; }
 
+# signal_and_expect_restart SIGNAL TIMEOUT_S DESCRIPTION: sends SIGNAL to the agent and
+# passes once systemd has restarted it (a new main pid, the unit active).
+signal_and_expect_restart() {
+    local signal=$1 seconds=$2 description=$3 old_main restarts
+    old_main=$(main_pid)
+    # shellcheck disable=SC2034 # used in the eval below
+    restarts=$(unit_prop NRestarts)
+    bx kill "-$signal" "$old_main"
+    if wait_until "$seconds" eval '[ "$(unit_prop NRestarts)" -gt "$restarts" ] && is_active && [ "$(main_pid)" != "$old_main" ]'; then
+        pass "$description"
+    else
+        fail "$description (not within ${seconds}s: state $(active_state), main pid $(main_pid))"
+    fi
+}
+
 # Journal lines of the current (or given) invocation of the unit.
 journal_of() { bx journalctl --no-pager -o cat "_SYSTEMD_INVOCATION_ID=${1:-$(unit_prop InvocationID)}"; }
 # journal_has ERE [INVOCATION] (read first: grep -q closing the pipe early would fail
@@ -312,15 +327,7 @@ check "no 'Instance started.' in this invocation (nothing restarted)" \
 
 # ------------------------------------------------------------ agent crash
 
-old_main=$(main_pid)
-# shellcheck disable=SC2034 # used in the eval below
-restarts=$(unit_prop NRestarts)
-bx kill -KILL "$old_main"
-if wait_until 30 eval '[ "$(unit_prop NRestarts)" -gt "$restarts" ] && is_active'; then
-    pass "agent killed with SIGKILL: systemd restarted it (Restart=on-failure)"
-else
-    fail "agent killed with SIGKILL: not restarted (state $(active_state))"
-fi
+signal_and_expect_restart KILL 30 "agent killed with SIGKILL: systemd restarted it (Restart=on-failure)"
 pids_unchanged "after the agent crashed and was restarted" || true
 adopted_in "$(unit_prop InvocationID)"
 
@@ -334,14 +341,7 @@ printf '[Service]\nWatchdogSec=3s\nTimeoutAbortSec=2s\n' |
 bx systemctl daemon-reload
 check "systemctl restart ker-agent with WatchdogSec=3s" bx systemctl restart "$UNIT"
 check_within 30 "with WatchdogSec=3s: a and b running" all_running
-old_main=$(main_pid)
-restarts=$(unit_prop NRestarts)
-bx kill -STOP "$old_main"
-if wait_until 40 eval '[ "$(unit_prop NRestarts)" -gt "$restarts" ] && is_active && [ "$(main_pid)" != "$old_main" ]'; then
-    pass "agent frozen with SIGSTOP: the watchdog restarted it"
-else
-    fail "agent frozen with SIGSTOP: not restarted by the watchdog (state $(active_state), main pid $(main_pid))"
-fi
+signal_and_expect_restart STOP 40 "agent froze with SIGSTOP: the watchdog restarted it"
 check "journal: systemd saw the watchdog time out" \
     eval 'bx journalctl --no-pager -u "$UNIT" | grep -q "Watchdog timeout"'
 pids_unchanged "after the watchdog restarted the agent" || true

@@ -9,6 +9,9 @@
 #
 # Prints one PASS or FAIL line per check and exits non-zero if any check failed.
 
+# Single-quoted $ expressions below are meant for eval.
+# shellcheck disable=SC2016
+
 set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "$0")/.." && pwd)
