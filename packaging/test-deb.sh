@@ -226,7 +226,7 @@ else
     cat "$LOGS/install.log"
     abort "apt-get install ./ker-agent.deb"
 fi
-check "redis-server and redis-cli installed as dependencies" bx test -x /usr/bin/redis-server -a -x /usr/bin/redis-cli
+check "redis-server and redis-cli installed with the package (Recommends)" bx test -x /usr/bin/redis-server -a -x /usr/bin/redis-cli
 check "ker-agent version prints ker-agent $version" test "$(bx ker-agent version)" = "ker-agent $version"
 check "ker-agent check accepts the shipped /etc/ker-agent/agent.toml" \
     bx ker-agent check --config /etc/ker-agent/agent.toml

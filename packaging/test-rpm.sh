@@ -51,8 +51,8 @@ check "rpm -qp --scripts: restarted on upgrade" has_script 'systemctl restart ke
 check "rpm -qp --scripts: stopped and disabled on erase" has_script 'systemctl stop ker-agent.service'
 check "rpm -qp --scripts: systemd reloaded" has_script 'systemctl daemon-reload'
 check "rpm -qp --requires: no OpenSSL (TLS is rustls)" eval '! rpm -qp --requires "$RPM" | grep -q libssl'
-check "rpm -qp --requires: redis and the user tools" \
-    eval 'rpm -qp --requires "$RPM" | grep -qx redis && rpm -qp --requires "$RPM" | grep -qx /usr/sbin/useradd'
+check "rpm -qp --requires: the user tools" eval 'rpm -qp --requires "$RPM" | grep -qx /usr/sbin/useradd'
+check "rpm -qp --recommends: redis (a host may run Pika only)" eval 'rpm -qp --recommends "$RPM" | grep -qx redis'
 
 if [ "$FAILURES" -gt 0 ]; then
     printf 'FAIL: %d of %d checks failed\n' "$FAILURES" "$CHECKS"
