@@ -539,25 +539,13 @@ impl Worker {
                 spec.engine, spec.version
             ));
         };
-        let layout = engine::layout(
-            engine,
-            &config.instances_dir(),
-            &config.instances.log_dir,
-            &self.name,
-            &config.instances.bind,
-        );
-        let rendered = engine.render_config(spec, &layout);
-        let prepared = {
-            let (layout, dirs) = (layout.clone(), engine.data_dirs(&layout));
-            blocking("prepare the instance's files", move || {
-                prepare_files(&layout, &dirs, &rendered)
-            })
-            .await
+        let layout = match self.write_config(engine, spec).await {
+            Ok(layout) => layout,
+            Err(error) => {
+                self.emit(Event::ConfigWriteFailed { error: error.clone() });
+                return self.start_failed(error);
+            }
         };
-        if let Err(error) = prepared.and_then(|r| r) {
-            self.emit(Event::ConfigWriteFailed { error: error.clone() });
-            return self.start_failed(error);
-        }
 
         let after_crash = self.restart_pending;
         let address = layout.bind.first().map(|ip| Target::address(*ip, spec.port));
@@ -624,6 +612,26 @@ impl Worker {
         self.last_probe_error = None;
         self.failure = None;
         self.restart_not_before = None;
+    }
+
+    /// Creates the instance's directories and writes its config file for `spec`;
+    /// returns where its files are.
+    async fn write_config(&self, engine: &'static dyn Engine, spec: &InstanceSpec) -> Result<Layout, String> {
+        let config = &self.ctx.config;
+        let layout = engine::layout(
+            engine,
+            &config.instances_dir(),
+            &config.instances.log_dir,
+            &self.name,
+            &config.instances.bind,
+        );
+        let rendered = engine.render_config(spec, &layout);
+        let (files, dirs) = (layout.clone(), engine.data_dirs(&layout));
+        blocking("write the instance's config", move || {
+            prepare_files(&files, &dirs, &rendered)
+        })
+        .await??;
+        Ok(layout)
     }
 
     /// A start that did not produce a process counts like a crash for the back-off.

@@ -4,7 +4,7 @@
 //! period). The decisions are `changes::diff` and `live`'s; this is where the worker's
 //! state and the instance's files follow them.
 
-use super::{blocking, earliest, prepare_files, Grace, Worker, RECONFIGURE_RETRY_FIRST, RECONFIGURE_RETRY_MAX};
+use super::{blocking, earliest, Grace, Worker, RECONFIGURE_RETRY_FIRST, RECONFIGURE_RETRY_MAX};
 use crate::engine::{self, ClientError, Engine, Session};
 use crate::events::Event;
 use crate::process::unix_now_millis;
@@ -198,21 +198,8 @@ impl Worker {
     /// Rewrites the rendered config file for `spec` and records that the process now
     /// runs with it.
     pub(super) async fn note_reconfigured(&mut self, spec: &InstanceSpec, config_hash: &str) -> Result<(), String> {
-        let config = &self.ctx.config;
         let engine = engine::for_kind(spec.engine).ok_or("engine not supported")?;
-        let layout = engine::layout(
-            engine,
-            &config.instances_dir(),
-            &config.instances.log_dir,
-            &self.name,
-            &config.instances.bind,
-        );
-        let rendered = engine.render_config(spec, &layout);
-        let dirs = engine.data_dirs(&layout);
-        blocking("rewrite the instance's config", move || {
-            prepare_files(&layout, &dirs, &rendered)
-        })
-        .await??;
+        self.write_config(engine, spec).await?;
         let (hash, epoch) = (config_hash.to_string(), spec.restart_epoch);
         self.write_record(move |r| {
             r.config_hash = hash;
