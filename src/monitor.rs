@@ -122,6 +122,7 @@ async fn watch_process(
         }
         let full = last_full.is_none_or(|at| at.elapsed() + ctx.health_interval / 2 >= ctx.metrics_interval);
         let depth = if full { Depth::Full } else { Depth::Health };
+        let sent_at_ms = unix_now_millis();
         let probe = watch.probe(depth).await;
         if full {
             last_full = Some(Instant::now());
@@ -148,6 +149,7 @@ async fn watch_process(
             observed_role,
             replication,
             checked_at_ms: unix_now_millis(),
+            sent_at_ms,
         };
         ctx.board.set_health(name, Some(health));
         // A first verdict of `ok` is the expected start, not news.

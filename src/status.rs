@@ -146,6 +146,11 @@ pub struct Health {
     pub replication: Option<Replication>,
     /// When the probe ended, milliseconds since the Unix epoch.
     pub checked_at_ms: u64,
+    /// When the probe was sent: only a probe sent after a change can show it (the
+    /// server may answer an earlier one before the change and the answer arrive
+    /// after it).
+    #[serde(skip)]
+    pub sent_at_ms: u64,
 }
 
 /// Replication as a server reports it: a replica's master and link, a master's

@@ -286,13 +286,13 @@ impl Worker {
         let settings = engine.settings(spec);
         // During a grace period the server holds two passwords on purpose.
         let passwords: Option<Vec<Secret>> = self.grace.is_none().then(|| self.auth.iter().cloned().collect());
-        // The master is in every health probe: the last one tells, if it came after
-        // the agent last changed the process.
+        // The master is in every health probe: the last one tells, if it was sent
+        // after the agent last changed the process.
         let observed_master = self
             .ctx
             .board
             .health(&self.name)
-            .filter(|h| h.checked_at_ms > self.changed_at_ms)
+            .filter(|h| h.sent_at_ms > self.changed_at_ms)
             .and_then(|h| match h.observed_role? {
                 engine::ObservedRole::Master => Some(None),
                 engine::ObservedRole::Replica => Some(h.replication?.master),
