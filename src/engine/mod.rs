@@ -7,6 +7,7 @@
 //! The supervisor drives every engine through this trait alone.
 
 mod client;
+mod commands;
 pub mod info;
 mod pika;
 mod pika_config;

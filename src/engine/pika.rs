@@ -4,10 +4,10 @@
 //! and one admin password guarded by `userpass`. The facts behind each choice are in
 //! the comments; Pika speaks the Redis protocol but is not Redis.
 
-use super::client::{as_text, ClientError, Target};
+use super::client::{ClientError, Target};
+use super::commands::{config_get_all, expect_ok, info_text, ping_and_info, replicate, set_and_read_back};
 use super::pika_config::{DEFAULTS, LIVE};
-use super::redis::{config_get_all, expect_ok, replicate, set_and_read_back};
-use super::session::{server_error_text, Session};
+use super::session::Session;
 use super::{
     BoxFuture, Current, Depth, Engine, EngineKind, HostNeeds, Layout, Mutability, Readiness, Sample, SetOutcome,
     Settings, StopRequest,
@@ -311,24 +311,8 @@ impl Engine for PikaEngine {
         Box::pin(async move {
             // Plain INFO: server, data, clients, stats, cpu, replication and the key
             // counts of the last scan. Never `INFO keyspace 1`, which starts a full scan.
-            let began = std::time::Instant::now();
-            let replies = session
-                .pipeline("PING+INFO", &[redis::cmd("PING"), redis::cmd("INFO")])
-                .await?;
-            let ping = began.elapsed();
-            let [pong, reply] = <[Value; 2]>::try_from(replies)
-                .map_err(|_| session.unexpected("PING+INFO", "not two replies".into()))?;
-            if let Value::ServerError(error) = &pong {
-                return Err(session.unexpected("PING", server_error_text(error)));
-            }
-            if as_text(&pong).as_deref() != Some("PONG") {
-                return Err(session.unexpected("PING", format!("answered {pong:?} instead of PONG")));
-            }
-            let reply = match reply {
-                Value::BulkString(bytes) => bytes,
-                Value::ServerError(error) => return Err(session.unexpected("INFO", server_error_text(&error))),
-                other => return Err(session.unexpected("INFO", format!("answered {other:?} instead of text"))),
-            };
+            let (ping, reply) = ping_and_info(session, redis::cmd("INFO")).await?;
+            let reply = info_text(session, Some(reply))?;
             Ok(Sample {
                 ping,
                 stats: super::pika_stats(&reply),
@@ -430,7 +414,7 @@ impl Engine for PikaEngine {
                 if let Value::ServerError(error) = reply {
                     return Err(session.unexpected("CONFIG SET requirepass", format!("refused ({})", error.code())));
                 }
-                expect_ok(session, "CONFIG SET requirepass", vec![reply.clone()])?;
+                expect_ok(session, "CONFIG SET requirepass", Some(reply))?;
             }
             Ok(())
         })

@@ -3,16 +3,16 @@
 //! stop (`SHUTDOWN SAVE` when the server persists, `SHUTDOWN NOSAVE` when not) and live
 //! reconfiguration (`CONFIG SET`, `REPLICAOF`, the default user's passwords).
 
-use super::client::{as_text, ClientError, Connection, Target};
+use super::client::{ClientError, Connection, Target};
+use super::commands::{config_get_all, info_text, ping_and_info, replicate, set_and_read_back};
 use super::redis_defaults::{DEFAULTS, IMMUTABLE};
-use super::session::{server_error_text, Session};
+use super::session::Session;
 use super::{
     BoxFuture, Current, Depth, Engine, EngineKind, HostNeeds, Layout, Mutability, Readiness, Sample, SetOutcome,
     Settings, StopRequest,
 };
 use crate::spec::{InstanceSpec, ReplicaOf, Secret};
 use redis::Value;
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt::Write;
 
@@ -226,32 +226,15 @@ impl Engine for RedisEngine {
                     info.arg(section);
                 }
             }
-            let began = std::time::Instant::now();
-            let replies = session.pipeline("PING+INFO", &[redis::cmd("PING"), info]).await?;
-            let ping = began.elapsed();
-            let (pong, reply) = match <[Value; 2]>::try_from(replies) {
-                Ok([pong, reply]) => (pong, reply),
-                Err(_) => return Err(session.unexpected("PING+INFO", "not two replies".into())),
-            };
-            if let Value::ServerError(error) = &pong {
-                return Err(session.unexpected("PING", server_error_text(error)));
-            }
-            if as_text(&pong).as_deref() != Some("PONG") {
-                return Err(session.unexpected("PING", format!("answered {pong:?} instead of PONG")));
-            }
+            let (ping, reply) = ping_and_info(session, info).await?;
             let reply = match reply {
-                Value::BulkString(bytes) => bytes,
                 // Redis before 7.0 takes one section at a time and refuses this INFO;
                 // those get the full one.
                 Value::ServerError(_) if depth == Depth::Health => {
                     let mut replies = session.pipeline("INFO", &[redis::cmd("INFO")]).await?;
-                    match replies.pop() {
-                        Some(Value::BulkString(bytes)) => bytes,
-                        other => return Err(session.unexpected("INFO", format!("answered {other:?}"))),
-                    }
+                    info_text(session, replies.pop())?
                 }
-                Value::ServerError(error) => return Err(session.unexpected("INFO", server_error_text(&error))),
-                other => return Err(session.unexpected("INFO", format!("answered {other:?} instead of text"))),
+                other => info_text(session, Some(other))?,
             };
             Ok(Sample {
                 ping,
@@ -385,111 +368,6 @@ impl Engine for RedisEngine {
     }
 }
 
-/// `CONFIG SET key value`, then `CONFIG GET key`, pipelined (Redis and Pika alike).
-pub(super) async fn set_and_read_back(
-    session: &mut Session,
-    key: &str,
-    value: &str,
-) -> Result<SetOutcome, ClientError> {
-    let mut set = redis::cmd("CONFIG");
-    set.arg("SET").arg(key).arg(value);
-    let mut get = redis::cmd("CONFIG");
-    get.arg("GET").arg(key);
-    let replies = session.pipeline("CONFIG SET", &[set, get]).await?;
-    match replies.as_slice() {
-        [Value::ServerError(error), _] => Ok(SetOutcome::Refused {
-            reason: server_error_text(error),
-        }),
-        [_, got] => Ok(SetOutcome::Applied {
-            now: config_values(got).remove(key).unwrap_or_default(),
-        }),
-        _ => Err(session.unexpected("CONFIG SET", "not two replies".into())),
-    }
-}
-
-/// `CONFIG GET key`.
-fn config_get(key: &str) -> redis::Cmd {
-    let mut get = redis::cmd("CONFIG");
-    get.arg("GET").arg(key);
-    get
-}
-
-/// The values of `keys` and of `extra`, each read with its own `CONFIG GET` (Redis
-/// before 7.0 and Pika take one key at a time), pipelined: one round trip.
-pub(super) async fn config_get_all(
-    session: &mut Session,
-    keys: &[&str],
-    extra: &[&str],
-) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>), ClientError> {
-    let commands: Vec<redis::Cmd> = keys.iter().chain(extra).map(|key| config_get(key)).collect();
-    let replies = session.pipeline("CONFIG GET", &commands).await?;
-    if replies.len() != commands.len() {
-        return Err(session.unexpected("CONFIG GET", "too few replies".into()));
-    }
-    if let Some(Value::ServerError(error)) = replies.iter().find(|r| matches!(r, Value::ServerError(_))) {
-        return Err(session.unexpected("CONFIG GET", server_error_text(error)));
-    }
-    let (mut config, mut rest) = (BTreeMap::new(), BTreeMap::new());
-    for (i, reply) in replies.iter().enumerate() {
-        if i < keys.len() {
-            config.extend(config_values(reply));
-        } else {
-            rest.extend(config_values(reply));
-        }
-    }
-    Ok((config, rest))
-}
-
-/// Makes the server a replica of `master` (a master when `None`) with `command`
-/// (`REPLICAOF`, or Pika's `SLAVEOF`).
-pub(super) async fn replicate(
-    session: &mut Session,
-    command: &'static str,
-    master: Option<&ReplicaOf>,
-) -> Result<(), ClientError> {
-    let mut cmd = redis::cmd(command);
-    match master {
-        Some(master) => cmd.arg(&master.host).arg(master.port),
-        None => cmd.arg("NO").arg("ONE"),
-    };
-    let reply = session.pipeline(command, &[cmd]).await?;
-    expect_ok(session, command, reply)
-}
-
-/// The `key → value` pairs of a `CONFIG GET` reply (a flat array in RESP2, a map in
-/// RESP3).
-pub(super) fn config_values(reply: &Value) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    match reply {
-        Value::Array(items) => {
-            for pair in items.chunks_exact(2) {
-                if let (Some(k), Some(v)) = (as_text(&pair[0]), as_text(&pair[1])) {
-                    out.insert(k, v);
-                }
-            }
-        }
-        Value::Map(pairs) => {
-            for (k, v) in pairs {
-                if let (Some(k), Some(v)) = (as_text(k), as_text(v)) {
-                    out.insert(k, v);
-                }
-            }
-        }
-        _ => {}
-    }
-    out
-}
-
-/// `+OK`, or the error the server answered.
-pub(super) fn expect_ok(session: &Session, command: &'static str, reply: Vec<Value>) -> Result<(), ClientError> {
-    match reply.first() {
-        Some(Value::Okay) => Ok(()),
-        Some(Value::SimpleString(s)) if s.starts_with("OK") => Ok(()),
-        Some(Value::ServerError(error)) => Err(session.unexpected(command, server_error_text(error))),
-        other => Err(session.unexpected(command, format!("answered {other:?}"))),
-    }
-}
-
 /// Whether the server writes its data to disk: save points or `appendonly yes`.
 async fn persistence(conn: &mut Connection) -> Result<bool, ClientError> {
     let save = conn.config_get("save").await?.unwrap_or_default();
@@ -555,6 +433,7 @@ pub fn split_config_line(line: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
     use crate::spec::{ReplicaOf, Secret};
     use proptest::prelude::*;
     use std::path::PathBuf;
