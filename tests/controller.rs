@@ -63,16 +63,8 @@ fn generations_create_change_and_remove_instances_and_reports_follow() {
 
     // Generation 2 changes a (live: same process) and removes b.
     controller.set_document(NODE, document(2, &[("a", pa, json!({"maxmemory": "20mb"}))]));
-    let maxmemory = || -> Vec<String> {
-        let mut conn = redis(pa, None).unwrap();
-        redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("maxmemory")
-            .query(&mut conn)
-            .unwrap()
-    };
     h.wait_for("b removed and a reconfigured", Duration::from_secs(15), |h| {
-        h.instance("b").is_null() && maxmemory() == ["maxmemory", "20971520"]
+        h.instance("b").is_null() && config_get(pa, None, "maxmemory") == "20971520"
     });
     assert_eq!(h.instance("a")["pid"], a);
     assert!(!alive(b));
@@ -316,9 +308,7 @@ fn an_agent_restarted_between_fetching_and_applying_applies_desired_json() {
     h.start_agent();
     h.wait_ready("a");
     h.wait_for("a reconfigured and b declared stopped", Duration::from_secs(10), |h| {
-        let mut conn = redis(pa, None).unwrap();
-        let hz: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("hz").query(&mut conn).unwrap();
-        hz == ["hz", "15"] && h.instance("b")["phase"] == "stopped"
+        config_get(pa, None, "hz") == "15" && h.instance("b")["phase"] == "stopped"
     });
     assert_eq!(h.status()["desired"]["generation"], 2);
     assert!(!h.status()["controller"]["poll_error"].is_null() || controller.poll_count(NODE) > 0);

@@ -73,16 +73,8 @@ fn documents_create_change_and_remove_instances() {
     // Generation 2 changes a (live) and removes b.
     let (code, body) = put(&h, Some(TOKEN), &document(2, &[("a", pa, r#", "maxmemory": "20mb""#)]));
     assert_eq!(code, 200, "{body}");
-    let maxmemory = || -> Vec<String> {
-        let mut conn = redis(pa, None).unwrap();
-        redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("maxmemory")
-            .query(&mut conn)
-            .unwrap()
-    };
     h.wait_for("b removed and a reconfigured", Duration::from_secs(15), |h| {
-        h.instance("b").is_null() && maxmemory() == ["maxmemory", "20971520"]
+        h.instance("b").is_null() && config_get(pa, None, "maxmemory") == "20971520"
     });
     assert_eq!(h.instance("a")["pid"], a, "a was restarted for a live change");
     assert!(!alive(b));

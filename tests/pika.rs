@@ -54,12 +54,6 @@ fn pika_manifest(h: &Harness, name: &str, port: u16, top: &str, config: &str) {
     );
 }
 
-fn config_get(port: u16, password: Option<&str>, key: &str) -> String {
-    let mut conn = redis(port, password).unwrap();
-    let pair: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(key).query(&mut conn).unwrap();
-    pair.get(1).cloned().unwrap_or_default()
-}
-
 #[test]
 #[cfg_attr(not(pika), ignore = "needs a pika binary: set PIKA_BIN")]
 fn pika_starts_is_adopted_and_stops_by_sigterm_without_sigkill() {

@@ -44,12 +44,6 @@ fn count(h: &Harness, name: &str, kind: &str) -> usize {
     events(h, name).iter().filter(|(k, _)| k == kind).count()
 }
 
-fn config_get(port: u16, password: Option<&str>, key: &str) -> String {
-    let mut conn = redis(port, password).unwrap();
-    let pair: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(key).query(&mut conn).unwrap();
-    pair.get(1).cloned().unwrap_or_default()
-}
-
 fn config_set(port: u16, password: Option<&str>, key: &str, value: &str) {
     let mut conn = redis(port, password).unwrap();
     redis::cmd("CONFIG")
@@ -276,12 +270,14 @@ fn replica_of_set_switched_and_removed_without_restarts() {
                 && replication["link_up"] == true
         });
         assert_eq!(h.instance("r")["health"]["observed_role"], "replica");
+        let replication = &h.instance("r")["health"]["replication"];
+        assert!(replication["master_last_io_seconds"].is_i64(), "no lag: {replication}");
         assert_eq!(h.instance("r")["pid"], pid, "r was restarted");
         let name = if master == m1 { "m1" } else { "m2" };
         h.wait_for("the master listing r", Duration::from_secs(10), |h| {
             h.instance(name)["health"]["replication"]["replicas"]
                 .as_array()
-                .is_some_and(|list| list.iter().any(|l| l["port"] == r))
+                .is_some_and(|list| list.iter().any(|l| l["port"] == r && l["lag_seconds"].is_u64()))
         });
     }
 

@@ -433,9 +433,9 @@ pub fn split_config_line(line: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
     use crate::spec::{ReplicaOf, Secret};
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
     use std::path::PathBuf;
 
     fn layout() -> Layout {

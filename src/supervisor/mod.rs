@@ -186,3 +186,33 @@ impl Supervisor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The watchdog is pinged only for a supervisor task that takes its commands.
+    #[tokio::test]
+    async fn only_a_supervisor_that_takes_its_commands_answers() {
+        // Stuck: the channel is open, but nothing reads it.
+        let (tx, _stuck) = mpsc::channel(8);
+        let stuck = SupervisorHandle { tx };
+        assert!(!stuck.answers_within(Duration::from_millis(50)).await);
+
+        // Gone.
+        let (tx, rx) = mpsc::channel::<Command>(8);
+        drop(rx);
+        assert!(!SupervisorHandle { tx }.answers_within(Duration::from_secs(1)).await);
+
+        // Working: a loop that answers pings as the supervisor's does.
+        let (tx, mut rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            while let Some(command) = rx.recv().await {
+                if let Command::Ping(answer) = command {
+                    let _ = answer.send(());
+                }
+            }
+        });
+        assert!(SupervisorHandle { tx }.answers_within(Duration::from_secs(1)).await);
+    }
+}

@@ -462,6 +462,14 @@ pub fn redis(port: u16, password: Option<&str>) -> redis::RedisResult<redis::Con
     Ok(conn)
 }
 
+/// `CONFIG GET key` on `127.0.0.1:port`: the value, empty when the server does not
+/// know the key.
+pub fn config_get(port: u16, password: Option<&str>, key: &str) -> String {
+    let mut conn = redis(port, password).unwrap();
+    let pair: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(key).query(&mut conn).unwrap();
+    pair.get(1).cloned().unwrap_or_default()
+}
+
 /// Whether `127.0.0.1:port` answers PING with PONG.
 pub fn pong(port: u16, password: Option<&str>) -> bool {
     redis(port, password)

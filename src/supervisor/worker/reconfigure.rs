@@ -104,8 +104,8 @@ impl Worker {
             return;
         }
         let config_hash = spec.config_hash();
-        self.changed_at_ms = unix_now_millis();
         let result = self.apply_live(spec, &changes).await;
+        // Done (or partly done): only probes sent from now on show it.
         self.changed_at_ms = unix_now_millis();
         match result {
             Err(error) => {
@@ -233,11 +233,8 @@ impl Worker {
             return None;
         }
         let now = Instant::now();
-        if let Some(grace) = &self.grace {
-            let left = Duration::from_millis(grace.until_ms.saturating_sub(unix_now_millis()));
-            if left.is_zero() {
-                self.end_grace().await;
-            }
+        if self.grace_left().is_some_and(|left| left.is_zero()) {
+            self.end_grace().await;
         }
         // Drift checks keep the monitors' beat: the runtime wakes once for all
         // instances rather than once per instance.
@@ -251,12 +248,19 @@ impl Worker {
             Some(_) => {}
             None => self.next_drift_check = Some(next_beat()),
         }
-        let grace_end = self.grace.as_ref().map(|g| {
-            // Not earlier than a second from now: a failed end is retried, not spun on.
-            let left = Duration::from_millis(g.until_ms.saturating_sub(unix_now_millis()));
-            Instant::now() + if left.is_zero() { Duration::from_secs(1) } else { left }
+        // A grace period still running after its end failed to end: retried in a
+        // second, not spun on.
+        let grace_end = self.grace_left().map(|left| {
+            let wait = if left.is_zero() { Duration::from_secs(1) } else { left };
+            Instant::now() + wait
         });
         earliest(self.next_drift_check, grace_end)
+    }
+
+    /// How long the current password grace period has left (zero once it is over).
+    fn grace_left(&self) -> Option<Duration> {
+        let grace = self.grace.as_ref()?;
+        Some(Duration::from_millis(grace.until_ms.saturating_sub(unix_now_millis())))
     }
 
     /// Only the current password works from now on.
