@@ -55,7 +55,7 @@ pub struct DriftCheck<'a> {
     /// the server holds two on purpose).
     pub passwords: Option<&'a [Secret]>,
     /// The master the last health probe saw (`Some(None)`: a master), if that probe
-    /// came after the last change.
+    /// was sent after the last change.
     pub observed_master: Option<Option<String>>,
 }
 

@@ -111,8 +111,7 @@ impl Worker {
             Err(error) => {
                 self.admin = None;
                 self.emit(Event::ReconfigureFailed { error });
-                self.reconfigure_not_before = Some(Instant::now() + self.reconfigure_delay);
-                self.reconfigure_delay = (self.reconfigure_delay * 2).min(RECONFIGURE_RETRY_MAX);
+                self.retry_reconfigure_later();
             }
             Ok(applied) => {
                 for event in applied.events {
@@ -130,9 +129,7 @@ impl Worker {
                 self.running_settings = Some(engine.settings(spec));
                 if let Err(error) = self.note_reconfigured(spec, &config_hash).await {
                     self.emit(Event::ConfigWriteFailed { error });
-                    self.reconfigure_not_before = Some(Instant::now() + self.reconfigure_delay);
-                    self.reconfigure_delay = (self.reconfigure_delay * 2).min(RECONFIGURE_RETRY_MAX);
-                    return;
+                    return self.retry_reconfigure_later();
                 }
                 self.reconfigure_not_before = None;
                 self.reconfigure_delay = RECONFIGURE_RETRY_FIRST;
@@ -143,6 +140,12 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Live changes failed: the planner tries again after a delay that doubles.
+    fn retry_reconfigure_later(&mut self) {
+        self.reconfigure_not_before = Some(Instant::now() + self.reconfigure_delay);
+        self.reconfigure_delay = (self.reconfigure_delay * 2).min(RECONFIGURE_RETRY_MAX);
     }
 
     /// Talks to the server for [`Worker::reconfigure`]; the error says what failed.
@@ -313,10 +316,6 @@ impl Worker {
             Ok((engine, session)) => live::correct_drift(engine, session, &check).await,
             Err(e) => Err(e),
         };
-        if matches!(&result, Ok(events) if events.iter().any(|e| matches!(e, Event::DriftCorrected { key, .. } if key == "replica_of")))
-        {
-            self.changed_at_ms = unix_now_millis();
-        }
         match result {
             Ok(events) => {
                 if self.drift_failure.take().is_some() {
@@ -329,6 +328,10 @@ impl Worker {
                         Event::DriftUncorrected { key, .. } if !self.uncorrected.insert(key.clone()) => continue,
                         Event::DriftCorrected { key, .. } => {
                             self.uncorrected.remove(key);
+                            if key == "replica_of" {
+                                // The role changed: earlier probes no longer tell.
+                                self.changed_at_ms = unix_now_millis();
+                            }
                         }
                         _ => {}
                     }
