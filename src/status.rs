@@ -123,6 +123,9 @@ pub struct InstanceStatus {
     pub reconciled: bool,
     /// Human-readable detail: why not ready, conflict holder, last log lines…
     pub message: String,
+    /// Ports of the instance that listen on all addresses although the agent's `bind`
+    /// names only some (Pika's replication port), and what to do; `None` when none do.
+    pub exposure: Option<String>,
     /// The monitor's last verdict while the process runs; `None` before the first
     /// probe and while it is not running.
     pub health: Option<Health>,
@@ -221,6 +224,7 @@ impl InstanceStatus {
             next_restart_at_ms: None,
             reconciled: false,
             message: String::new(),
+            exposure: None,
             health: None,
         }
     }

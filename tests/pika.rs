@@ -16,12 +16,13 @@ const SIGHUP: i32 = 1;
 const SIGTERM: i32 = 15;
 
 fn pika_bin() -> String {
-    let bin = std::env::var("PIKA_BIN").unwrap_or_default();
+    // Found by build.rs: PIKA_BIN, else `pika` on PATH.
+    let bin = option_env!("KER_AGENT_TEST_PIKA_BIN").unwrap_or_default();
     assert!(
-        std::path::Path::new(&bin).is_file(),
+        std::path::Path::new(bin).is_file(),
         "PIKA_BIN={bin:?} is not a file: point it at a pika 4.x binary"
     );
-    bin
+    bin.to_string()
 }
 
 /// A harness whose agent.toml allows Pika "4.0" = `$PIKA_BIN`.
@@ -55,7 +56,7 @@ fn pika_manifest(h: &Harness, name: &str, port: u16, top: &str, config: &str) {
 }
 
 #[test]
-#[cfg_attr(not(pika), ignore = "needs a pika binary: set PIKA_BIN")]
+#[cfg_attr(not(pika), ignore = "needs a pika binary: none in PIKA_BIN or on PATH")]
 fn pika_starts_is_adopted_and_stops_by_sigterm_without_sigkill() {
     let mut h = harness();
     let port = pika_port();
@@ -85,7 +86,7 @@ fn pika_starts_is_adopted_and_stops_by_sigterm_without_sigkill() {
 }
 
 #[test]
-#[cfg_attr(not(pika), ignore = "needs a pika binary: set PIKA_BIN")]
+#[cfg_attr(not(pika), ignore = "needs a pika binary: none in PIKA_BIN or on PATH")]
 fn pika_live_keys_change_without_a_restart_and_thread_num_restarts() {
     let mut h = harness();
     let port = pika_port();
@@ -117,7 +118,7 @@ fn pika_live_keys_change_without_a_restart_and_thread_num_restarts() {
 }
 
 #[test]
-#[cfg_attr(not(pika), ignore = "needs a pika binary: set PIKA_BIN")]
+#[cfg_attr(not(pika), ignore = "needs a pika binary: none in PIKA_BIN or on PATH")]
 fn pika_slaveof_between_two_instances() {
     let mut h = harness();
     let (m, r) = (pika_port(), pika_port());
@@ -148,7 +149,7 @@ fn pika_slaveof_between_two_instances() {
 }
 
 #[test]
-#[cfg_attr(not(pika), ignore = "needs a pika binary: set PIKA_BIN")]
+#[cfg_attr(not(pika), ignore = "needs a pika binary: none in PIKA_BIN or on PATH")]
 fn pika_password_has_no_auth_bypass() {
     let mut h = harness();
     let port = pika_port();

@@ -10,7 +10,6 @@ mod client;
 mod commands;
 pub mod info;
 mod pika;
-mod pika_config;
 mod redis;
 mod redis_defaults;
 mod session;
@@ -76,6 +75,11 @@ pub struct Layout {
     pub log_file: PathBuf,
     /// Addresses the instance listens on.
     pub bind: Vec<IpAddr>,
+    /// The network interface that holds the first of `bind`'s IPv4 addresses (a
+    /// non-loopback one if any), for servers that listen on an interface rather than
+    /// an address (Pika's `network-interface`); `None` when `bind` includes all
+    /// addresses or the engine does not need it.
+    pub bind_interface: Option<String>,
 }
 
 /// How a graceful stop was asked for.
@@ -121,6 +125,34 @@ pub struct Sample {
     pub stats: ServerStats,
     /// The INFO reply itself, for [`Engine::info_raw`] when someone asks.
     pub reply: Vec<u8>,
+}
+
+/// A port that listens on all addresses whatever the agent's `bind` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnboundPort {
+    pub port: u16,
+    /// What it is for: `replication`.
+    pub purpose: &'static str,
+    /// Why it is not bound as asked.
+    pub why: &'static str,
+}
+
+/// What an operator must know about the ports of an instance on `port` that listen on
+/// all addresses although the agent's `bind` names only some; `None` when there are
+/// none, or when `bind` includes all addresses anyway.
+pub fn exposure(engine: &dyn Engine, port: u16, bind: &[IpAddr]) -> Option<String> {
+    if bind.iter().any(IpAddr::is_unspecified) {
+        return None;
+    }
+    let ports = engine.unbound_ports(port);
+    let first = ports.first()?;
+    let list: Vec<String> = ports.iter().map(|p| format!("{} ({})", p.port, p.purpose)).collect();
+    Some(format!(
+        "port {} listens on all addresses whatever [instances] bind says ({}): firewall it so that only this \
+         instance's replicas can reach it",
+        list.join(", "),
+        first.why
+    ))
 }
 
 /// What an instance asks of the host, for the preflight checks.
@@ -249,11 +281,32 @@ pub trait Engine: Send + Sync + 'static {
     /// Every TCP port an instance on `port` occupies.
     fn ports(&self, port: u16) -> Vec<u16>;
 
+    /// Ports of an instance on `port` that listen on all addresses whatever the
+    /// agent's `bind` says, each with what it is for and why.
+    fn unbound_ports(&self, port: u16) -> Vec<UnboundPort> {
+        let _ = port;
+        Vec::new()
+    }
+
     /// The server settings `spec` asks for.
     fn settings(&self, spec: &InstanceSpec) -> Settings;
 
     /// The config file for `spec`, with the agent-owned settings of `layout`.
-    fn render_config(&self, spec: &InstanceSpec, layout: &Layout) -> String;
+    /// `previous` is the file as it is now: a server that writes into its own config
+    /// file (Pika, about its replication) keeps what it wrote.
+    fn render_config(&self, spec: &InstanceSpec, layout: &Layout, previous: Option<&str>) -> String;
+
+    /// Whether the server listens on a network interface rather than on addresses, so
+    /// that [`Layout::bind_interface`] must be found before a start.
+    fn binds_by_interface(&self) -> bool {
+        false
+    }
+
+    /// The address the agent talks to the server on, out of the agent's `bind`
+    /// addresses.
+    fn client_address(&self, bind: &[IpAddr]) -> Option<IpAddr> {
+        bind.first().copied()
+    }
 
     /// The settings a config file rendered by [`Engine::render_config`] holds: what a
     /// process started from it, or reconfigured to match it, runs with.
@@ -348,6 +401,7 @@ pub fn layout(engine: &dyn Engine, instances_dir: &Path, log_dir: &Path, name: &
         config_file: instance_dir.join(engine.config_file_name()),
         log_file: log_dir.join(format!("{name}.log")),
         bind: bind.to_vec(),
+        bind_interface: None,
         instance_dir,
     }
 }

@@ -115,7 +115,7 @@ impl Engine for RedisEngine {
         }
     }
 
-    fn render_config(&self, spec: &InstanceSpec, layout: &Layout) -> String {
+    fn render_config(&self, spec: &InstanceSpec, layout: &Layout, _previous: Option<&str>) -> String {
         let settings = self.settings(spec);
         let mut out = String::new();
         // Writing to a String cannot fail; the results are ignored for that reason.
@@ -445,6 +445,7 @@ mod tests {
             config_file: PathBuf::from("/var/lib/ker-agent/instances/cache-1/redis.conf"),
             log_file: PathBuf::from("/var/log/ker-agent/cache-1.log"),
             bind: vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
+            bind_interface: None,
         }
     }
 
@@ -468,7 +469,7 @@ mod tests {
         });
         spec.config.insert("maxmemory-policy".into(), "allkeys-lru".into());
         spec.config.insert("save".into(), "3600 1 300 100".into());
-        let text = RedisEngine.render_config(&spec, &layout());
+        let text = RedisEngine.render_config(&spec, &layout(), None);
         let d = directives(&text);
         let find = |k: &str| d.iter().find(|l| l[0] == k).cloned().unwrap_or_default();
         assert_eq!(find("port"), ["port", "6380"]);
@@ -498,7 +499,7 @@ mod tests {
         });
         spec.config.insert("save".into(), "".into());
         spec.config.insert("maxmemory-policy".into(), "allkeys-lru".into());
-        let text = RedisEngine.render_config(&spec, &layout());
+        let text = RedisEngine.render_config(&spec, &layout(), None);
         let settings = RedisEngine.rendered_settings(&text);
         assert_eq!(settings, RedisEngine.settings(&spec));
         assert_eq!(settings.password, Some(Secret::new("p\"w \\d")));

@@ -322,7 +322,7 @@ mod tests {
             }
             prop_assert!(diff(redis(), &running_as(&to), &to).is_empty());
             let layout = crate::engine::layout(redis(), "/d".as_ref(), "/l".as_ref(), "a", &["127.0.0.1".parse().unwrap()]);
-            let rendered = redis().render_config(&to, &layout);
+            let rendered = redis().render_config(&to, &layout, None);
             prop_assert_eq!(redis().rendered_settings(&rendered), redis().settings(&to));
         }
     }

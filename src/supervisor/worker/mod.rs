@@ -548,7 +548,9 @@ impl Worker {
         };
 
         let after_crash = self.restart_pending;
-        let address = layout.bind.first().map(|ip| Target::address(*ip, spec.port));
+        let address = engine
+            .client_address(&layout.bind)
+            .map(|ip| Target::address(ip, spec.port));
         let base = InstanceRecord {
             pid: 0,
             start_ticks: 0,
@@ -618,20 +620,22 @@ impl Worker {
     /// returns where its files are.
     async fn write_config(&self, engine: &'static dyn Engine, spec: &InstanceSpec) -> Result<Layout, String> {
         let config = &self.ctx.config;
-        let layout = engine::layout(
+        let mut layout = engine::layout(
             engine,
             &config.instances_dir(),
             &config.instances.log_dir,
             &self.name,
             &config.instances.bind,
         );
-        let rendered = engine.render_config(spec, &layout);
-        let (files, dirs) = (layout.clone(), engine.data_dirs(&layout));
+        let spec = spec.clone();
         blocking("write the instance's config", move || {
-            prepare_files(&files, &dirs, &rendered)
+            if engine.binds_by_interface() {
+                layout.bind_interface = crate::host::bind_interface(&layout.bind)?;
+            }
+            prepare_files(engine, &spec, &layout)?;
+            Ok(layout)
         })
-        .await??;
-        Ok(layout)
+        .await?
     }
 
     /// A start that did not produce a process counts like a crash for the back-off.
@@ -935,6 +939,7 @@ impl Worker {
             next_restart_at_ms,
             reconciled: self.reconciled,
             message: self.message(phase),
+            exposure: engine::for_kind(engine).and_then(|e| engine::exposure(e, port, &self.ctx.config.instances.bind)),
             health: None,
         };
         self.ctx.board.publish(status);
@@ -1092,22 +1097,33 @@ fn redact(line: &str, password: Option<&Secret>) -> String {
     }
 }
 
-/// Creates the instance's directories (and the engine's `dirs` in its data
-/// directory) and writes its config file atomically.
-fn prepare_files(layout: &Layout, dirs: &[PathBuf], rendered: &str) -> Result<(), String> {
+/// Creates the instance's directories (and the engine's own in its data directory)
+/// and writes its config file for `spec` atomically, unless it already says that.
+fn prepare_files(engine: &dyn Engine, spec: &InstanceSpec, layout: &Layout) -> Result<(), String> {
     use std::os::unix::fs::DirBuilderExt;
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true).mode(0o750);
     let log_dir = layout.log_file.parent().unwrap_or(&layout.instance_dir);
-    let own = [layout.instance_dir.as_path(), layout.data_dir.as_path(), log_dir];
-    for dir in own.into_iter().chain(dirs.iter().map(PathBuf::as_path)) {
+    let own = [
+        layout.instance_dir.clone(),
+        layout.data_dir.clone(),
+        log_dir.to_path_buf(),
+    ];
+    for dir in own.into_iter().chain(engine.data_dirs(layout)) {
         builder
-            .create(dir)
+            .create(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
+    // The server may have written into its file (Pika, about its replication).
+    let previous = match std::fs::read_to_string(&layout.config_file) {
+        Ok(text) => Some(text),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => return Err(format!("cannot read {}: {error}", layout.config_file.display())),
+    };
+    let rendered = engine.render_config(spec, layout, previous.as_deref());
     // A restart after a crash usually finds the file as it should be: skipping the
     // write keeps the restart fast.
-    if std::fs::read(&layout.config_file).is_ok_and(|current| current == rendered.as_bytes()) {
+    if previous.as_deref() == Some(rendered.as_str()) {
         return Ok(());
     }
     // 0600: the file may hold the instance's password.

@@ -4,20 +4,23 @@
 //! and one admin password guarded by `userpass`. The facts behind each choice are in
 //! the comments; Pika speaks the Redis protocol but is not Redis.
 
+mod config_file;
+mod keys;
+
 use super::client::{ClientError, Target};
 use super::commands::{config_get_all, expect_ok, info_text, ping_and_info, replicate, set_and_read_back};
-use super::pika_config::{DEFAULTS, LIVE};
 use super::session::Session;
 use super::{
     BoxFuture, Current, Depth, Engine, EngineKind, HostNeeds, Layout, Mutability, Readiness, Sample, SetOutcome,
-    Settings, StopRequest,
+    Settings, StopRequest, UnboundPort,
 };
 use crate::spec::{InstanceSpec, ReplicaOf, Secret};
+use config_file::{user_password, DATA_DIRS};
+use keys::{BASE, DEFAULTS, LIVE};
 use redis::Value;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::fmt::Write;
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// Pika 4.x.
@@ -58,17 +61,7 @@ const REFUSED: &[(&str, &str)] = &[
     ),
     ("run-id", "the server sets it"),
     ("replication-id", "the server sets it"),
-];
-
-/// Keys of `pika.conf` that the agent writes itself.
-const AGENT_OWNED: &[&str] = &[
-    "port",
-    "daemonize",
-    "db-path",
-    "log-path",
-    "dump-path",
-    "db-sync-path",
-    "pidfile",
+    ("internal-used-unfinished-full-sync", "the server sets it"),
 ];
 
 impl Engine for PikaEngine {
@@ -165,10 +158,7 @@ impl Engine for PikaEngine {
     }
 
     fn data_dirs(&self, layout: &Layout) -> Vec<std::path::PathBuf> {
-        ["db", "log", "dump", "dbsync"]
-            .iter()
-            .map(|dir| layout.data_dir.join(dir))
-            .collect()
+        DATA_DIRS.iter().map(|(_, dir)| layout.data_dir.join(dir)).collect()
     }
 
     fn password_grace_note(&self) -> Option<&'static str> {
@@ -204,6 +194,17 @@ impl Engine for PikaEngine {
             .collect()
     }
 
+    fn unbound_ports(&self, port: u16) -> Vec<UnboundPort> {
+        port.checked_add(2000)
+            .map(|port| UnboundPort {
+                port,
+                purpose: "replication",
+                why: "Pika 4.0 binds its replication port to 0.0.0.0, whatever network-interface says",
+            })
+            .into_iter()
+            .collect()
+    }
+
     fn settings(&self, spec: &InstanceSpec) -> Settings {
         Settings {
             config: spec.config.clone(),
@@ -212,57 +213,31 @@ impl Engine for PikaEngine {
         }
     }
 
-    fn render_config(&self, spec: &InstanceSpec, layout: &Layout) -> String {
-        let settings = self.settings(spec);
-        let mut out = String::new();
-        // Writing to a String cannot fail; the results are ignored for that reason.
-        let _ = writeln!(out, "# Rendered by ker-agent for instance {:?}.", spec.name);
-        let _ = writeln!(
-            out,
-            "# Do not edit: the agent rewrites this file; change the instance's spec."
-        );
-        if !settings.config.is_empty() {
-            let _ = writeln!(out, "\n# The spec's settings");
-            for (key, value) in &settings.config {
-                let _ = writeln!(out, "{key} : {value}");
-            }
-        }
-        if let Some(password) = &settings.password {
-            let _ = writeln!(out, "requirepass : {}", password.expose());
-            let _ = writeln!(out, "masterauth : {}", password.expose());
-            // While userpass is empty, AUTH with *any* password gets in.
-            let _ = writeln!(out, "userpass : {}", user_password(password));
-        }
-        if let Some(master) = &settings.replica_of {
-            let _ = writeln!(out, "slaveof : {master}");
-        }
-        let _ = writeln!(out, "\n# Owned by the agent");
-        let _ = writeln!(out, "port : {}", spec.port);
-        let _ = writeln!(out, "daemonize : no");
-        // Pika wants its directories with a trailing slash.
-        let dirs = self.data_dirs(layout);
-        for (key, dir) in ["db-path", "log-path", "dump-path", "db-sync-path"].iter().zip(&dirs) {
-            let _ = writeln!(out, "{key} : {}/", dir.to_string_lossy());
-        }
-        // Not written with `daemonize : no`; named so that no default path is used.
-        let _ = writeln!(out, "pidfile : {}/pika.pid", layout.instance_dir.to_string_lossy());
-        out
+    fn render_config(&self, spec: &InstanceSpec, layout: &Layout, previous: Option<&str>) -> String {
+        config_file::render(spec, layout, previous)
     }
 
     fn rendered_settings(&self, config_text: &str) -> Settings {
-        let mut settings = Settings::default();
-        for (key, value) in config_text.lines().filter_map(split_config_line) {
-            match key {
-                "requirepass" => settings.password = Some(Secret::new(value)),
-                "masterauth" | "userpass" => {}
-                "slaveof" => settings.replica_of = crate::spec::parse_host_port(value).ok(),
-                key if AGENT_OWNED.contains(&key) => {}
-                key => {
-                    settings.config.insert(key.to_string(), value.to_string());
-                }
+        config_file::rendered_settings(config_text)
+    }
+
+    /// Pika listens on 127.0.0.1 and the first address of `network-interface`, or on
+    /// all addresses without it (and then also needs a default route or an `eth0` to
+    /// start at all).
+    fn binds_by_interface(&self) -> bool {
+        true
+    }
+
+    /// Pika listens on IPv4 only: the first IPv4 bind address (an unspecified one means
+    /// loopback, where Pika always listens).
+    fn client_address(&self, bind: &[IpAddr]) -> Option<IpAddr> {
+        bind.iter().find(|ip| ip.is_ipv4()).map(|ip| {
+            if ip.is_unspecified() {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                *ip
             }
-        }
-        settings
+        })
     }
 
     fn mutability(&self, key: &str) -> Mutability {
@@ -274,10 +249,10 @@ impl Engine for PikaEngine {
     }
 
     fn default_value(&self, key: &str) -> Option<&'static str> {
-        DEFAULTS
-            .binary_search_by(|(k, _)| (*k).cmp(key))
-            .ok()
-            .map(|i| DEFAULTS[i].1)
+        let find = |table: &'static [(&'static str, &'static str)]| {
+            table.binary_search_by(|(k, _)| (*k).cmp(key)).ok().map(|i| table[i].1)
+        };
+        find(DEFAULTS).or_else(|| find(BASE))
     }
 
     fn args(&self, layout: &Layout) -> Vec<OsString> {
@@ -432,17 +407,6 @@ fn maxclients(spec: &InstanceSpec) -> Result<u64, String> {
     }
 }
 
-/// The non-admin user's password when only one password is valid: derived from the
-/// admin password, so that the rendered file does not change from render to render,
-/// and unknown to anyone who does not know the admin password.
-fn user_password(password: &Secret) -> String {
-    let digest = Sha256::new()
-        .chain_update(b"ker-agent pika userpass\0")
-        .chain_update(password.expose().as_bytes())
-        .finalize();
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A Pika size (`256M`, `4k`): K, M and G are powers of 1024; plain digits are bytes.
 fn pika_size(text: &str) -> Option<u64> {
     let lower = text.to_ascii_lowercase();
@@ -455,35 +419,23 @@ fn pika_size(text: &str) -> Option<u64> {
     digits.parse::<u64>().ok()?.checked_mul(scale)
 }
 
-/// One line of `pika.conf` as Pika reads it: `#` in the first column is a comment, the
-/// first `:` splits, and key and value are trimmed. `None` for comments and blank or
-/// malformed lines.
-pub fn split_config_line(line: &str) -> Option<(&str, &str)> {
-    if line.starts_with('#') {
-        return None;
-    }
-    let (key, value) = line.split_once(':')?;
-    let key = key.trim();
-    (!key.is_empty()).then_some((key, value.trim()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
     use std::path::PathBuf;
 
-    fn layout() -> Layout {
+    pub(super) fn layout() -> Layout {
         Layout {
             instance_dir: PathBuf::from("/var/lib/ker-agent/instances/p"),
             data_dir: PathBuf::from("/var/lib/ker-agent/instances/p/data"),
             config_file: PathBuf::from("/var/lib/ker-agent/instances/p/pika.conf"),
             log_file: PathBuf::from("/var/log/ker-agent/p.log"),
             bind: vec!["127.0.0.1".parse().unwrap()],
+            bind_interface: Some("lo".into()),
         }
     }
 
-    fn spec() -> InstanceSpec {
+    pub(super) fn spec() -> InstanceSpec {
         let mut spec = InstanceSpec::example("p", 9221);
         spec.engine = EngineKind::Pika;
         spec.version = "4.0".into();
@@ -491,54 +443,12 @@ mod tests {
         spec
     }
 
-    /// The directives of a rendered file as Pika reads them, in order.
-    fn directives(text: &str) -> Vec<(&str, &str)> {
-        text.lines().filter_map(split_config_line).collect()
-    }
-
     #[test]
-    fn renders_pika_syntax_with_agent_owned_paths_last() {
-        let mut spec = spec();
-        spec.password = Some(Secret::new("pw:with colon"));
-        spec.replica_of = Some(ReplicaOf {
-            host: "10.0.0.5".into(),
-            port: 9221,
-        });
-        spec.config.insert("timeout".into(), "120".into());
-        let text = PikaEngine.render_config(&spec, &layout());
-        let d = directives(&text);
-        let get = |k: &str| d.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
-        assert_eq!(get("port"), Some("9221"));
-        assert_eq!(get("daemonize"), Some("no"));
-        assert_eq!(get("db-path"), Some("/var/lib/ker-agent/instances/p/data/db/"));
-        assert_eq!(get("log-path"), Some("/var/lib/ker-agent/instances/p/data/log/"));
-        assert_eq!(get("dump-path"), Some("/var/lib/ker-agent/instances/p/data/dump/"));
-        assert_eq!(get("db-sync-path"), Some("/var/lib/ker-agent/instances/p/data/dbsync/"));
-        assert_eq!(get("pidfile"), Some("/var/lib/ker-agent/instances/p/pika.pid"));
-        // Later colons belong to the value.
-        assert_eq!(get("requirepass"), Some("pw:with colon"));
-        assert_eq!(get("masterauth"), Some("pw:with colon"));
-        assert_eq!(get("slaveof"), Some("10.0.0.5:9221"));
-        assert_eq!(get("timeout"), Some("120"));
-        // No AUTH bypass: userpass is set, and is not the password.
-        let userpass = get("userpass").unwrap();
-        assert_eq!(userpass.len(), 64);
-        assert_ne!(userpass, "pw:with colon");
-        assert_eq!(userpass, user_password(&Secret::new("pw:with colon")));
-        let position = |k: &str| d.iter().position(|(key, _)| *key == k).unwrap();
-        assert!(position("timeout") < position("port"));
-        let keys: std::collections::BTreeSet<&str> = d.iter().map(|(k, _)| *k).collect();
-        assert_eq!(keys.len(), d.len(), "a key appears twice:\n{text}");
+    fn command_line_names_the_rendered_file() {
         assert_eq!(
             PikaEngine.args(&layout()),
             ["-c", "/var/lib/ker-agent/instances/p/pika.conf"]
         );
-    }
-
-    #[test]
-    fn no_password_means_no_userpass() {
-        let text = PikaEngine.render_config(&spec(), &layout());
-        assert!(!text.contains("requirepass") && !text.contains("userpass"), "{text}");
     }
 
     #[test]
@@ -598,7 +508,7 @@ mod tests {
 
     #[test]
     fn live_keys_and_defaults_agree_with_a_real_server() {
-        let fixture = include_str!("../../tests/fixtures/pika/config-get-all.txt");
+        let fixture = include_str!("../../../tests/fixtures/pika/config-get-all.txt");
         let lines: Vec<&str> = fixture.split('\n').collect();
         let real: BTreeMap<&str, &str> = lines.chunks_exact(2).map(|p| (p[0], p[1])).collect();
         assert!(LIVE.windows(2).all(|w| w[0] < w[1]), "LIVE must be sorted");
@@ -622,7 +532,9 @@ mod tests {
             assert_eq!(PikaEngine.mutability(key), Mutability::Restart, "{key}");
         }
         assert_eq!(PikaEngine.default_value("timeout"), Some("60"));
-        assert_eq!(PikaEngine.default_value("thread-num"), None);
+        assert_eq!(PikaEngine.default_value("write-buffer-size"), Some("268435456"));
+        assert_eq!(PikaEngine.default_value("thread-num"), Some("1"));
+        assert_eq!(PikaEngine.default_value("acllog-max-len"), None);
     }
 
     #[test]
@@ -663,40 +575,5 @@ mod tests {
         assert!(!PikaEngine.same_value("20M", "20000000"));
         assert_eq!(pika_size("1g"), Some(1 << 30));
         assert_eq!(pika_size("x"), None);
-    }
-
-    #[test]
-    fn comments_only_in_the_first_column() {
-        assert_eq!(split_config_line("# port : 1"), None);
-        assert_eq!(
-            split_config_line("port : 1 # not a comment"),
-            Some(("port", "1 # not a comment"))
-        );
-        assert_eq!(
-            split_config_line("slaveof : 1.2.3.4:9221"),
-            Some(("slaveof", "1.2.3.4:9221"))
-        );
-        assert_eq!(split_config_line("userpass :"), Some(("userpass", "")));
-        assert_eq!(split_config_line(""), None);
-    }
-
-    proptest! {
-        /// Whatever a spec sets comes back from the rendered file as Pika reads it.
-        #[test]
-        fn rendering_round_trips(
-            config in proptest::collection::btree_map("[a-z][a-z0-9_-]{0,12}", "[^\\p{Cc}\\s]([^\\p{Cc}]{0,20}[^\\p{Cc}\\s])?", 0..6),
-            password in proptest::option::of("[^\\p{Cc}\\s]{1,20}"),
-            master in proptest::option::of(1024u16..55000),
-        ) {
-            let mut spec = spec();
-            spec.config = config
-                .into_iter()
-                .filter(|(k, _)| PikaEngine.refuse_config_key(k).is_none())
-                .collect();
-            spec.password = password.as_deref().map(Secret::new);
-            spec.replica_of = master.map(|port| ReplicaOf { host: "10.1.2.3".into(), port });
-            let text = PikaEngine.render_config(&spec, &layout());
-            prop_assert_eq!(PikaEngine.rendered_settings(&text), PikaEngine.settings(&spec));
-        }
     }
 }
