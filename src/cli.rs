@@ -145,6 +145,8 @@ struct Row {
     next_restart_at_ms: Option<u64>,
     message: String,
     #[serde(default)]
+    exposure: Option<String>,
+    #[serde(default)]
     health: Option<HealthRow>,
 }
 
@@ -310,6 +312,18 @@ fn render_table(doc: &StatusDoc) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    // Said once per instance, below the table: it would fill every row of a column.
+    let exposed: Vec<&Row> = doc.instances.iter().filter(|r| r.exposure.is_some()).collect();
+    if !exposed.is_empty() {
+        out.push_str("exposed ports:\n");
+        for row in exposed {
+            out.push_str(&format!(
+                "  {}: {}\n",
+                row.name,
+                row.exposure.as_deref().unwrap_or_default()
+            ));
+        }
+    }
     out
 }
 
@@ -352,7 +366,10 @@ mod tests {
                  "health": {"status": "degraded", "reasons": ["PING took 150 ms"], "observed_role": "replica",
                             "replication": {"master": "10.0.0.1:6379", "link_up": false, "replicas": []}}},
                 {"name": "b", "engine": "redis", "port": 6381, "phase": "crash-loop", "ready": false,
-                 "pid": null, "restarts": 7, "uptime_seconds": null, "message": "exit code 1"}
+                 "pid": null, "restarts": 7, "uptime_seconds": null, "message": "exit code 1"},
+                {"name": "p", "engine": "pika", "port": 9221, "phase": "pending", "ready": false,
+                 "pid": null, "restarts": 0, "uptime_seconds": null, "message": "",
+                 "exposure": "port 11221 (replication) listens on all addresses"}
             ]
         }))
         .unwrap();
@@ -378,5 +395,11 @@ mod tests {
             lines[5] == "b        redis   6381  crash-loop  no     -    7         -       -         -                    exit code 1",
             "{table}"
         );
+        assert_eq!(lines[7], "exposed ports:", "{table}");
+        assert_eq!(
+            lines[8], "  p: port 11221 (replication) listens on all addresses",
+            "{table}"
+        );
+        assert_eq!(lines.len(), 9, "{table}");
     }
 }

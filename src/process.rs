@@ -53,6 +53,8 @@ pub struct Launch<'a> {
     pub args: Vec<std::ffi::OsString>,
     pub working_dir: &'a Path,
     pub log_file: &'a Path,
+    /// Environment the server needs, beyond `PATH` and the few variables passed on.
+    pub env: &'static [(&'static str, &'static str)],
     pub setup: ChildSetup,
 }
 
@@ -107,6 +109,12 @@ impl Process {
                 env.push(((*name).to_string(), value));
             }
         }
+        env.extend(
+            launch
+                .env
+                .iter()
+                .map(|(name, value)| ((*name).to_string(), (*value).into())),
+        );
         let (stdin, stdout): (std::os::fd::OwnedFd, std::os::fd::OwnedFd) = (stdin.into(), log.into());
         let spawned = sys::spawn(&sys::Command {
             program: launch.binary,

@@ -87,13 +87,21 @@ pub fn hostname() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// The last lines of a log file, reading at most the last 8 KiB.
-pub fn tail_lines(path: &Path, lines: usize) -> io::Result<Vec<String>> {
+/// The last lines of a log file written since byte `since` (its length when the
+/// process that writes it started), reading at most the last 8 KiB. A file shorter
+/// than `since` was truncated (log rotation): its end is read.
+pub fn tail_lines(path: &Path, since: u64, lines: usize) -> io::Result<Vec<String>> {
     use std::io::{Read, Seek, SeekFrom};
     const WINDOW: u64 = 8 * 1024;
     let mut file = fs::File::open(path)?;
     let len = file.metadata()?.len();
-    file.seek(SeekFrom::Start(len.saturating_sub(WINDOW)))?;
+    let window_start = len.saturating_sub(WINDOW);
+    let start = if since <= len {
+        since.max(window_start)
+    } else {
+        window_start
+    };
+    file.seek(SeekFrom::Start(start))?;
     let mut buf = Vec::new();
     file.take(WINDOW).read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf);
@@ -296,6 +304,30 @@ impl StatUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_tails_show_only_what_the_last_process_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("p.log");
+        fs::write(&log, "old 1\nold 2\n\n").unwrap();
+        let since = fs::metadata(&log).unwrap().len();
+        let mut text = fs::read_to_string(&log).unwrap();
+        text.push_str("F fatal error\n*** Check failure stack trace: ***\n");
+        fs::write(&log, &text).unwrap();
+        assert_eq!(
+            tail_lines(&log, since, 5).unwrap(),
+            ["F fatal error", "*** Check failure stack trace: ***"]
+        );
+        assert_eq!(
+            tail_lines(&log, 0, 2).unwrap(),
+            ["F fatal error", "*** Check failure stack trace: ***"]
+        );
+        assert_eq!(tail_lines(&log, 0, 5).unwrap().len(), 4);
+        // Rotated (truncated) since: its end is read.
+        fs::write(&log, "new\n").unwrap();
+        assert_eq!(tail_lines(&log, since, 5).unwrap(), ["new"]);
+        assert!(tail_lines(&dir.path().join("missing"), 0, 5).is_err());
+    }
 
     #[test]
     fn stat_with_spaces_and_parens_in_comm() {

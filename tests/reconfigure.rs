@@ -7,7 +7,7 @@ mod common;
 
 use common::controller::{controlled, document, Controller, NODE};
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
 
 const SIGHUP: i32 = 1;
@@ -19,29 +19,6 @@ const SIGSTOP: i32 = 19;
 /// A harness whose agent checks for drift every second.
 fn fast_drift() -> Harness {
     Harness::with_agent_toml("", "\n[monitoring]\ndrift_interval = \"1s\"")
-}
-
-/// The events of instance `name` as `(kind, message)`, oldest first.
-fn events(h: &Harness, name: &str) -> Vec<(String, String)> {
-    let (_, body) = h.http_get(&format!("/v1/instances/{name}")).unwrap();
-    let detail: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    detail["events"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .map(|e| {
-                    (
-                        e["kind"].as_str().unwrap_or_default().to_string(),
-                        e["message"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn count(h: &Harness, name: &str, kind: &str) -> usize {
-    events(h, name).iter().filter(|(k, _)| k == kind).count()
 }
 
 fn config_set(port: u16, password: Option<&str>, key: &str, value: &str) {
@@ -102,7 +79,7 @@ fn live_keys_change_without_a_restart_and_the_rendered_file_follows() {
         "maxmemory = \"128mb\"\n[config]\n\"maxmemory-policy\" = \"volatile-lru\"\n\"hz\" = \"20\"",
     );
     h.wait_for("the reconfigured event", Duration::from_secs(10), |h| {
-        count(h, "a", "reconfigured") == 1
+        count_events(h, "a", "reconfigured") == 1
     });
     assert_eq!(config_get(port, None, "maxmemory-policy"), "volatile-lru");
     assert_eq!(config_get(port, None, "maxmemory"), "134217728");
@@ -135,7 +112,7 @@ fn live_keys_change_without_a_restart_and_the_rendered_file_follows() {
     assert_eq!(h.wait_ready("a"), pid);
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(h.instance("a")["pid"], pid);
-    assert_eq!(count(&h, "a", "stopping"), 0, "{:?}", events(&h, "a"));
+    assert_eq!(count_events(&h, "a", "stopping"), 0, "{:?}", events(&h, "a"));
     assert_eq!(server_starts(&h, "a"), 1);
 }
 
@@ -233,7 +210,7 @@ fn a_value_changed_by_hand_is_set_back_within_one_drift_cycle() {
 
     // Values Redis normalises (sizes, case) are not drift.
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(count(&h, "a", "drift-corrected"), 3, "{:?}", events(&h, "a"));
+    assert_eq!(count_events(&h, "a", "drift-corrected"), 3, "{:?}", events(&h, "a"));
     assert_eq!(h.instance("a")["pid"], pid);
 }
 
@@ -336,7 +313,7 @@ fn a_password_rotation_keeps_the_old_password_for_the_grace_period_only() {
     assert!(pong(r, Some(old)));
     // …and only the new one after it.
     h.wait_for("the grace period over on m", Duration::from_secs(10), |h| {
-        count(h, "m", "password-grace-ended") == 1
+        count_events(h, "m", "password-grace-ended") == 1
     });
     assert!(rotated.elapsed() >= Duration::from_secs(3), "grace ended early");
     let refused = redis(m, Some(old)).and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
@@ -415,7 +392,7 @@ fn raising_restart_epoch_restarts_exactly_once_even_if_the_agent_dies_meanwhile(
     send_signal(second, SIGSTOP);
     respec(&h, "a", port, "restart_epoch = 2");
     h.wait_for("the stop requested", Duration::from_secs(20), |h| {
-        count(h, "a", "stop-requested") == 2
+        count_events(h, "a", "stop-requested") == 2
     });
     h.stop_agent(SIGKILL);
     send_signal(second, SIGCONT);
@@ -505,9 +482,9 @@ fn a_change_the_server_refuses_live_restarts_for_it_once() {
     // The restarted server still cannot have 4000 clients: the drift check says so
     // once, not every cycle.
     h.wait_for("the uncorrected drift reported", Duration::from_secs(5), |h| {
-        count(h, "a", "drift-uncorrected") == 1
+        count_events(h, "a", "drift-uncorrected") == 1
     });
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(count(&h, "a", "drift-uncorrected"), 1);
+    assert_eq!(count_events(&h, "a", "drift-uncorrected"), 1);
     assert_eq!(server_starts(&h, "a"), 2);
 }

@@ -34,30 +34,53 @@ fn config_get(key: &str) -> redis::Cmd {
     get
 }
 
+/// What [`config_get_all`] read.
+#[derive(Debug, Default)]
+pub struct ConfigRead {
+    /// The values of the keys asked for (a key the server does not know is left out).
+    pub config: BTreeMap<String, String>,
+    /// The values of the extra keys.
+    pub extra: BTreeMap<String, String>,
+    /// The replies to the other commands, in order.
+    pub others: Vec<Value>,
+}
+
 /// The values of `keys` and of `extra`, each read with its own `CONFIG GET` (Redis
-/// before 7.0 and Pika take one key at a time), pipelined: one round trip.
+/// before 7.0 and Pika take one key at a time), and the replies to `others`,
+/// pipelined: one round trip.
 pub async fn config_get_all(
     session: &mut Session,
     keys: &[&str],
     extra: &[&str],
-) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>), ClientError> {
-    let commands: Vec<redis::Cmd> = keys.iter().chain(extra).map(|key| config_get(key)).collect();
-    let replies = session.pipeline("CONFIG GET", &commands).await?;
+    others: &[redis::Cmd],
+) -> Result<ConfigRead, ClientError> {
+    let gets = keys.len() + extra.len();
+    let commands: Vec<redis::Cmd> = keys
+        .iter()
+        .chain(extra)
+        .map(|key| config_get(key))
+        .chain(others.iter().cloned())
+        .collect();
+    let mut replies = session.pipeline("CONFIG GET", &commands).await?;
     if replies.len() != commands.len() {
         return Err(session.unexpected("CONFIG GET", "too few replies".into()));
     }
-    if let Some(Value::ServerError(error)) = replies.iter().find(|r| matches!(r, Value::ServerError(_))) {
+    if let Some(Value::ServerError(error)) = replies[..gets].iter().find(|r| matches!(r, Value::ServerError(_))) {
         return Err(session.unexpected("CONFIG GET", server_error_text(error)));
     }
-    let (mut config, mut rest) = (BTreeMap::new(), BTreeMap::new());
+    let others = replies.split_off(gets);
+    let mut read = ConfigRead {
+        others,
+        ..ConfigRead::default()
+    };
     for (i, reply) in replies.iter().enumerate() {
         if i < keys.len() {
-            config.extend(config_values(reply));
+            read.config.extend(config_values(reply));
         } else {
-            rest.extend(config_values(reply));
+            read.extra.extend(config_values(reply));
         }
     }
-    Ok((config, rest))
+    Ok(read)
 }
 
 /// Makes the server a replica of `master` (a master when `None`) with `command`
@@ -116,18 +139,35 @@ pub async fn ping_and_info(
     session: &mut Session,
     info: redis::Cmd,
 ) -> Result<(std::time::Duration, Value), ClientError> {
+    let (ping, mut replies) = ping_and(session, vec![info]).await?;
+    let reply = replies
+        .pop()
+        .ok_or_else(|| session.unexpected("PING+INFO", "no INFO reply".into()))?;
+    Ok((ping, reply))
+}
+
+/// `PING` and `commands` in one write: how long the round trip took and the replies
+/// to `commands`, once `PING` was answered with `PONG`.
+pub async fn ping_and(
+    session: &mut Session,
+    commands: Vec<redis::Cmd>,
+) -> Result<(std::time::Duration, Vec<Value>), ClientError> {
+    let expected = commands.len() + 1;
+    let all: Vec<redis::Cmd> = std::iter::once(redis::cmd("PING")).chain(commands).collect();
     let began = std::time::Instant::now();
-    let replies = session.pipeline("PING+INFO", &[redis::cmd("PING"), info]).await?;
+    let mut replies = session.pipeline("PING+INFO", &all).await?;
     let ping = began.elapsed();
-    let [pong, reply] =
-        <[Value; 2]>::try_from(replies).map_err(|_| session.unexpected("PING+INFO", "not two replies".into()))?;
+    if replies.len() != expected {
+        return Err(session.unexpected("PING+INFO", format!("{} replies to {expected} commands", replies.len())));
+    }
+    let pong = replies.remove(0);
     if let Value::ServerError(error) = &pong {
         return Err(session.unexpected("PING", server_error_text(error)));
     }
     if as_text(&pong).as_deref() != Some("PONG") {
         return Err(session.unexpected("PING", format!("answered {pong:?} instead of PONG")));
     }
-    Ok((ping, reply))
+    Ok((ping, replies))
 }
 
 /// The text of an `INFO` reply, or the error the server answered instead.

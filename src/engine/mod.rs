@@ -322,6 +322,11 @@ pub trait Engine: Send + Sync + 'static {
     /// The command-line arguments, after the binary.
     fn args(&self, layout: &Layout) -> Vec<OsString>;
 
+    /// Environment variables the server is started with (the agent clears the rest).
+    fn env(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+
     /// One readiness probe: ready only when the target's own process answers.
     fn probe<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Readiness>;
 

@@ -4,7 +4,7 @@
 //! reconfiguration (`CONFIG SET`, `REPLICAOF`, the default user's passwords).
 
 use super::client::{ClientError, Connection, Target};
-use super::commands::{config_get_all, info_text, ping_and_info, replicate, set_and_read_back};
+use super::commands::{config_get_all, info_text, ping_and_info, replicate, set_and_read_back, ConfigRead};
 use super::redis_defaults::{DEFAULTS, IMMUTABLE};
 use super::session::Session;
 use super::{
@@ -300,7 +300,7 @@ impl Engine for RedisEngine {
             } else {
                 &[]
             };
-            let (config, extra) = config_get_all(session, keys, password_keys).await?;
+            let ConfigRead { config, extra, .. } = config_get_all(session, keys, password_keys, &[]).await?;
             let mut current = Current {
                 config,
                 ..Current::default()

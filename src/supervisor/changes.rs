@@ -119,11 +119,21 @@ pub fn diff(engine: &dyn Engine, running: &Running, spec: &InstanceSpec) -> Chan
         if old == Some(value) {
             continue;
         }
+        // A key the process runs without has its default: a spec that now names the
+        // default changes nothing.
+        let default = engine.default_value(key);
+        if old.is_none() && default.is_some_and(|d| is_default(engine, value, d)) {
+            continue;
+        }
         match engine.mutability(key) {
             Mutability::Live => changes.config.push((key.clone(), value.clone())),
             Mutability::Restart => changes.restart.push(format!(
                 "{key} {} → {value:?} (cannot change at runtime)",
-                old.map_or("unset".to_string(), |v| format!("{v:?}"))
+                match (old, default) {
+                    (Some(old), _) => format!("{old:?}"),
+                    (None, Some(default)) => format!("{default:?}"),
+                    (None, None) => "unset".to_string(),
+                }
             )),
         }
     }
@@ -131,12 +141,19 @@ pub fn diff(engine: &dyn Engine, running: &Running, spec: &InstanceSpec) -> Chan
         if wanted.config.contains_key(key) {
             continue;
         }
+        // Back to its default: nothing to do when it was set to the default.
+        if engine.default_value(key).is_some_and(|d| is_default(engine, old, d)) {
+            continue;
+        }
         match (engine.mutability(key), engine.default_value(key)) {
             (Mutability::Live, Some(default)) => changes.config.push((key.clone(), default.to_string())),
             (Mutability::Live, None) => changes
                 .restart
                 .push(format!("{key} {old:?} → unset (its default is not known to the agent)")),
-            (Mutability::Restart, _) => changes
+            (Mutability::Restart, Some(default)) => changes.restart.push(format!(
+                "{key} {old:?} → {default:?}, its default (cannot change at runtime)"
+            )),
+            (Mutability::Restart, None) => changes
                 .restart
                 .push(format!("{key} {old:?} → unset (cannot change at runtime)")),
         }
@@ -148,6 +165,12 @@ pub fn diff(engine: &dyn Engine, running: &Running, spec: &InstanceSpec) -> Chan
         changes.password = Some(wanted.password.clone());
     }
     changes
+}
+
+/// Whether `value` is the key's `default`, as the server reads both: the same words
+/// (`same_value` alone also accepts a part of a list, which a default is not).
+fn is_default(engine: &dyn Engine, value: &str, default: &str) -> bool {
+    engine.same_value(value, default) && engine.same_value(default, value)
 }
 
 fn show<T: std::fmt::Display>(value: Option<T>) -> String {
@@ -180,6 +203,46 @@ mod tests {
         let mut spec = spec.clone();
         spec.config.insert(key.into(), value.into());
         spec
+    }
+
+    #[test]
+    fn a_key_at_its_default_is_the_same_as_no_key() {
+        let pika = engine::for_kind(EngineKind::Pika).unwrap();
+        let mut base = InstanceSpec::example("p", 9221);
+        base.engine = EngineKind::Pika;
+        base.config.insert("maxclients".into(), "1000".into());
+        let running = Running {
+            nofile: pika.child_nofile(&base),
+            settings: Some(pika.settings(&base)),
+            ..running_as(&base)
+        };
+        // Naming Pika's default (thread-num 1, write-buffer-size 256M) restarts nothing.
+        let named = with(&with(&base, "thread-num", "1"), "write-buffer-size", "256M");
+        assert!(
+            diff(pika, &running, &named).is_empty(),
+            "{:?}",
+            diff(pika, &running, &named)
+        );
+        let changes = diff(pika, &running, &with(&base, "thread-num", "2"));
+        assert_eq!(changes.restart, ["thread-num \"1\" → \"2\" (cannot change at runtime)"]);
+        // And dropping a key that was at its default neither.
+        let running_named = Running {
+            settings: Some(pika.settings(&named)),
+            ..running.clone()
+        };
+        assert!(diff(pika, &running_named, &base).is_empty());
+        let running_two = Running {
+            settings: Some(pika.settings(&with(&base, "thread-num", "2"))),
+            ..running
+        };
+        // A part of a default list is not the default.
+        let redis_base = InstanceSpec::example("a", 7000);
+        let changes = diff(redis(), &running_as(&redis_base), &with(&redis_base, "save", "3600 1"));
+        assert_eq!(changes.config, [("save".to_string(), "3600 1".to_string())]);
+        assert_eq!(
+            diff(pika, &running_two, &base).restart,
+            ["thread-num \"2\" → \"1\", its default (cannot change at runtime)"]
+        );
     }
 
     #[test]
@@ -275,10 +338,17 @@ mod tests {
         assert!(!changes.needs_restart());
     }
 
+    fn without_defaults(mut settings: Settings) -> Settings {
+        settings
+            .config
+            .retain(|k, v| !redis().default_value(k).is_some_and(|d| is_default(redis(), v, d)));
+        settings
+    }
+
     fn spec_strategy() -> impl Strategy<Value = InstanceSpec> {
         let keys = prop::sample::select(vec!["hz", "maxmemory-policy", "databases", "save", "io-threads"]);
         (
-            proptest::collection::btree_map(keys, "[a-z0-9]{1,4}", 0..4),
+            proptest::collection::btree_map(keys, "[a-z0-9]{1,4}|10|noeviction|3600 1", 0..4),
             proptest::option::of(0u64..4),
             0u64..3,
             proptest::option::of("[ab]{1,2}"),
@@ -318,7 +388,8 @@ mod tests {
                 if let Some(password) = &changes.password {
                     settings.password = password.clone();
                 }
-                prop_assert_eq!(&settings, &redis().settings(&to));
+                // A key at its default is the same as no key.
+                prop_assert_eq!(without_defaults(settings), without_defaults(redis().settings(&to)));
             }
             prop_assert!(diff(redis(), &running_as(&to), &to).is_empty());
             let layout = crate::engine::layout(redis(), "/d".as_ref(), "/l".as_ref(), "a", &["127.0.0.1".parse().unwrap()]);

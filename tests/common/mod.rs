@@ -53,6 +53,20 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A port for a Pika instance: free, and so are its replication (+2000) and rsync
+/// (+10001) ports, on every address.
+pub fn pika_port() -> u16 {
+    loop {
+        let port = free_port();
+        if [port + 2000, port + 10_001]
+            .iter()
+            .all(|p| TcpListener::bind(("0.0.0.0", *p)).is_ok())
+        {
+            return port;
+        }
+    }
+}
+
 /// One agent set-up in a temporary directory.
 pub struct Harness {
     pub dir: tempfile::TempDir,
@@ -335,6 +349,29 @@ impl Drop for Harness {
         // Instances outlive agents by design: kill everything started from this directory.
         kill_processes_mentioning(self.path());
     }
+}
+
+/// The events of instance `name` as `(kind, message)`, oldest first.
+pub fn events(h: &Harness, name: &str) -> Vec<(String, String)> {
+    let (_, body) = h.http_get(&format!("/v1/instances/{name}")).unwrap();
+    let detail: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    detail["events"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|e| {
+                    (
+                        e["kind"].as_str().unwrap_or_default().to_string(),
+                        e["message"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn count_events(h: &Harness, name: &str, kind: &str) -> usize {
+    events(h, name).iter().filter(|(k, _)| k == kind).count()
 }
 
 /// SIGKILLs every process whose command line or working directory mentions `dir`,

@@ -8,7 +8,7 @@ mod config_file;
 mod keys;
 
 use super::client::{ClientError, Target};
-use super::commands::{config_get_all, expect_ok, info_text, ping_and_info, replicate, set_and_read_back};
+use super::commands::{config_get_all, expect_ok, info_text, ping_and, replicate, set_and_read_back};
 use super::session::Session;
 use super::{
     BoxFuture, Current, Depth, Engine, EngineKind, HostNeeds, Layout, Mutability, Readiness, Sample, SetOutcome,
@@ -18,6 +18,7 @@ use crate::spec::{InstanceSpec, ReplicaOf, Secret};
 use config_file::{user_password, DATA_DIRS};
 use keys::{BASE, DEFAULTS, LIVE};
 use redis::Value;
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::IpAddr;
@@ -259,6 +260,15 @@ impl Engine for PikaEngine {
         vec!["-c".into(), layout.config_file.clone().into_os_string()]
     }
 
+    /// Pika prints its whole config, passwords included, at its start, as INFO lines
+    /// logged before it sets glog up, which go to stderr (the instance's log). glog
+    /// reads its threshold from GLOG_minloglevel until Pika sets it to 0 once set up:
+    /// that start dump is left out, fatal start errors still appear, and everything
+    /// Pika logs afterwards is kept.
+    fn env(&self) -> &'static [(&'static str, &'static str)] {
+        &[("GLOG_minloglevel", "1")]
+    }
+
     fn probe<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Readiness> {
         // Pika binds its port only once its databases are open: no LOADING state.
         Box::pin(super::client::ping_readiness(target))
@@ -266,8 +276,8 @@ impl Engine for PikaEngine {
 
     fn host_needs(&self, spec: &InstanceSpec) -> HostNeeds {
         HostNeeds {
-            // Pika listens with its network library's default backlog.
-            listen_backlog: 511,
+            // Pika 4.0.1 listens with a backlog of 1024 (seen with `ss -ltn`).
+            listen_backlog: 1024,
             nofile: self
                 .child_nofile(spec)
                 .unwrap_or(DEFAULT_MAXCLIENTS + NOFILE_BEYOND_MAXCLIENTS),
@@ -282,12 +292,26 @@ impl Engine for PikaEngine {
         Box::pin(session.verify_pid(pid))
     }
 
-    fn sample<'a>(&'a self, session: &'a mut Session, _depth: Depth) -> BoxFuture<'a, Result<Sample, ClientError>> {
+    fn sample<'a>(&'a self, session: &'a mut Session, depth: Depth) -> BoxFuture<'a, Result<Sample, ClientError>> {
         Box::pin(async move {
-            // Plain INFO: server, data, clients, stats, cpu, replication and the key
-            // counts of the last scan. Never `INFO keyspace 1`, which starts a full scan.
-            let (ping, reply) = ping_and_info(session, redis::cmd("INFO")).await?;
-            let reply = info_text(session, Some(reply))?;
+            // Plain INFO: server, data, clients, stats, cpu, replication; its keyspace
+            // section has no counts. A full sample adds `INFO keyspace 0`: the counts of
+            // Pika's last key scan, without starting one (`INFO keyspace 1` would start
+            // a full scan, which the agent never does).
+            let mut commands = vec![redis::cmd("INFO")];
+            if depth == Depth::Full {
+                let mut keyspace = redis::cmd("INFO");
+                keyspace.arg("keyspace").arg("0");
+                commands.push(keyspace);
+            }
+            let (ping, replies) = ping_and(session, commands).await?;
+            let mut reply = Vec::new();
+            for part in replies {
+                if !reply.is_empty() {
+                    reply.extend_from_slice(b"\r\n");
+                }
+                reply.extend(info_text(session, Some(part))?);
+            }
             Ok(Sample {
                 ping,
                 stats: super::pika_stats(&reply),
@@ -322,28 +346,29 @@ impl Engine for PikaEngine {
         passwords: Option<&'a [Secret]>,
     ) -> BoxFuture<'a, Result<Current, ClientError>> {
         Box::pin(async move {
-            let password_keys: &[&str] = if passwords.is_some() {
-                &["requirepass", "masterauth", "userpass"]
-            } else {
-                &[]
+            let (password_keys, others): (&[&str], Vec<redis::Cmd>) = match passwords {
+                // CONFIG GET userpass shows the file's value, not what the non-admin
+                // user accepts: ACL GETUSER does (as SHA-256 digests).
+                Some(_) => (&["requirepass", "masterauth"], vec![acl_getuser_limit()]),
+                None => (&[], Vec::new()),
             };
-            let (config, extra) = config_get_all(session, keys, password_keys).await?;
+            let read = config_get_all(session, keys, password_keys, &others).await?;
             let mut current = Current {
-                config,
+                config: read.config,
                 ..Current::default()
             };
             if let Some(passwords) = passwords {
-                let get = |key: &str| extra.get(key).cloned().unwrap_or_default();
-                let (wanted, user) = match passwords.first() {
-                    Some(first) => (first.expose().to_string(), user_password(first)),
-                    None => (String::new(), String::new()),
-                };
-                current.passwords_match = Some(
-                    passwords.len() <= 1
-                        && get("requirepass") == wanted
-                        && get("masterauth") == wanted
-                        && (passwords.is_empty() || get("userpass") == user),
-                );
+                let get = |key: &str| read.extra.get(key).cloned().unwrap_or_default();
+                current.passwords_match = Some(match passwords {
+                    [] => get("requirepass").is_empty() && get("masterauth").is_empty(),
+                    [only] => {
+                        get("requirepass") == only.expose()
+                            && get("masterauth") == only.expose()
+                            && read.others.first().and_then(limit_user_digests)
+                                == Some(vec![sha256_hex(user_password(only).as_bytes())])
+                    }
+                    _ => false,
+                });
             }
             Ok(current)
         })
@@ -366,8 +391,13 @@ impl Engine for PikaEngine {
         Box::pin(async move {
             // Pika has one admin password. A second one (the previous, during a grace
             // period) becomes the non-admin user's; otherwise that is a secret nobody
-            // knows, so that no AUTH bypass exists. userpass goes first: the previous
-            // password then works throughout.
+            // knows, so that no AUTH bypass exists. The non-admin user goes first: the
+            // previous password then works throughout.
+            //
+            // Pika 4.0 reads `userpass` into its non-admin ACL user ("limit") only at
+            // start; `CONFIG SET userpass` changes nothing but the value CONFIG GET
+            // shows. So the user is changed with ACL SETUSER, and userpass is set too
+            // for Pika's own rewrites of its file.
             let (admin, user) = match passwords {
                 [] => (String::new(), String::new()),
                 [only] => (only.expose().to_string(), user_password(only)),
@@ -378,7 +408,16 @@ impl Engine for PikaEngine {
                 set.arg("SET").arg(key).arg(value);
                 set
             };
+            let mut limit = redis::cmd("ACL");
+            limit.arg("SETUSER").arg(LIMIT_USER).arg("resetpass");
+            if user.is_empty() {
+                // No admin password either: nothing to log in to.
+                limit.arg("nopass");
+            } else {
+                limit.arg(format!(">{user}"));
+            }
             let commands = [
+                limit,
                 set("userpass", &user),
                 set("requirepass", &admin),
                 set("masterauth", &admin),
@@ -394,6 +433,34 @@ impl Engine for PikaEngine {
             Ok(())
         })
     }
+}
+
+/// Pika's non-admin ACL user, whose password is `userpass`.
+const LIMIT_USER: &str = "limit";
+
+fn acl_getuser_limit() -> redis::Cmd {
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("GETUSER").arg(LIMIT_USER);
+    cmd
+}
+
+/// The password digests of an `ACL GETUSER` reply (`flags … passwords [digest…] …`);
+/// `None` when the reply has no passwords field.
+fn limit_user_digests(reply: &Value) -> Option<Vec<String>> {
+    let Value::Array(fields) = reply else {
+        return None;
+    };
+    let at = fields
+        .chunks_exact(2)
+        .find(|pair| crate::engine::client::as_text(&pair[0]).as_deref() == Some("passwords"))?;
+    match &at[1] {
+        Value::Array(digests) => Some(digests.iter().filter_map(crate::engine::client::as_text).collect()),
+        _ => None,
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `maxclients` of a spec: its `[config]` value or Pika's default.
@@ -565,6 +632,31 @@ mod tests {
         // From info-replica-up.txt: master_host is the host's address.
         assert!(PikaEngine.is_master(&wanted, "192.0.2.2:9301"));
         assert!(!PikaEngine.is_master(&wanted, "192.0.2.2:9302"));
+    }
+
+    #[test]
+    fn the_limit_users_passwords_come_from_acl_getuser() {
+        // `ACL GETUSER limit` of a real Pika 4.0.1 after `ACL SETUSER limit resetpass >userA`.
+        let text = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let reply = Value::Array(vec![
+            text("flags"),
+            Value::Array(vec![text("on")]),
+            text("passwords"),
+            Value::Array(vec![text(
+                "b6e3dc0ff5a19566dca703f84a2c09bdd5dd22891e09b9fb3fc436c5be9ecf9c",
+            )]),
+            text("commands"),
+            text("+@all"),
+            text("key"),
+            text("~*"),
+            text("channels"),
+            text("&*"),
+            text("selectors"),
+            Value::Array(vec![]),
+        ]);
+        assert_eq!(limit_user_digests(&reply), Some(vec![sha256_hex(b"userA")]));
+        assert_eq!(limit_user_digests(&Value::Nil), None);
+        assert_eq!(limit_user_digests(&Value::Array(vec![text("flags")])), None);
     }
 
     #[test]

@@ -107,6 +107,9 @@ pub struct Worker {
     last_exit: Option<ExitOutcome>,
     last_stop: Option<StopOutcome>,
     log_tail: Vec<String>,
+    /// The length of the instance's log file when the live process started (0 when
+    /// adopted): what it wrote comes after.
+    log_offset: u64,
     conflict: Option<PortHolder>,
     /// Delay before the next look at a conflict.
     conflict_recheck: Duration,
@@ -170,6 +173,7 @@ impl Worker {
             last_exit: None,
             last_stop: None,
             log_tail: Vec::new(),
+            log_offset: 0,
             conflict: None,
             conflict_recheck: CONFLICT_RECHECK_FIRST,
             unverified: None,
@@ -419,6 +423,7 @@ impl Worker {
                 self.drift = self.binary_drift(&process);
                 self.crashes.consecutive = record.consecutive_crashes;
                 self.process = Some(*process);
+                self.log_offset = 0;
                 self.unverified = None;
                 self.ready = false;
                 self.probe_delay = Duration::ZERO;
@@ -575,11 +580,15 @@ impl Worker {
             args: engine.args(&layout),
             working_dir: &layout.data_dir,
             log_file: &layout.log_file,
+            env: engine.env(),
             setup: ChildSetup {
                 nofile: engine.child_nofile(spec),
                 oom_score_adj: spec.limits.oom_score_adj,
             },
         };
+        // What the process writes to its log comes after this; a crash shows only that.
+        // (A stat, like the spawn itself, does not wait on anything slow.)
+        let log_offset = std::fs::metadata(&layout.log_file).map_or(0, |m| m.len());
         let mut process = match Process::spawn(launch, &self.ctx.boot_id, base) {
             Ok(process) => process,
             Err(error) => return self.start_failed(error.to_string()),
@@ -603,6 +612,7 @@ impl Worker {
             after_crash,
         });
         self.process = Some(process);
+        self.log_offset = log_offset;
         self.auth = spec.password.clone();
         self.forget_live_state();
         self.running_settings = Some(engine.settings(spec));
@@ -668,7 +678,7 @@ impl Worker {
         // restart counter and crash count to an agent that restarts in between (its pid
         // fails the ownership proof, so it cannot cause harm).
         self.last_exit = Some(ExitOutcome { exit, at: unix_now() });
-        self.log_tail = procfs::tail_lines(&self.log_file(), LOG_TAIL_LINES)
+        self.log_tail = procfs::tail_lines(&self.log_file(), self.log_offset, LOG_TAIL_LINES)
             .unwrap_or_default()
             .into_iter()
             .map(|line| redact(&line, self.auth.as_ref()))
