@@ -15,7 +15,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{pika_port, Harness, SIGHUP, SIGKILL, SIGTERM};
+use common::{log_timestamp, pika_port, wall_seconds_of_day, Harness, SIGHUP, SIGKILL, SIGTERM};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -195,13 +195,25 @@ fn main() {
             h.instance(&format!("k{i}"))["ready"] == true
         });
     }
-    let mut agent_kill = Vec::new();
+    let (mut agent_kill, mut noticed, mut started) = (Vec::new(), Vec::new(), Vec::new());
     for (i, port) in ports.iter().enumerate() {
         let pid = h.instance(&format!("k{i}"))["pid"].as_u64().unwrap() as u32;
+        let wall = wall_seconds_of_day();
         let began = Instant::now();
         kill(pid, SIGKILL);
         let (at, _) = wait_new_pid(*port, Some(pid));
         agent_kill.push(ms(at - began));
+        // Where the time went, from the agent's log.
+        let log = std::fs::read_to_string(h.agent_log()).unwrap_or_default();
+        let after_kill = |needle: &str| {
+            log.lines()
+                .filter(|l| l.contains(needle) && l.contains(&format!("instance=\"k{i}\"")))
+                .filter_map(log_timestamp)
+                .map(|t| (t - wall) * 1000.0)
+                .find(|t| *t >= 0.0)
+        };
+        noticed.extend(after_kill("Instance exited."));
+        started.extend(after_kill("Instance started."));
     }
     // Baseline: Pika's own exec → PONG, on k0's config and data (stopped by the agent).
     let k0 = h.instance_dir("k0");
@@ -224,6 +236,8 @@ fn main() {
         "1. kill -9 → PONG from the new pid, agent: {}",
         summary(&mut agent_kill)
     );
+    println!("1.   kill → exit noticed (agent log):      {}", summary(&mut noticed));
+    println!("1.   kill → new Pika exec'd (agent log):   {}", summary(&mut started));
     println!("1. Pika's own exec → PONG (baseline):   {}", summary(&mut own_start));
 
     // 2. Idle stop: the agent's, then Pika's own, alternating.

@@ -24,7 +24,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{free_port, http_request, redis_server, Harness, AGENT, SIGTERM};
+use common::{free_port, http_request, log_timestamp, redis_server, wall_seconds_of_day, Harness, AGENT, SIGTERM};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
@@ -32,7 +32,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------
 // Settings
@@ -388,24 +388,6 @@ fn wait_readyz(api_port: u16, timeout: Duration) -> (Instant, Instant) {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn wall_seconds_of_day() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64() % 86400.0)
-        .unwrap_or(0.0)
-}
-
-/// The UTC time of day of a tracing log line (`2025-01-01T12:34:56.123456Z  INFO …`).
-fn log_timestamp(line: &str) -> Option<f64> {
-    let stamp = line.split_whitespace().next()?;
-    let time = stamp.split_once('T')?.1.trim_end_matches('Z');
-    let mut parts = time.split(':');
-    let h: f64 = parts.next()?.parse().ok()?;
-    let m: f64 = parts.next()?.parse().ok()?;
-    let s: f64 = parts.next()?.parse().ok()?;
-    Some(h * 3600.0 + m * 60.0 + s)
 }
 
 /// Milliseconds from `wall0` to the first/last log line containing `needle`.

@@ -563,3 +563,22 @@ pub fn cpu_ms(pid: u32) -> f64 {
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     ticks * 1000.0 / ker_agent::sys::clock_ticks_per_second() as f64
 }
+
+/// The UTC time of day now, in seconds (for comparing with log timestamps).
+pub fn wall_seconds_of_day() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() % 86400.0)
+        .unwrap_or(0.0)
+}
+
+/// The UTC time of day of a tracing log line (`2025-01-01T12:34:56.123456Z  INFO …`).
+pub fn log_timestamp(line: &str) -> Option<f64> {
+    let stamp = line.split_whitespace().next()?;
+    let time = stamp.split_once('T')?.1.trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
