@@ -1,8 +1,11 @@
-//! The `pika` engine (Pika 4.x): `pika.conf` in Pika's `key : value` syntax, `pika -c
-//! <file>`, three ports per instance, the open-files limit Pika insists on, readiness by
-//! `PING`, the stop by SIGTERM (Pika looks at it every 5 s), `SLAVEOF` for replication
-//! and one admin password guarded by `userpass`. The facts behind each choice are in
-//! the comments; Pika speaks the Redis protocol but is not Redis.
+//! The `pika` engine (Pika 4.x): a complete `pika.conf` (`config_file.rs`, from the
+//! key tables of `keys.rs`), `pika -c <file>`, three ports per instance (one of them on
+//! all addresses whatever the config says), the open-files limit Pika insists on,
+//! readiness by `PING`, the stop by SIGTERM (Pika looks at it every 5 s), `SLAVEOF` for
+//! replication, and one admin password plus a non-admin ACL user (`limit`) that must
+//! never be left without a password. The facts behind each choice, all checked on a
+//! real Pika 4.0.1, are in the comments; Pika speaks the Redis protocol but is not
+//! Redis.
 
 mod config_file;
 mod keys;
@@ -32,7 +35,8 @@ pub struct PikaEngine;
 const NOFILE_BEYOND_MAXCLIENTS: u64 = 5000;
 /// `maxclients` when the config file does not set it.
 const DEFAULT_MAXCLIENTS: u64 = 20_000;
-/// Pika looks for a stop request every 5 s and takes 8–12 s to exit: a shorter stop
+/// Pika looks for a stop request every 5 s and then joins its threads: 10 or 13 s from
+/// SIGTERM to exit, idle or with a million keys (BENCHMARKS.md). A shorter stop
 /// timeout would SIGKILL healthy instances.
 const MIN_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The highest port whose `port + 10001` (rsync) still exists.
@@ -91,7 +95,7 @@ impl Engine for PikaEngine {
             problem(
                 "stop_timeout",
                 format!(
-                    "{} is too short for Pika, which looks for a stop every 5 s and takes up to about 12 s to \
+                    "{} is too short for Pika, which looks for a stop every 5 s and takes up to about 13 s to \
                      exit: at least {}s, or a healthy Pika would be killed",
                     humantime::format_duration(timeout),
                     MIN_STOP_TIMEOUT.as_secs()
