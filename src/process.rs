@@ -172,10 +172,40 @@ impl Process {
 
     /// Adopts the process of `record` if it provably is the one the record was written
     /// for: same boot, pid alive and not a zombie, same start time, same executable.
+    ///
+    /// A start the previous agent did not get to record is found by the record's
+    /// launch mark: for a record written before its spawn, the process the mark finds;
+    /// for the record of a process that is gone, the one that replaced it (a restart
+    /// after a crash rewrites the record only after its spawn). The adopted process's
+    /// record then names it.
     pub fn adopt(record: &InstanceRecord, boot_id: &str) -> Adoption {
         if record.boot_id != boot_id {
             return Adoption::Gone("the host rebooted since the record was written".into());
         }
+        if record.is_pending() {
+            let not_before = record.launch.as_ref().map_or(0, |m| m.not_before_ticks);
+            return match find_launched(record, not_before) {
+                Ok(Some(found)) => Process::adopt_exact(&found),
+                Ok(None) => Adoption::Gone(
+                    "the agent stopped before the start it recorded got as far as the server (no process of its \
+                     binary runs in its data directory)"
+                        .into(),
+                ),
+                Err(reason) => Adoption::Unverifiable(reason),
+            };
+        }
+        match Process::adopt_exact(record) {
+            Adoption::Gone(reason) if record.launch.is_some() => match find_launched(record, record.start_ticks) {
+                Ok(Some(found)) => Process::adopt_exact(&found),
+                Ok(None) => Adoption::Gone(reason),
+                Err(why) => Adoption::Unverifiable(format!("{reason}, and {why}")),
+            },
+            adoption => adoption,
+        }
+    }
+
+    /// [`Process::adopt`] of exactly the recorded pid.
+    fn adopt_exact(record: &InstanceRecord) -> Adoption {
         let pid = record.pid;
         let check = || -> Result<(), CheckFailure> {
             // Only a definite answer ("no such process", another start time, another
@@ -287,6 +317,64 @@ impl Process {
     pub fn signal(&self, signal: i32) -> io::Result<()> {
         self.pidfd.send_signal(signal)
     }
+}
+
+/// The process of a start that `record`'s launch mark describes: the one session
+/// leader (the agent starts servers in their own session; a server's forked children,
+/// such as a background save, are not leaders) of the recorded executable that runs in
+/// the instance's data directory and started at or after `not_before` (clock ticks
+/// after boot), other than the recorded pid, with its pid, start time and executable
+/// filled in. `Ok(None)` when there is none: the spawn never happened, or the process
+/// has exited. A spawn the previous agent was in the middle of when it died finishes
+/// its exec within microseconds; one look again after a pause covers it.
+fn find_launched(record: &InstanceRecord, not_before: u64) -> Result<Option<InstanceRecord>, String> {
+    let Some(mark) = &record.launch else {
+        return Ok(None);
+    };
+    // The kernel names a working directory with its links resolved.
+    let dir = std::fs::canonicalize(&mark.working_dir).unwrap_or_else(|_| mark.working_dir.clone());
+    let executable = std::fs::canonicalize(&record.executable).unwrap_or_else(|_| record.executable.clone());
+    for look in 0..2 {
+        if look > 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut found = Vec::new();
+        for pid in procfs::processes_in(&dir).map_err(|e| format!("cannot read /proc: {e}"))? {
+            let Ok(Some(stat)) = procfs::read_stat(pid) else {
+                continue;
+            };
+            if pid != record.pid
+                && i64::from(stat.session) == i64::from(pid)
+                && stat.start_ticks >= not_before
+                && !matches!(stat.state, 'Z' | 'X')
+                && procfs::read_exe(pid).is_ok_and(|exe| exe == executable)
+            {
+                found.push((pid, stat.start_ticks));
+            }
+        }
+        match found.as_slice() {
+            [] => continue,
+            [(pid, start_ticks)] => {
+                return Ok(Some(InstanceRecord {
+                    pid: *pid,
+                    start_ticks: *start_ticks,
+                    executable,
+                    started_at: procfs::started_at(*start_ticks).unwrap_or_else(unix_now),
+                    ..record.clone()
+                }))
+            }
+            many => {
+                return Err(format!(
+                    "{} processes of {} run in {} since the start was recorded ({:?}); none is adopted",
+                    many.len(),
+                    executable.display(),
+                    dir.display(),
+                    many.iter().map(|(pid, _)| pid).collect::<Vec<_>>()
+                ))
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Seconds since the Unix epoch.

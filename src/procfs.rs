@@ -65,6 +65,52 @@ fn strip_deleted(path: PathBuf) -> PathBuf {
     }
 }
 
+/// The processes whose working directory is `dir` (as the kernel names it: absolute,
+/// symbolic links resolved). Processes that cannot be read (another user's, or gone
+/// meanwhile) are skipped: an instance runs as the agent's user. Reads a link of every
+/// process: only for the rare recovery of an interrupted start.
+pub fn processes_in(dir: &Path) -> io::Result<Vec<u32>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc")? {
+        let Some(pid) = entry
+            .ok()
+            .and_then(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        else {
+            continue;
+        };
+        if fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir) {
+            found.push(pid);
+        }
+    }
+    Ok(found)
+}
+
+/// Clock ticks since boot now, in the unit of `/proc/<pid>/stat`'s start time, from
+/// `/proc/uptime` (whose hundredths of a second are rounded down).
+pub fn ticks_since_boot() -> io::Result<u64> {
+    let text = fs::read_to_string("/proc/uptime")?;
+    let uptime: f64 = text
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "/proc/uptime: unexpected format"))?;
+    Ok((uptime * crate::sys::clock_ticks_per_second() as f64) as u64)
+}
+
+/// When a process started, in seconds since the Unix epoch, from its start time in
+/// clock ticks after boot (`/proc/<pid>/stat` field 22) and `/proc/uptime`.
+pub fn started_at(start_ticks: u64) -> Option<u64> {
+    let uptime: f64 = fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let since_boot = start_ticks as f64 / crate::sys::clock_ticks_per_second() as f64;
+    let age = (uptime - since_boot).max(0.0);
+    Some(crate::process::unix_now().saturating_sub(age as u64))
+}
+
 /// The short command name of a process (`/proc/<pid>/comm`), for messages.
 pub fn read_comm(pid: u32) -> Option<String> {
     fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -304,6 +350,31 @@ impl StatUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_are_found_by_working_directory_and_start_after_a_moment() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = std::fs::canonicalize(dir.path()).unwrap();
+        let before = ticks_since_boot().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .current_dir(&dir)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert_eq!(processes_in(&dir).unwrap(), [pid]);
+        let stat = read_stat(pid).unwrap().unwrap();
+        assert!(stat.start_ticks + 1 >= before, "{} < {before}", stat.start_ticks);
+        assert!(
+            started_at(stat.start_ticks)
+                .unwrap()
+                .abs_diff(crate::process::unix_now())
+                <= 2
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(processes_in(&dir).unwrap().is_empty());
+    }
 
     #[test]
     fn log_tails_show_only_what_the_last_process_wrote() {

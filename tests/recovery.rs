@@ -36,28 +36,37 @@ fn a_start_that_fails_is_retried_until_it_works() {
 }
 
 #[test]
-fn a_start_whose_record_cannot_be_written_kills_the_process_and_retries() {
+fn a_start_whose_records_cannot_be_written_runs_nothing_and_retries() {
     let mut h = Harness::new();
     let port = free_port();
     h.manifest("a", port, "");
     h.start_agent();
     let first = h.wait_ready("a");
-    // A directory where the record should go: the atomic rename onto it fails.
-    let record = h.instance_dir("a").join("instance.json");
+    // Directories where the records should go: the atomic renames onto them fail.
+    let (record, launch) = (
+        h.instance_dir("a").join("instance.json"),
+        h.instance_dir("a").join("launch.json"),
+    );
     std::fs::remove_file(&record).unwrap();
     std::fs::create_dir(&record).unwrap();
+    std::fs::create_dir(&launch).unwrap();
     send_signal(first, SIGKILL);
-    h.wait_for("the failed start", Duration::from_secs(10), |h| {
-        h.instance("a")["phase"] == "failed"
+    let message = |h: &Harness| h.instance("a")["message"].as_str().unwrap_or_default().to_string();
+    // No launch record: the server is not started at all.
+    h.wait_for("the start refused", Duration::from_secs(10), |h| {
+        h.instance("a")["phase"] == "failed" && message(h).contains("launch.json")
     });
-    let a = h.instance("a");
-    let message = a["message"].as_str().unwrap();
     assert!(
-        message.contains("instance.json"),
-        "the message does not name the record: {a}"
+        message(&h).contains("the server is not started without its record"),
+        "{}",
+        message(&h)
     );
-    assert!(message.contains("the started process was killed"), "{a}");
-    // No redis-server runs without a record.
+    assert_eq!(listener_pid(port), None, "a process without a record holds the port");
+    // A launch record but no final record: the started server is killed at once.
+    std::fs::remove_dir(&launch).unwrap();
+    h.wait_for("the started process killed", Duration::from_secs(20), |h| {
+        message(h).contains("instance.json") && message(h).contains("the started process was killed")
+    });
     assert_eq!(listener_pid(port), None, "a process without a record holds the port");
 
     std::fs::remove_dir(&record).unwrap();
@@ -66,6 +75,157 @@ fn a_start_whose_record_cannot_be_written_kills_the_process_and_retries() {
     assert!(std::fs::read_to_string(&record)
         .unwrap()
         .contains(&format!("\"pid\": {pid}")));
+    assert!(!launch.exists(), "the launch record stays after the start");
+}
+
+/// What an agent killed between spawning a server and recording its pid leaves: the
+/// record it wrote before the spawn (no pid; the data directory and the moment of the
+/// start) and, if the spawn happened, a server running in that directory. The
+/// previous process of the instance is killed first, so that only the new one exists.
+fn interrupted_start(h: &Harness, name: &str, spawned: bool) -> Option<std::process::Child> {
+    let dir = h.instance_dir(name);
+    let mut record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("instance.json")).unwrap()).unwrap();
+    send_signal(record["pid"].as_u64().unwrap() as u32, SIGKILL);
+    std::thread::sleep(Duration::from_millis(200));
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    record["pid"] = serde_json::json!(0);
+    record["start_ticks"] = serde_json::json!(0);
+    record["launch"] = serde_json::json!({
+        "working_dir": dir.join("data"),
+        "not_before_ticks": (uptime * 100.0) as u64 - 1,
+    });
+    std::fs::write(dir.join("launch.json"), record.to_string()).unwrap();
+    std::fs::remove_file(dir.join("instance.json")).unwrap();
+    spawned.then(|| spawn_like_the_agent(h, name))
+}
+
+/// Waits until `port` answers PING, or fails with `what`.
+fn wait_pong(port: u16, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !pong(port, None) {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// redis-server started for instance `name` as the agent starts it: its config file,
+/// its data directory as working directory, in a session of its own.
+fn spawn_like_the_agent(h: &Harness, name: &str) -> std::process::Child {
+    let dir = h.instance_dir(name);
+    std::process::Command::new("setsid")
+        .arg(redis_server())
+        .arg(dir.join("redis.conf"))
+        .current_dir(dir.join("data"))
+        .env_clear()
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_server_whose_pid_was_never_recorded_is_found_and_adopted() {
+    let mut h = Harness::new();
+    let port = free_port();
+    h.manifest("a", port, "");
+    h.start_agent();
+    h.wait_ready("a");
+    h.stop_agent(SIGKILL);
+    let child = interrupted_start(&h, "a", true);
+    let pid = child.as_ref().unwrap().id();
+    wait_pong(port, "the unrecorded server did not start");
+
+    h.start_agent();
+    assert_eq!(h.wait_ready("a"), pid, "the unrecorded server was not adopted");
+    let a = h.instance("a");
+    assert_ne!(a["phase"], "conflict", "{a}");
+    assert_eq!(a["restarts"], 0, "{a}");
+    assert_eq!(count_events(&h, "a", "started"), 0, "{:?}", events(&h, "a"));
+    let record = std::fs::read_to_string(h.instance_dir("a").join("instance.json")).unwrap();
+    assert!(record.contains(&format!("\"pid\": {pid}")), "{record}");
+    assert!(!h.instance_dir("a").join("launch.json").exists());
+    // The completed record proves ownership to the next agent the usual way.
+    h.stop_agent(SIGTERM);
+    h.start_agent();
+    assert_eq!(h.wait_ready("a"), pid);
+}
+
+#[test]
+fn a_restart_after_a_crash_that_the_agent_did_not_record_is_found_and_adopted() {
+    let mut h = Harness::new();
+    let port = free_port();
+    h.manifest("a", port, "");
+    h.start_agent();
+    let old = h.wait_ready("a");
+    // The agent dies; its instance crashes and was already restarted by it, but the
+    // record still names the crashed process (the restart writes it after the spawn).
+    h.stop_agent(SIGKILL);
+    send_signal(old, SIGKILL);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut child = spawn_like_the_agent(&h, "a");
+    let pid = child.id();
+    wait_pong(port, "the replacement did not start");
+    // A forked child of the server (a background save) runs in the same directory
+    // from the same binary: it is not the server.
+    let mut conn = redis(port, None).unwrap();
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("rdb-key-save-delay")
+        .arg("1000000")
+        .query::<()>(&mut conn)
+        .unwrap();
+    redis::cmd("SET").arg("k").arg("v").query::<()>(&mut conn).unwrap();
+    redis::cmd("BGSAVE").query::<String>(&mut conn).unwrap();
+
+    h.start_agent();
+    assert_eq!(h.wait_ready("a"), pid, "the replacement was not adopted");
+    assert_eq!(
+        count_events(&h, "a", "record-unverifiable"),
+        0,
+        "the background save was taken for a second server: {:?}",
+        events(&h, "a")
+    );
+    let a = h.instance("a");
+    assert_ne!(a["phase"], "conflict", "{a}");
+    assert_eq!(count_events(&h, "a", "started"), 0, "{:?}", events(&h, "a"));
+    let record = std::fs::read_to_string(h.instance_dir("a").join("instance.json")).unwrap();
+    assert!(record.contains(&format!("\"pid\": {pid}")), "{record}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_start_recorded_but_never_spawned_starts_once_and_is_no_crash() {
+    let mut h = Harness::new();
+    let port = free_port();
+    h.manifest("a", port, "");
+    h.start_agent();
+    let old = h.wait_ready("a");
+    h.stop_agent(SIGKILL);
+    interrupted_start(&h, "a", false);
+
+    h.start_agent();
+    let pid = h.wait_ready("a");
+    assert_ne!(pid, old);
+    let a = h.instance("a");
+    assert_eq!(a["restarts"], 0, "an interrupted start counted as a crash: {a}");
+    assert_eq!(a["consecutive_crashes"], 0, "{a}");
+    assert_eq!(count_events(&h, "a", "started"), 1, "{:?}", events(&h, "a"));
+    let stale = events(&h, "a")
+        .into_iter()
+        .find(|(kind, _)| kind == "record-stale")
+        .map(|(_, message)| message)
+        .unwrap_or_default();
+    assert!(
+        stale.contains("no process of its binary runs in its data directory"),
+        "{stale}"
+    );
 }
 
 #[test]

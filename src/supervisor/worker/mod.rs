@@ -408,6 +408,15 @@ impl Worker {
                     record.nofile = nofile;
                     record.oom_score_adj = spec.limits.oom_score_adj;
                 }
+                if process.pid() != record.pid {
+                    // A start the previous agent did not finish recording: the process
+                    // was found by the record's launch mark; its record now names it.
+                    let (record, dir) = (process.record().clone(), dir.clone());
+                    let written = blocking("write the instance record", move || record::write(&dir, &record)).await;
+                    if let Err(error) = written.and_then(|r| r.map_err(|e| e.to_string())) {
+                        tracing::warn!(instance = %self.name, %error, "Cannot complete the record of an adopted process; its launch mark still finds it.");
+                    }
+                }
                 self.emit(Event::Adopted {
                     pid: process.pid(),
                     running_for: process.running_for(),
@@ -434,8 +443,9 @@ impl Worker {
                 let rebooted = record.boot_id != self.ctx.boot_id;
                 let wanted = spec.is_some_and(|s| s.state == RunState::Running);
                 self.emit(Event::RecordStale { reason });
-                // A process the previous agent was stopping did not crash.
-                if !rebooted && wanted && !record.stopping {
+                // A process the previous agent was stopping did not crash, and neither
+                // did a start it did not get to finish.
+                if !rebooted && wanted && !record.stopping && !record.is_pending() {
                     // It died while no agent was watching, or while this agent was
                     // between two starts: an unexpected exit like any other. How long
                     // it ran is not known; its age is the best guess.
@@ -544,23 +554,20 @@ impl Worker {
                 spec.engine, spec.version
             ));
         };
-        let layout = match self.write_config(engine, spec).await {
-            Ok(layout) => layout,
-            Err(error) => {
-                self.emit(Event::ConfigWriteFailed { error: error.clone() });
-                return self.start_failed(error);
-            }
-        };
-
         let after_crash = self.restart_pending;
         let address = engine
-            .client_address(&layout.bind)
+            .client_address(&config.instances.bind)
             .map(|ip| Target::address(ip, spec.port));
+        let not_before_ticks = match procfs::ticks_since_boot() {
+            // The uptime is rounded down to hundredths of a second: one tick of margin.
+            Ok(ticks) => ticks.saturating_sub(1),
+            Err(error) => return self.start_failed(format!("cannot read /proc/uptime: {error}")),
+        };
         let base = InstanceRecord {
             pid: 0,
             start_ticks: 0,
-            boot_id: String::new(),
-            executable: PathBuf::new(),
+            boot_id: self.ctx.boot_id.clone(),
+            executable: binary.clone(),
             config_hash: spec.config_hash(),
             started_at: 0,
             restarts: self.restarts + u64::from(after_crash),
@@ -574,7 +581,28 @@ impl Worker {
             oom_score_adj: spec.limits.oom_score_adj,
             password_grace_until_ms: None,
             stopping: false,
+            launch: Some(record::LaunchMark {
+                working_dir: engine::layout(
+                    engine,
+                    &config.instances_dir(),
+                    &config.instances.log_dir,
+                    &self.name,
+                    &config.instances.bind,
+                )
+                .data_dir,
+                not_before_ticks,
+            }),
         };
+        // A record that finds the process goes to disk before the spawn (see `record`):
+        // an agent killed at any moment from here on leaves a record that finds it.
+        let layout = match self.write_config(engine, spec, Some(base.clone())).await {
+            Ok(layout) => layout,
+            Err(error) => {
+                self.emit(Event::ConfigWriteFailed { error: error.clone() });
+                return self.start_failed(error);
+            }
+        };
+
         let launch = Launch {
             binary: &binary,
             args: engine.args(&layout),
@@ -591,7 +619,14 @@ impl Worker {
         let log_offset = std::fs::metadata(&layout.log_file).map_or(0, |m| m.len());
         let mut process = match Process::spawn(launch, &self.ctx.boot_id, base) {
             Ok(process) => process,
-            Err(error) => return self.start_failed(error.to_string()),
+            Err(error) => {
+                // Nothing runs: the record written for the start has nothing to find.
+                let dir = layout.instance_dir.clone();
+                if let Ok(Err(e)) = blocking("remove the instance record", move || record::remove(&dir)).await {
+                    tracing::warn!(instance = %self.name, error = %e, "Cannot remove the record of a failed start.");
+                }
+                return self.start_failed(error.to_string());
+            }
         };
         // The record is the proof of ownership a later agent needs. Without it, the
         // process would become a stranger on its own port: better not to run it.
@@ -626,9 +661,14 @@ impl Worker {
         self.restart_not_before = None;
     }
 
-    /// Creates the instance's directories and writes its config file for `spec`;
-    /// returns where its files are.
-    async fn write_config(&self, engine: &'static dyn Engine, spec: &InstanceSpec) -> Result<Layout, String> {
+    /// Creates the instance's directories and writes its config file for `spec` (and,
+    /// before a start, the `pending` record); returns where its files are.
+    async fn write_config(
+        &self,
+        engine: &'static dyn Engine,
+        spec: &InstanceSpec,
+        pending: Option<InstanceRecord>,
+    ) -> Result<Layout, String> {
         let config = &self.ctx.config;
         let mut layout = engine::layout(
             engine,
@@ -643,6 +683,10 @@ impl Worker {
                 layout.bind_interface = crate::host::bind_interface(&layout.bind)?;
             }
             prepare_files(engine, &spec, &layout)?;
+            if let Some(pending) = pending.filter(|p| !record_marks(&layout.instance_dir, p)) {
+                record::write_launch(&layout.instance_dir, &pending)
+                    .map_err(|e| format!("{e}; the server is not started without its record"))?;
+            }
             Ok(layout)
         })
         .await?
@@ -1105,6 +1149,24 @@ fn redact(line: &str, password: Option<&Secret>) -> String {
         Some(p) if !p.expose().is_empty() => line.replace(p.expose(), "<redacted>"),
         _ => line.to_string(),
     }
+}
+
+/// Whether the record on disk already finds the process a start with `pending` is
+/// about to spawn, so that the start need not write one first: the record of a process
+/// that is gone (after a crash) whose launch mark names the same data directory and
+/// executable (see `Process::adopt`). A crash restart then costs no extra write.
+fn record_marks(instance_dir: &std::path::Path, pending: &InstanceRecord) -> bool {
+    let Ok(Some(on_disk)) = record::read(instance_dir) else {
+        return false;
+    };
+    let same_binary = || {
+        let canonical = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        canonical(&on_disk.executable) == canonical(&pending.executable)
+    };
+    !on_disk.is_pending()
+        && on_disk.boot_id == pending.boot_id
+        && on_disk.launch.as_ref().map(|m| &m.working_dir) == pending.launch.as_ref().map(|m| &m.working_dir)
+        && same_binary()
 }
 
 /// Creates the instance's directories (and the engine's own in its data directory)

@@ -202,7 +202,7 @@ impl Worker {
     /// runs with it.
     pub(super) async fn note_reconfigured(&mut self, spec: &InstanceSpec, config_hash: &str) -> Result<(), String> {
         let engine = engine::for_kind(spec.engine).ok_or("engine not supported")?;
-        self.write_config(engine, spec).await?;
+        self.write_config(engine, spec, None).await?;
         let (hash, epoch) = (config_hash.to_string(), spec.restart_epoch);
         self.write_record(move |r| {
             r.config_hash = hash;
