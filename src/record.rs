@@ -65,6 +65,11 @@ pub struct InstanceRecord {
     /// period on time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_grace_until_ms: Option<u64>,
+    /// The previous password during a grace period, so that a process started (or an
+    /// agent restarted) before the grace period ends gives it back. The file is 0600,
+    /// like the rendered config that holds the current password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_grace_previous: Option<StoredSecret>,
     /// The agent asked the process to stop: an exit that a later agent finds is not a
     /// crash.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -73,6 +78,29 @@ pub struct InstanceRecord {
     /// before it records the pid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch: Option<LaunchMark>,
+}
+
+/// A password in a record: serialized as its text, shown by `Debug` as redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredSecret(pub crate::spec::Secret);
+
+impl std::fmt::Debug for StoredSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl serde::Serialize for StoredSecret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.expose())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StoredSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Ok(StoredSecret(crate::spec::Secret::new(&text)))
+    }
 }
 
 /// What identifies the process of a start whose pid was not recorded yet: started
@@ -214,6 +242,7 @@ mod tests {
             nofile: Some(1024),
             oom_score_adj: None,
             password_grace_until_ms: Some(5),
+            password_grace_previous: Some(StoredSecret(crate::spec::Secret::new("old-pw"))),
             stopping: true,
             version: "7.0".into(),
             port: 7000,

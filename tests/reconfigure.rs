@@ -488,3 +488,67 @@ fn a_change_the_server_refuses_live_restarts_for_it_once() {
     assert_eq!(count_events(&h, "a", "drift-uncorrected"), 1);
     assert_eq!(server_starts(&h, "a"), 2);
 }
+
+#[test]
+fn a_restart_during_a_password_grace_period_gives_the_previous_password_back_until_it_ends() {
+    let mut h = Harness::new();
+    let port = free_port();
+    let (old, new) = ("grace-old-41c2", "grace-new-8d0e");
+    respec_before_start(&h, port, old);
+    h.start_agent();
+    let first = h.wait_ready("a");
+    respec(
+        &h,
+        "a",
+        port,
+        &format!("password = \"{new}\"\npassword_grace = \"15s\""),
+    );
+    h.wait_for("the new password", Duration::from_secs(10), |_| pong(port, Some(new)));
+    let rotated = std::time::Instant::now();
+    assert!(pong(port, Some(old)));
+
+    // The server crashes during the grace period: its replacement takes both.
+    send_signal(first, SIGKILL);
+    let second = wait_restarted(&h, "a", first);
+    h.wait_for("the previous password back", Duration::from_secs(5), |_| {
+        pong(port, Some(old))
+    });
+    assert!(pong(port, Some(new)));
+
+    // The agent restarts too, then the server crashes again: the record carried the
+    // previous password and the end of the grace period to the new agent.
+    h.stop_agent(SIGKILL);
+    h.start_agent();
+    assert_eq!(h.wait_ready("a"), second);
+    send_signal(second, SIGKILL);
+    wait_restarted(&h, "a", second);
+    h.wait_for("the previous password back again", Duration::from_secs(5), |_| {
+        pong(port, Some(old))
+    });
+    assert!(
+        rotated.elapsed() < Duration::from_secs(13),
+        "too slow to test the grace"
+    );
+
+    // And it ends on time.
+    h.wait_for("the grace period over", Duration::from_secs(20), |_| {
+        !pong(port, Some(old))
+    });
+    assert!(rotated.elapsed() >= Duration::from_secs(14), "grace ended early");
+    assert!(pong(port, Some(new)));
+    let record = std::fs::read_to_string(h.instance_dir("a").join("instance.json")).unwrap();
+    assert!(
+        !record.contains(old),
+        "the record keeps the previous password: {record}"
+    );
+    let log = std::fs::read_to_string(h.agent_log()).unwrap();
+    assert!(!log.contains(old) && !log.contains(new), "a password in the agent log");
+}
+
+fn respec_before_start(h: &Harness, port: u16, password: &str) {
+    h.manifest(
+        "a",
+        port,
+        &format!("password = \"{password}\"\npassword_grace = \"15s\""),
+    );
+}

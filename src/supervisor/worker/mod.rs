@@ -74,6 +74,12 @@ enum Wake {
 /// epoch).
 struct Grace {
     until_ms: u64,
+    /// The previous password, when known (a record written before this was kept
+    /// lacks it).
+    previous: Option<Secret>,
+    /// The process that holds both passwords; another one (a restart during the grace
+    /// period) gets the previous one back.
+    applied_pid: Option<u32>,
 }
 
 /// A stop in progress, for the status while the process is being stopped.
@@ -428,7 +434,11 @@ impl Worker {
                     .running_settings
                     .as_ref()
                     .map_or(declared.clone(), |s| s.password.clone().or(declared));
-                self.grace = record.password_grace_until_ms.map(|until_ms| Grace { until_ms });
+                self.grace = record.password_grace_until_ms.map(|until_ms| Grace {
+                    until_ms,
+                    previous: record.password_grace_previous.clone().map(|p| p.0),
+                    applied_pid: Some(process.pid()),
+                });
                 self.drift = self.binary_drift(&process);
                 self.crashes.consecutive = record.consecutive_crashes;
                 self.process = Some(*process);
@@ -579,7 +589,13 @@ impl Worker {
             restart_epoch: spec.restart_epoch,
             nofile: engine.child_nofile(spec),
             oom_score_adj: spec.limits.oom_score_adj,
-            password_grace_until_ms: None,
+            // A grace period outlives a restart: the record carries it to a next agent.
+            password_grace_until_ms: self.grace.as_ref().map(|g| g.until_ms),
+            password_grace_previous: self
+                .grace
+                .as_ref()
+                .and_then(|g| g.previous.clone())
+                .map(record::StoredSecret),
             stopping: false,
             launch: Some(record::LaunchMark {
                 working_dir: engine::layout(

@@ -52,7 +52,11 @@ impl Worker {
         self.reconfigure_not_before = None;
         self.reconfigure_delay = RECONFIGURE_RETRY_FIRST;
         self.admin = None;
-        self.grace = None;
+        // A grace period runs on through a restart: the next process gets the previous
+        // password back (`upkeep`).
+        if let Some(grace) = &mut self.grace {
+            grace.applied_pid = None;
+        }
         self.next_drift_check = None;
         self.drift_failure = None;
         self.uncorrected.clear();
@@ -159,9 +163,17 @@ impl Worker {
                     // The record learns of the grace period first: an agent restarted
                     // in the middle must still end it.
                     let until_ms = unix_now_millis() + grace.as_millis() as u64;
-                    self.write_record(|r| r.password_grace_until_ms = Some(until_ms))
-                        .await?;
-                    self.grace = Some(Grace { until_ms });
+                    let previous = record::StoredSecret(old.clone());
+                    self.write_record(|r| {
+                        r.password_grace_until_ms = Some(until_ms);
+                        r.password_grace_previous = Some(previous);
+                    })
+                    .await?;
+                    self.grace = Some(Grace {
+                        until_ms,
+                        previous: Some(old.clone()),
+                        applied_pid: self.process.as_ref().map(|p| p.pid()),
+                    });
                     password_change = Some(grace);
                     vec![new.clone(), old.clone()]
                 }
@@ -238,6 +250,8 @@ impl Worker {
         let now = Instant::now();
         if self.grace_left().is_some_and(|left| left.is_zero()) {
             self.end_grace().await;
+        } else {
+            self.restore_grace().await;
         }
         // Drift checks keep the monitors' beat: the runtime wakes once for all
         // instances rather than once per instance.
@@ -266,6 +280,37 @@ impl Worker {
         Some(Duration::from_millis(grace.until_ms.saturating_sub(unix_now_millis())))
     }
 
+    /// A process started during a grace period has only the current password (its
+    /// config file's): give it the previous one back until the grace period ends.
+    async fn restore_grace(&mut self) {
+        let pid = self.process.as_ref().map(|p| p.pid());
+        let Some(previous) = self
+            .grace
+            .as_ref()
+            .filter(|g| g.applied_pid != pid)
+            .and_then(|g| g.previous.clone())
+        else {
+            return;
+        };
+        let passwords: Vec<Secret> = self.auth.iter().cloned().chain([previous]).collect();
+        let result = match self.admin_session().await {
+            Ok((engine, session)) => engine.set_passwords(session, &passwords).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                if let Some(grace) = &mut self.grace {
+                    grace.applied_pid = pid;
+                }
+                tracing::info!(instance = %self.name, "The previous password works again until the grace period ends.");
+            }
+            Err(error) => {
+                self.admin = None;
+                tracing::warn!(instance = %self.name, %error, "Cannot give the previous password back for the grace period; retrying.");
+            }
+        }
+    }
+
     /// Only the current password works from now on.
     pub(super) async fn end_grace(&mut self) {
         let passwords: Vec<Secret> = self.auth.iter().cloned().collect();
@@ -278,7 +323,13 @@ impl Worker {
             tracing::warn!(instance = %self.name, %error, "Cannot end the password grace period; retrying.");
             return;
         }
-        if let Err(error) = self.write_record(|r| r.password_grace_until_ms = None).await {
+        let cleared = self
+            .write_record(|r| {
+                r.password_grace_until_ms = None;
+                r.password_grace_previous = None;
+            })
+            .await;
+        if let Err(error) = cleared {
             tracing::warn!(instance = %self.name, %error, "Cannot note the end of the password grace period.");
         }
         self.grace = None;
