@@ -261,9 +261,12 @@ for i in "${!NAMES[@]}"; do
         bx sh -c 'cat >"$1" && chgrp ker-agent "$1" && chmod 0640 "$1"' sh "/etc/ker-agent/instances.d/${NAMES[$i]}.toml"
 done
 check "ker-agent check accepts the two manifests" bx ker-agent check --config /etc/ker-agent/agent.toml
-check "systemctl reload (ExecReload: SIGHUP)" bx systemctl reload "$UNIT"
+check "systemctl reload (ExecReload: SIGHUP) returns once the agent says READY=1 again" \
+    bx systemctl reload "$UNIT"
+check "the unit is active after the reload (RELOADING=1, then READY=1)" \
+    eval '[[ "$(unit_prop ActiveState)" == active ]]'
 check_within 10 "journal: the agent read the manifests again on SIGHUP" \
-    journal_has "SIGHUP: reading the manifests again\."
+    journal_has "SIGHUP: reading the manifests and the secret files again\."
 if wait_until 60 all_running; then
     pass "redis-cli -p 7001/7002 ping answer PONG; ker-agent status shows a and b running"
 else

@@ -32,34 +32,37 @@ pub struct ApiState {
     pub events: Arc<EventLog>,
     pub sources: SourcesHandle,
     /// The bearer token of mutating calls; without one they are refused.
-    pub token: Option<Token>,
+    pub token: TokenSlot,
     /// No controller is configured: the local API may set the desired state.
     pub standalone: bool,
 }
 
-/// The API's bearer token, read once at start from `[api] token_file`.
+/// The API's bearer token, from `[api] token_file` (read at start and on SIGHUP).
 #[derive(Clone)]
 pub struct Token(Arc<[u8]>);
 
+/// The token in use, replaced when SIGHUP reads a good new one.
+#[derive(Clone, Default)]
+pub struct TokenSlot(Arc<std::sync::RwLock<Option<Token>>>);
+
+impl TokenSlot {
+    pub fn new(token: Option<Token>) -> TokenSlot {
+        TokenSlot(Arc::new(std::sync::RwLock::new(token)))
+    }
+
+    pub fn get(&self) -> Option<Token> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn replace(&self, token: Token) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(token);
+    }
+}
+
 impl Token {
-    /// Reads the token. The file must not be readable by others: whoever reads it can
-    /// replace every instance on the node.
+    /// Reads the token (a secret file: see `secret_file`), at least 16 characters.
     pub fn read(path: &std::path::Path) -> anyhow::Result<Token> {
-        use anyhow::Context;
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .with_context(|| format!("cannot read the API token file {} ([api] token_file)", path.display()))?
-            .permissions()
-            .mode();
-        if mode & 0o007 != 0 {
-            anyhow::bail!(
-                "the API token file {} is accessible to other users (mode {:o}); make it 0600 or 0640 (chmod o-rwx)",
-                path.display(),
-                mode & 0o777
-            );
-        }
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the API token file {}", path.display()))?;
+        let text = crate::secret_file::read(path, "the API token file ([api] token_file)")?;
         let token = text.trim();
         if token.len() < 16 {
             anyhow::bail!(
@@ -92,6 +95,8 @@ pub struct NodeStatus {
     pub desired: DesiredInfo,
     /// How the conversation with the controller goes; `null` when standalone.
     pub controller: Option<ControllerInfo>,
+    /// The last reload of the secret files (SIGHUP); `null` until then.
+    pub secret_files: Option<crate::status::SecretFilesInfo>,
     /// The last host sample, preflight findings and the agent's own process; `null`
     /// until the first sample.
     pub host: Option<Arc<HostSample>>,
@@ -183,6 +188,7 @@ async fn status(State(state): State<ApiState>) -> Json<NodeStatus> {
         ready: state.board.ready(),
         desired: state.board.desired(),
         controller: state.board.controller(),
+        secret_files: state.board.secret_files(),
         host: state.observations.host(),
         instances: instance_views(&state.board, &state.observations),
     })
@@ -216,7 +222,7 @@ async fn put_desired_state(
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let Some(token) = &state.token else {
+    let Some(token) = state.token.get() else {
         return error(
             StatusCode::FORBIDDEN,
             "mutating calls are disabled: no [api] token_file is configured",
@@ -271,4 +277,30 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
         StatusCode::METHOD_NOT_ALLOWED,
         format!("{method} is not allowed on {}", uri.path()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_token_is_a_private_file_of_at_least_16_characters() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.token");
+        std::fs::write(&path, "short\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let error = Token::read(&path).err().unwrap().to_string();
+        assert!(error.contains("is shorter than 16 characters"), "{error}");
+        std::fs::write(&path, "  a-long-random-token-0123  \n").unwrap();
+        let token = Token::read(&path).unwrap();
+        let header = axum::http::HeaderValue::from_static("Bearer a-long-random-token-0123");
+        assert!(token.admits(Some(&header)));
+        assert!(!token.admits(Some(&axum::http::HeaderValue::from_static("Bearer a-long"))));
+        assert!(!token.admits(None));
+        let slot = TokenSlot::new(None);
+        assert!(slot.get().is_none());
+        slot.replace(token);
+        assert!(slot.get().is_some());
+    }
 }

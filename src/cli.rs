@@ -185,7 +185,15 @@ struct StatusDoc {
     node_id: String,
     ready: bool,
     desired: serde_json::Value,
+    #[serde(default)]
+    secret_files: Option<SecretFilesRow>,
     instances: Vec<Row>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SecretFilesRow {
+    #[serde(default)]
+    problems: Vec<String>,
 }
 
 /// `ker-agent status`.
@@ -295,6 +303,12 @@ fn render_table(doc: &StatusDoc) -> String {
         out.push_str("last rejected desired state:\n");
         for problem in rejection["problems"].as_array().into_iter().flatten() {
             out.push_str(&format!("  {}\n", problem.as_str().unwrap_or_default()));
+        }
+    }
+    if let Some(secrets) = doc.secret_files.as_ref().filter(|s| !s.problems.is_empty()) {
+        out.push_str("secret files refused at the last reload (the previous ones stay in use):\n");
+        for problem in &secrets.problems {
+            out.push_str(&format!("  {problem}\n"));
         }
     }
     for row in rows {

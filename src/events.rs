@@ -85,6 +85,16 @@ pub enum Event {
         problems: usize,
         first: String,
     },
+    /// SIGHUP read a secret file again and refused the new content; the old one stays
+    /// in use.
+    SecretFileRefused {
+        error: String,
+    },
+    /// SIGHUP read the secret files again and uses them.
+    SecretFilesReloaded {
+        /// Which: `[api] token_file`, `[controller] files`.
+        what: String,
+    },
     HealthChanged {
         from: Option<crate::health::HealthStatus>,
         to: crate::health::HealthStatus,
@@ -153,6 +163,8 @@ impl Event {
             Event::ConfigWriteFailed { .. } => "config-write-failed",
             Event::DesiredAccepted { .. } => "desired-accepted",
             Event::DesiredRejected { .. } => "desired-rejected",
+            Event::SecretFileRefused { .. } => "secret-file-refused",
+            Event::SecretFilesReloaded { .. } => "secret-files-reloaded",
             Event::HealthChanged { .. } => "health-changed",
             Event::Reconfigured { .. } => "reconfigured",
             Event::ConfigRefused { .. } => "config-refused",
@@ -225,6 +237,8 @@ impl Event {
             Event::DesiredRejected { problems, first } => {
                 format!("desired state rejected ({problems} problems; first: {first})")
             }
+            Event::SecretFileRefused { error } => format!("{error}; the previous one stays in use"),
+            Event::SecretFilesReloaded { what } => format!("read again and in use: {what}"),
             Event::HealthChanged { from, to, reasons } => {
                 let from = from.map_or("unknown", |f| f.as_str());
                 match reasons.is_empty() {
@@ -346,6 +360,11 @@ impl Event {
                     "Desired state rejected; nothing changed."
                 )
             }
+            Event::SecretFileRefused { error } => error!(
+                error = error.as_str(),
+                "A secret file was refused on reload; the previous one stays in use."
+            ),
+            Event::SecretFilesReloaded { what } => info!(what = what.as_str(), "Secret files read again and in use."),
             Event::HealthChanged { from, to, reasons } => {
                 let from = from.map_or("unknown", |f| f.as_str());
                 match to {

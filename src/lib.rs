@@ -23,6 +23,7 @@ pub mod problem;
 pub mod process;
 pub mod procfs;
 pub mod record;
+pub mod secret_file;
 pub mod sources;
 pub mod spec;
 pub mod status;
@@ -62,10 +63,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         Some(controller) => Some(controller::Client::new(controller, &config.node_id)?),
         None => None,
     };
-    let api_token = match &config.api.token_file {
+    let api_token = api::TokenSlot::new(match &config.api.token_file {
         Some(path) => Some(api::Token::read(path)?),
         None => None,
-    };
+    });
+    let controller_client = controller_client.map(controller::ClientSlot::new);
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -112,10 +114,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     // stability): the controller may be gone.
     sources.initial().await;
     let mut controller_tasks = Vec::new();
-    if let (Some(controller), Some(client)) = (&config.controller, controller_client) {
+    if let (Some(controller), Some(client)) = (&config.controller, &controller_client) {
         board.controller_configured(controller.url.as_str());
         controller_tasks = controller::spawn(
-            Arc::new(client),
+            client.clone(),
             sources.clone(),
             controller::ReportInputs {
                 facts: controller::node_facts(&config.node_id, &boot_id, started_at),
@@ -144,7 +146,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         metrics: Arc::new(metrics::registry(board.clone(), observations.clone(), &telemetry)),
         events: events.clone(),
         sources: sources.clone(),
-        token: api_token,
+        token: api_token.clone(),
         standalone: config.controller.is_none(),
     };
     let api_task = tokio::spawn(api::serve(listener, api_state, shutdown.clone()));
@@ -178,8 +180,18 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
                 }
             }
             _ = hangup.recv() => {
-                tracing::info!("SIGHUP: reading the manifests again.");
+                // systemd (`systemctl reload`) learns when the reload is done.
+                let mut reloading = vec![sd_notify::NotifyState::Reloading];
+                reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+                let _ = sd_notify::notify(&reloading);
+                tracing::info!("SIGHUP: reading the manifests and the secret files again.");
+                reload_secret_files(&config, &api_token, controller_client.as_deref(), &board, &events).await;
                 sources.reload(true).await;
+                status_line = service_status(&board);
+                let _ = sd_notify::notify(&[
+                    sd_notify::NotifyState::Ready,
+                    sd_notify::NotifyState::Status(&status_line),
+                ]);
             }
             _ = rescan.tick() => {
                 sources.reload(false).await;
@@ -207,6 +219,71 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         _ => {}
     }
     Ok(())
+}
+
+/// SIGHUP: reads the API token, the controller token, CA and client key and
+/// certificate again. A file that is refused (unreadable, readable by other users,
+/// broken) keeps the previous one in use, and is reported: logged, as an event for the
+/// controller, and in `/v1/status`.
+async fn reload_secret_files(
+    config: &Arc<config::AgentConfig>,
+    api_token: &api::TokenSlot,
+    controller: Option<&controller::ClientSlot>,
+    board: &status::StatusBoard,
+    events: &events::EventLog,
+) {
+    let read = {
+        let config = config.clone();
+        let want_controller = controller.is_some();
+        tokio::task::spawn_blocking(move || {
+            let token = config.api.token_file.as_ref().map(|path| api::Token::read(path));
+            let client = config
+                .controller
+                .as_ref()
+                .filter(|_| want_controller)
+                .map(|c| controller::Client::new(c, &config.node_id));
+            (token, client)
+        })
+    };
+    let (token, client) = match tokio::time::timeout(std::time::Duration::from_secs(10), read).await {
+        Ok(Ok(read)) => read,
+        Ok(Err(error)) => (Some(Err(anyhow::anyhow!("{error}"))), None),
+        Err(_) => (
+            Some(Err(anyhow::anyhow!(
+                "the secret files could not be read within 10 s (hung disk?)"
+            ))),
+            None,
+        ),
+    };
+    let (mut problems, mut reloaded) = (Vec::new(), Vec::new());
+    match token {
+        Some(Ok(token)) => {
+            api_token.replace(token);
+            reloaded.push("[api] token_file");
+        }
+        Some(Err(error)) => problems.push(format!("{error:#}")),
+        None => {}
+    }
+    match (client, controller) {
+        (Some(Ok(client)), Some(slot)) => {
+            slot.replace(client);
+            reloaded.push("[controller] token_file, ca_file, client_cert and client_key");
+        }
+        (Some(Err(error)), _) => problems.push(format!("{error:#}")),
+        _ => {}
+    }
+    for problem in &problems {
+        events.emit("", events::Event::SecretFileRefused { error: problem.clone() });
+    }
+    if !reloaded.is_empty() {
+        events.emit(
+            "",
+            events::Event::SecretFilesReloaded {
+                what: reloaded.join("; "),
+            },
+        );
+    }
+    board.secret_files_reloaded(problems);
 }
 
 /// The one-line summary `systemctl status` shows (`STATUS=`).

@@ -441,13 +441,10 @@ fn parse_password(f: &Fields<'_>, ctx: &SpecContext<'_>, c: &mut Checker) -> Opt
             }
         }
     }
-    match std::fs::read_to_string(&path) {
+    match crate::secret_file::read(&path, "password file") {
         Ok(text) => {
             let password = text.trim_end_matches(['\n', '\r']);
-            if password.is_empty() {
-                c.problem(f.path("password_file"), format!("{} is empty", path.display()));
-                None
-            } else if control_character(password).is_some() {
+            if control_character(password).is_some() {
                 c.problem(
                     f.path("password_file"),
                     format!("{} holds a control character, which is not allowed", path.display()),
@@ -458,7 +455,7 @@ fn parse_password(f: &Fields<'_>, ctx: &SpecContext<'_>, c: &mut Checker) -> Opt
             }
         }
         Err(e) => {
-            c.problem(f.path("password_file"), format!("cannot read {}: {e}", path.display()));
+            c.problem(f.path("password_file"), e.to_string());
             None
         }
     }
@@ -708,6 +705,8 @@ pub(crate) mod tests {
     fn password_file_is_read_and_trimmed() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pw"), "from-file\n").unwrap();
+        let private = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600);
+        std::fs::set_permissions(dir.path().join("pw"), private).unwrap();
         let config = test_config();
         let ctx = SpecContext {
             config: &config,
@@ -722,6 +721,19 @@ pub(crate) mod tests {
         let mut c = Checker::new("a.toml");
         let spec = InstanceSpec::parse(&map, "", &ctx, &mut c).unwrap();
         assert_eq!(spec.password, Some(Secret::new("from-file")));
+
+        // Readable by other users: refused, as every secret file.
+        let public = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644);
+        std::fs::set_permissions(dir.path().join("pw"), public).unwrap();
+        let mut c = Checker::new("a.toml");
+        assert!(InstanceSpec::parse(&map, "", &ctx, &mut c).is_none());
+        assert!(
+            c.problems[0]
+                .message
+                .contains("is accessible to other users (mode 644)"),
+            "{:?}",
+            c.problems
+        );
 
         let map = parse_toml(
             "name = \"a\"\nport = 7000\nversion = \"7.0\"\npassword_file = \"missing\"\n",

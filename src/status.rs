@@ -278,6 +278,15 @@ pub struct ControllerInfo {
     pub report_error: Option<String>,
 }
 
+/// The last reload of the secret files (SIGHUP).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SecretFilesInfo {
+    /// Seconds since the Unix epoch.
+    pub reloaded_at: u64,
+    /// The files refused (the previous ones stay in use), each with why.
+    pub problems: Vec<String>,
+}
+
 /// Shared, lock-protected status of every instance. Locks are held only to copy.
 #[derive(Clone, Default)]
 pub struct StatusBoard {
@@ -286,6 +295,7 @@ pub struct StatusBoard {
     health: Arc<Mutex<BTreeMap<String, Health>>>,
     desired: Arc<Mutex<DesiredInfo>>,
     controller: Arc<Mutex<Option<ControllerInfo>>>,
+    secret_files: Arc<Mutex<Option<SecretFilesInfo>>>,
     /// Woken when an instance's phase or readiness changes (reports go out at once).
     changes: Arc<tokio::sync::Notify>,
 }
@@ -370,6 +380,18 @@ impl StatusBoard {
             }
             info.report_error = error;
         }
+    }
+
+    /// SIGHUP read the secret files again; `problems` are the ones refused.
+    pub fn secret_files_reloaded(&self, problems: Vec<String>) {
+        *self.secret_files.lock().unwrap_or_else(|p| p.into_inner()) = Some(SecretFilesInfo {
+            reloaded_at: unix_now(),
+            problems,
+        });
+    }
+
+    pub fn secret_files(&self) -> Option<SecretFilesInfo> {
+        self.secret_files.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn controller(&self) -> Option<ControllerInfo> {

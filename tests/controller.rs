@@ -380,3 +380,49 @@ fn what_the_agent_serves_matches_openapi_yaml() {
     let (code, body) = get("/v1/status");
     spec.check_response("/v1/status", "get", code, &body);
 }
+
+#[test]
+fn sighup_reads_a_rotated_controller_token_without_restarting_anything() {
+    let controller = Controller::start(TOKEN);
+    let mut h = controlled(&controller);
+    let port = free_port();
+    controller.set_document(NODE, document(1, &[("a", port, json!({}))]));
+    h.start_agent();
+    let a = h.wait_ready("a");
+
+    // The control centre rotates the agent's token; the new file goes in place.
+    let rotated = "controller-token-rotated-42";
+    controller.set_token(rotated);
+    h.wait_for("the old token refused", Duration::from_secs(20), |h| {
+        h.status()["controller"]["poll_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("401"))
+    });
+    let token_file = h.path().join("controller.token");
+    std::fs::write(&token_file, format!("{rotated}\n")).unwrap();
+    h.signal_agent(SIGHUP);
+    h.wait_for("accepted with the new token", Duration::from_secs(70), |h| {
+        h.status()["controller"]["poll_error"].is_null() && h.status()["controller"]["report_error"].is_null()
+    });
+    controller.wait_for_report(NODE, Duration::from_secs(10), |r| r["observed_generation"] == 1);
+    let reported: Vec<String> = reported_events(&controller)
+        .iter()
+        .filter_map(|e| e["kind"].as_str().map(str::to_string))
+        .collect();
+    assert!(reported.iter().any(|k| k == "secret-files-reloaded"), "{reported:?}");
+
+    // A key file broken by hand: refused, and the working credentials stay.
+    std::fs::write(&token_file, "").unwrap();
+    h.signal_agent(SIGHUP);
+    h.wait_for("the refusal", Duration::from_secs(10), |h| {
+        h.status()["secret_files"]["problems"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p.as_str().unwrap_or_default().contains("is empty")))
+    });
+    let polls = controller.poll_count(NODE);
+    h.wait_for("polls go on", Duration::from_secs(20), |_| {
+        controller.poll_count(NODE) > polls
+    });
+    assert!(h.status()["controller"]["poll_error"].is_null());
+    assert_eq!(h.instance("a")["pid"], a);
+}

@@ -322,7 +322,7 @@ fn check_finds_token_files_that_run_would_refuse() {
         controller_token.display()
     );
     assert!(stderr.contains(&expected), "{stderr}");
-    let expected = format!("the API token in {} is shorter than 16 characters", api_token.display());
+    let expected = format!("the API token file ([api] token_file) {} is empty", api_token.display());
     assert!(stderr.contains(&expected), "{stderr}");
 
     std::fs::set_permissions(&controller_token, std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -201,3 +201,55 @@ fn mutating_calls_need_a_private_token_file() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is accessible to other users (mode 644)"), "{stderr}");
 }
+
+#[test]
+fn sighup_reads_the_api_token_again_and_keeps_the_old_one_when_the_new_file_is_refused() {
+    let mut h = harness_with_token();
+    let port = free_port();
+    h.start_agent();
+    assert_eq!(put(&h, Some(TOKEN), &document(1, &[])).0, 200);
+    assert!(h.status()["secret_files"].is_null());
+
+    // A new token: in use after SIGHUP, the old one no longer.
+    let token_file = h.path().join("api.token");
+    let second = "a-second-long-token-9876543210";
+    std::fs::write(&token_file, format!("{second}\n")).unwrap();
+    h.signal_agent(SIGHUP);
+    h.wait_for("the reload", Duration::from_secs(10), |h| {
+        !h.status()["secret_files"].is_null()
+    });
+    assert_eq!(h.status()["secret_files"]["problems"], serde_json::json!([]));
+    assert_eq!(put(&h, Some(TOKEN), &document(2, &[])).0, 401);
+    assert_eq!(put(&h, Some(second), &document(2, &[("a", port, "")])).0, 200);
+    h.wait_ready("a");
+
+    // A file others may read is refused: the second token stays in use, and the
+    // status and the events say so.
+    std::fs::write(&token_file, "a-third-long-token-000000000000\n").unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let before = h.status()["secret_files"]["reloaded_at"].clone();
+    std::thread::sleep(Duration::from_millis(1100));
+    h.signal_agent(SIGHUP);
+    h.wait_for("the second reload", Duration::from_secs(10), |h| {
+        h.status()["secret_files"]["reloaded_at"] != before
+    });
+    let problems = h.status()["secret_files"]["problems"].clone();
+    assert!(
+        problems[0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is accessible to other users (mode 644)"),
+        "{problems}"
+    );
+    assert_eq!(put(&h, Some(second), &document(3, &[("a", port, "")])).0, 200);
+    assert_eq!(
+        put(&h, Some("a-third-long-token-000000000000"), &document(4, &[])).0,
+        401
+    );
+    let log = std::fs::read_to_string(h.agent_log()).unwrap();
+    assert!(log.contains("A secret file was refused on reload"), "{log}");
+    // The instance ran on through all of it.
+    assert!(pong(port, None));
+    let table = String::from_utf8(h.cli(&["status", "--api", &format!("127.0.0.1:{}", h.api_port)]).stdout).unwrap();
+    assert!(table.contains("secret files refused at the last reload"), "{table}");
+}

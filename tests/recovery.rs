@@ -262,6 +262,7 @@ fn password_files_are_watched_and_a_rotation_applies_without_a_restart() {
     });
     // Creating the file is noticed by the rescan, without SIGHUP.
     std::fs::write(h.manifest_dir().join("a.pw"), format!("{old}\n")).unwrap();
+    std::fs::set_permissions(h.manifest_dir().join("a.pw"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let first = h.wait_ready("a");
     assert!(pong(port, Some(old)));
     assert!(!pong(port, None));

@@ -206,25 +206,8 @@ impl Client {
 
 /// Reads a file that must be private to the agent: a token or a key.
 fn read_private(path: &std::path::Path, what: &str) -> anyhow::Result<Token> {
-    use anyhow::Context;
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .with_context(|| format!("cannot read {what} {}", path.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o007 != 0 {
-        anyhow::bail!(
-            "{what} {} is accessible to other users (mode {:o}); make it 0600 or 0640 (chmod o-rwx)",
-            path.display(),
-            mode & 0o777
-        );
-    }
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
-    let text = text.trim();
-    if text.is_empty() {
-        anyhow::bail!("{what} {} is empty", path.display());
-    }
-    Ok(Token(text.to_string()))
+    let text = crate::secret_file::read(path, what)?;
+    Ok(Token(text.trim().to_string()))
 }
 
 fn failure(url: &str, timeout: Duration, error: reqwest::Error) -> CallError {

@@ -2,7 +2,7 @@
 //! instance's status and the events not yet in an accepted report, gzip-compressed.
 //! Sent every report interval and at once after a change of phase.
 
-use super::{Backoff, Client, FailureLog};
+use super::{Backoff, FailureLog};
 use crate::events::EventLog;
 use crate::observations::Observations;
 use crate::status::StatusBoard;
@@ -118,7 +118,7 @@ pub fn gzip(report: &Report<'_>) -> Vec<u8> {
 
 /// Reports every `interval` and after every change of phase, until `shutdown`.
 pub(super) async fn report_loop(
-    client: Arc<Client>,
+    slot: Arc<super::ClientSlot>,
     inputs: ReportInputs,
     interval: Duration,
     shutdown: CancellationToken,
@@ -145,6 +145,7 @@ pub(super) async fn report_loop(
             let (body, last_seq) = build(&inputs);
             let compressed = gzip(&body);
             let size = compressed.len() as u64;
+            let client = slot.get();
             let sent = tokio::select! {
                 sent = client.report(compressed) => sent,
                 _ = shutdown.cancelled() => return,

@@ -132,6 +132,11 @@ mod tests {
             "name = \"b\"\nport = 7002\nversion = \"7.0\"\npassword_file = \"b.pw\"\n",
         );
         write(dir.path(), "b.pw", "pw\n");
+        std::fs::set_permissions(
+            dir.path().join("b.pw"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         write(dir.path(), ".a.toml.swp", "garbage");
         write(dir.path(), "README", "garbage");
         let mut password_files = Vec::new();
