@@ -69,6 +69,16 @@ pub enum Event {
         how: String,
         took: Duration,
     },
+    /// The stop timeout passed while the server kept refusing to save: it keeps
+    /// running with its unsaved writes (`on_save_failure = "keep-running"`).
+    StopBlocked {
+        pid: u32,
+        error: String,
+    },
+    /// A blocked stop was called off: the instance is wanted running as it is.
+    StopCancelled {
+        pid: u32,
+    },
     KilledAfterTimeout {
         pid: u32,
         timeout: Duration,
@@ -159,6 +169,8 @@ impl Event {
             Event::StopRequested { .. } => "stop-requested",
             Event::StopRefused { .. } => "stop-refused",
             Event::Stopped { .. } => "stopped",
+            Event::StopBlocked { .. } => "stop-blocked",
+            Event::StopCancelled { .. } => "stop-cancelled",
             Event::KilledAfterTimeout { .. } => "killed-after-timeout",
             Event::ConfigWriteFailed { .. } => "config-write-failed",
             Event::DesiredAccepted { .. } => "desired-accepted",
@@ -214,6 +226,10 @@ impl Event {
             Event::Stopping { pid, reason } => format!("stopping pid {pid} ({reason})"),
             Event::StopRequested { pid, method } => format!("asked pid {pid} to stop with {method}"),
             Event::StopRefused { command, error } => format!("{command} refused: {error}"),
+            Event::StopBlocked { pid, error } => format!(
+                "stop of pid {pid} blocked: {error}; it keeps running with its unsaved writes until a save works"
+            ),
+            Event::StopCancelled { pid } => format!("blocked stop of pid {pid} called off: it is wanted running"),
             Event::Stopped { pid, how, took } => {
                 format!("pid {pid} stopped by {how} in {}", format_duration_short(*took))
             }
@@ -337,6 +353,13 @@ impl Event {
                 took_ms = took.as_millis() as u64,
                 "Instance stopped."
             ),
+            Event::StopBlocked { pid, error } => error!(
+                instance,
+                pid,
+                error = error.as_str(),
+                "Instance stop blocked: it cannot save and keeps running with its unsaved writes."
+            ),
+            Event::StopCancelled { pid } => info!(instance, pid, "Blocked stop called off; the instance runs on."),
             Event::KilledAfterTimeout { pid, timeout } => {
                 warn!(
                     instance,

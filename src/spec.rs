@@ -61,6 +61,19 @@ impl fmt::Display for ReplicaOf {
     }
 }
 
+/// What a stop does when the server keeps refusing to save (a full disk, a data
+/// directory it cannot write): `SHUTDOWN SAVE` fails and the server keeps running with
+/// its unsaved writes, as Redis itself does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnSaveFailure {
+    /// Keep the server running and report the stop as blocked until the save works
+    /// (space freed, permissions fixed) or the spec says `kill`.
+    #[default]
+    KeepRunning,
+    /// Kill the server at the stop timeout: its unsaved writes are lost (caches).
+    Kill,
+}
+
 /// `[limits]` of a spec.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Limits {
@@ -83,6 +96,8 @@ pub struct InstanceSpec {
     pub restart_epoch: u64,
     /// Overrides `[instances] stop_timeout` of agent.toml.
     pub stop_timeout: Option<Duration>,
+    /// What a stop does when the server cannot save its data.
+    pub on_save_failure: OnSaveFailure,
     /// How long the old password keeps working after a change; overrides
     /// `[instances] password_grace` of agent.toml.
     pub password_grace: Option<Duration>,
@@ -103,6 +118,7 @@ const FIELDS: &[&str] = &[
     "replica_of",
     "restart_epoch",
     "stop_timeout",
+    "on_save_failure",
     "password_grace",
     "config",
     "limits",
@@ -191,6 +207,17 @@ impl InstanceSpec {
         let restart_epoch = c.unsigned(&f, "restart_epoch").unwrap_or(0);
 
         let stop_timeout = duration_field(&f, "stop_timeout", c);
+        let on_save_failure = match c.string(&f, "on_save_failure").as_deref() {
+            None | Some("keep-running") => OnSaveFailure::KeepRunning,
+            Some("kill") => OnSaveFailure::Kill,
+            Some(other) => {
+                c.problem(
+                    f.path("on_save_failure"),
+                    format!("{other:?} is not an action: use \"keep-running\" (the default) or \"kill\""),
+                );
+                OnSaveFailure::KeepRunning
+            }
+        };
         let password_grace = duration_field(&f, "password_grace", c);
 
         let config = parse_engine_config(&f, engine.and_then(engine::for_kind), c);
@@ -211,6 +238,7 @@ impl InstanceSpec {
             replica_of,
             restart_epoch,
             stop_timeout,
+            on_save_failure,
             password_grace,
             config,
             limits,
@@ -282,6 +310,7 @@ impl InstanceSpec {
             replica_of: None,
             restart_epoch: 0,
             stop_timeout: None,
+            on_save_failure: OnSaveFailure::KeepRunning,
             password_grace: None,
             config: BTreeMap::new(),
             limits: Limits::default(),
@@ -601,6 +630,7 @@ pub(crate) mod tests {
             replica_of = "10.0.0.5:6379"
             restart_epoch = 2
             stop_timeout = "30s"
+            on_save_failure = "kill"
             password_grace = "2m"
             [config]
             "maxmemory-policy" = "allkeys-lru"
@@ -621,6 +651,7 @@ pub(crate) mod tests {
         assert_eq!(spec.config["hz"], "20");
         assert_eq!(spec.limits.nofile, Some(65536));
         assert_eq!(spec.limits.oom_score_adj, Some(-100));
+        assert_eq!(spec.on_save_failure, OnSaveFailure::Kill);
         assert_eq!(spec.password_grace, Some(Duration::from_secs(120)));
         assert_eq!(spec.stop_timeout, Some(Duration::from_secs(30)));
     }

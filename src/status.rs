@@ -121,6 +121,10 @@ pub struct InstanceStatus {
     pub next_restart_at_ms: Option<u64>,
     /// Set once the worker has brought the instance to a settled phase.
     pub reconciled: bool,
+    /// How long a graceful stop may take before SIGKILL (the next stop's, or the one in
+    /// progress), and where that comes from: the spec, or derived from the dataset.
+    pub stop_timeout_seconds: u64,
+    pub stop_timeout_reason: String,
     /// Human-readable detail: why not ready, conflict holder, last log lines…
     pub message: String,
     /// Ports of the instance that listen on all addresses although the agent's `bind`
@@ -223,6 +227,8 @@ impl InstanceStatus {
             last_stop: None,
             next_restart_at_ms: None,
             reconciled: false,
+            stop_timeout_seconds: spec.stop_timeout.map_or(0, |t| t.as_secs()),
+            stop_timeout_reason: String::new(),
             message: String::new(),
             exposure: None,
             health: None,

@@ -50,6 +50,25 @@ pub fn format_duration_short(d: Duration) -> String {
     }
 }
 
+/// Sizes in binary units with one decimal: `1.5 GiB`.
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    // f64 loses precision only beyond 2^53 bytes, far below what one decimal shows.
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for next in &UNITS[1..] {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = next;
+    }
+    format!("{value:.1} {unit}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +123,14 @@ mod tests {
             prop_assert!(parsed >= n);
             prop_assert_eq!(parsed % n.max(1), 0);
         }
+    }
+
+    #[test]
+    fn sizes_in_binary_units() {
+        assert_eq!(format_bytes(0), "0 B");
+        assert_eq!(format_bytes(1023), "1023 B");
+        assert_eq!(format_bytes(1536), "1.5 KiB");
+        assert_eq!(format_bytes(3 << 30), "3.0 GiB");
+        assert_eq!(format_bytes(u64::MAX), "16384.0 PiB");
     }
 }

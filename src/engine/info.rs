@@ -182,6 +182,7 @@ fn map_redis(s: &mut ServerStats, section: &str, key: &str, v: &str) -> bool {
         "rdb_bgsave_in_progress" => typed(&mut s.rdb_bgsave_in_progress, zero_one(v)),
         "rdb_last_save_time" => typed(&mut s.rdb_last_save_time, num(v)),
         "rdb_last_bgsave_status" => typed(&mut s.rdb_last_bgsave_ok, ok_err(v)),
+        "rdb_last_bgsave_time_sec" => typed(&mut s.rdb_last_bgsave_seconds, num(v)),
         "aof_enabled" => typed(&mut s.aof_enabled, zero_one(v)),
         "aof_rewrite_in_progress" => typed(&mut s.aof_rewrite_in_progress, zero_one(v)),
         "aof_last_write_status" => typed(&mut s.aof_last_write_ok, ok_err(v)),
@@ -583,6 +584,7 @@ mod tests {
         "rdb_bgsave_in_progress",
         "rdb_last_save_time",
         "rdb_last_bgsave_status",
+        "rdb_last_bgsave_time_sec",
         "aof_enabled",
         "aof_rewrite_in_progress",
         "aof_last_write_status",
@@ -667,6 +669,7 @@ mod tests {
             assert_eq!(s.rdb_bgsave_in_progress, Some(false));
             assert_eq!(s.rdb_last_save_time, Some(1_795_617_225));
             assert_eq!(s.rdb_last_bgsave_ok, Some(true));
+            assert_eq!(s.rdb_last_bgsave_seconds, Some(-1));
             assert_eq!(s.aof_enabled, Some(false));
             assert_eq!(s.aof_rewrite_in_progress, Some(false));
             assert_eq!(s.aof_last_write_ok, Some(true));

@@ -155,6 +155,14 @@ pub fn exposure(engine: &dyn Engine, port: u16, bind: &[IpAddr]) -> Option<Strin
     ))
 }
 
+/// What a save in progress has written, for the status of a stop that waits for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaveProgress {
+    pub written_bytes: u64,
+    /// The size of the last complete save, when there is one.
+    pub previous_bytes: Option<u64>,
+}
+
 /// What an instance asks of the host, for the preflight checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostNeeds {
@@ -344,6 +352,14 @@ pub trait Engine: Send + Sync + 'static {
     /// One monitor sample on a kept session: PING and INFO as deep as `depth`,
     /// pipelined.
     fn sample<'a>(&'a self, session: &'a mut Session, depth: Depth) -> BoxFuture<'a, Result<Sample, ClientError>>;
+
+    /// How far the save that a stop of process `pid` waits for has got, from the files
+    /// in the instance's data directory (blocking file work); `None` when no save is
+    /// running or the engine cannot tell.
+    fn save_progress(&self, data_dir: &Path, pid: u32) -> Option<SaveProgress> {
+        let _ = (data_dir, pid);
+        None
+    }
 
     /// Asks the server to stop gracefully.
     fn request_stop<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, StopRequest>;

@@ -244,6 +244,18 @@ impl Engine for RedisEngine {
         })
     }
 
+    /// Redis saves into `temp-<pid>.rdb` and, once complete, renames it over its
+    /// `dbfilename` (`dump.rdb` unless the spec names another: then the size of the
+    /// last save is not known).
+    fn save_progress(&self, data_dir: &std::path::Path, pid: u32) -> Option<super::SaveProgress> {
+        let written = std::fs::metadata(data_dir.join(format!("temp-{pid}.rdb"))).ok()?.len();
+        let previous = std::fs::metadata(data_dir.join("dump.rdb")).ok().map(|m| m.len());
+        Some(super::SaveProgress {
+            written_bytes: written,
+            previous_bytes: previous,
+        })
+    }
+
     fn request_stop<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, StopRequest> {
         Box::pin(async move {
             let mut conn = match Connection::open(target).await {

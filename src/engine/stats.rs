@@ -75,6 +75,8 @@ pub struct ServerStats {
     /// Unix seconds.
     pub rdb_last_save_time: Option<u64>,
     pub rdb_last_bgsave_ok: Option<bool>,
+    /// How long the last background save took, in seconds; -1 when there was none.
+    pub rdb_last_bgsave_seconds: Option<i64>,
     pub aof_enabled: Option<bool>,
     pub aof_rewrite_in_progress: Option<bool>,
     pub aof_last_write_ok: Option<bool>,

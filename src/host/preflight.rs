@@ -243,8 +243,8 @@ pub fn preflight(input: &PreflightInput) -> Vec<Finding> {
                      writes a full copy before replacing the old file and can fail with 'No space left on device': \
                      free space on that filesystem or move data_dir to a larger one",
                     input.data_dir.display(),
-                    format_bytes(available),
-                    format_bytes(needed)
+                    crate::units::format_bytes(available),
+                    crate::units::format_bytes(needed)
                 ),
             });
         }
@@ -293,25 +293,6 @@ fn name_list(items: &[(&str, u64)]) -> String {
 /// like [`name_list`].
 fn port_list(items: &[(&str, u64)]) -> String {
     format!("ports of {}", name_list(items))
-}
-
-/// Sizes in binary units with one decimal: `1.5 GiB`.
-fn format_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    // f64 loses precision only beyond 2^53 bytes, far below what one decimal shows.
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = UNITS[0];
-    for next in &UNITS[1..] {
-        if value < 1024.0 {
-            break;
-        }
-        value /= 1024.0;
-        unit = next;
-    }
-    format!("{value:.1} {unit}")
 }
 
 /// Cuts unexpected file content for a message: a kernel file is short, but a message
@@ -594,11 +575,6 @@ mod tests {
 
     #[test]
     fn helpers() {
-        assert_eq!(format_bytes(0), "0 B");
-        assert_eq!(format_bytes(1023), "1023 B");
-        assert_eq!(format_bytes(1536), "1.5 KiB");
-        assert_eq!(format_bytes(3 << 30), "3.0 GiB");
-        assert_eq!(format_bytes(u64::MAX), "16384.0 PiB");
         assert_eq!(shorten(&"x".repeat(200)).chars().count(), 81);
         assert_eq!(name_list(&[("a", 1)]), "instance a (1)");
     }

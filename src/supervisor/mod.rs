@@ -9,6 +9,7 @@
 mod changes;
 mod live;
 pub mod plan;
+mod stop;
 mod worker;
 
 pub use worker::WorkerContext;

@@ -4,9 +4,9 @@
 //! asks the pure planner what to do, does it, and waits for the next event: a new
 //! spec, the process's exit, a readiness probe, a timer, or the agent's shutdown.
 
-use super::plan::{self, Action, CrashHistory, Desired, Observed, StopReason};
+use super::plan::{self, Action, CrashHistory, Desired, Observed};
 use crate::config::AgentConfig;
-use crate::engine::{self, Engine, EngineKind, Layout, Readiness, Session, Settings, StopRequest, Target};
+use crate::engine::{self, Engine, EngineKind, Layout, Readiness, Session, Settings, Target};
 use crate::events::{Event, EventLog};
 use crate::monitor::MonitorTarget;
 use crate::ports::{self, PortHolder};
@@ -19,6 +19,7 @@ use crate::sys::{self, ChildSetup};
 use std::path::PathBuf;
 
 mod reconfigure;
+mod stop;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -796,164 +797,6 @@ impl Worker {
         Some(Instant::now() + (CrashHistory::STABLE_AFTER - ran))
     }
 
-    /// Stops the process gracefully, then by SIGKILL after the stop timeout. Returns
-    /// false when the agent shut down meanwhile; the process is then left as it is,
-    /// with its record, and the next agent finishes the job.
-    async fn stop(&mut self, reason: StopReason, spec: Option<&InstanceSpec>) -> bool {
-        let Some(mut process) = self.process.take() else {
-            return true;
-        };
-        let began = Instant::now();
-        let pid = process.pid();
-        let engine: Option<&dyn Engine> = engine::for_kind(process.record().engine);
-        let timeout = spec
-            .and_then(|s| s.stop_timeout)
-            .unwrap_or(self.ctx.config.instances.stop_timeout)
-            .max(engine.map_or(Duration::ZERO, |e| e.min_stop_timeout()));
-        let deadline = began + timeout;
-        let target = self.target(&process);
-        self.stopping = Some(Stopping {
-            pid,
-            port: process.record().port,
-            message: format!("stopping ({})", reason.describe()),
-        });
-        self.publish_current();
-        self.emit(Event::Stopping {
-            pid,
-            reason: reason.describe(),
-        });
-        self.admin = None;
-        // A later agent that finds the process gone then knows it was asked to stop.
-        process.record_mut().stopping = true;
-        let written = {
-            let record = process.record().clone();
-            let dir = self.instance_dir();
-            blocking("write the instance record", move || record::write(&dir, &record)).await
-        };
-        if let Err(error) = written.and_then(|r| r.map_err(|e| e.to_string())) {
-            tracing::warn!(instance = %self.name, %error, "Cannot note the stop in the record.");
-        }
-
-        // Ask, and ask again while the server refuses (a failing save may succeed once
-        // space is freed), until the process exits or the deadline passes.
-        let mut how;
-        let mut refusal: Option<String> = None;
-        let exited = loop {
-            let request = match engine {
-                Some(engine) => tokio::select! {
-                    request = engine.request_stop(&target) => request,
-                    _ = self.shutdown.cancelled() => return self.abandon_stop(process),
-                },
-                None => StopRequest::Signal {
-                    reason: "no engine".into(),
-                },
-            };
-            match request {
-                StopRequest::Sent { command } => {
-                    refusal = None;
-                    how = command;
-                }
-                StopRequest::Refused { command, error } => {
-                    self.emit(Event::StopRefused {
-                        command: command.clone(),
-                        error: error.clone(),
-                    });
-                    refusal = Some(format!("{command} refused: {error}"));
-                    how = command;
-                }
-                StopRequest::Signal { reason: why } => {
-                    tracing::info!(instance = %self.name, pid, reason = why.as_str(), "Stop command not possible; sending SIGTERM.");
-                    if let Err(e) = process.signal(sys::SIGTERM) {
-                        tracing::warn!(instance = %self.name, pid, error = %e, "SIGTERM failed.");
-                    }
-                    how = "SIGTERM".to_string();
-                }
-            }
-            self.emit(Event::StopRequested {
-                pid,
-                method: how.clone(),
-            });
-            if let Some(stopping) = &mut self.stopping {
-                stopping.message = match &refusal {
-                    Some(refusal) => format!("stopping ({}): {refusal}; retrying", reason.describe()),
-                    None => format!("stopping ({}) with {how}", reason.describe()),
-                };
-            }
-            self.publish_current();
-            let retry_at = if refusal.is_some() {
-                (Instant::now() + STOP_RETRY).min(deadline)
-            } else {
-                deadline
-            };
-            tokio::select! {
-                _ = process.wait() => break true,
-                _ = tokio::time::sleep_until(retry_at.into()) => {
-                    if Instant::now() >= deadline {
-                        break false;
-                    }
-                }
-                _ = self.shutdown.cancelled() => return self.abandon_stop(process),
-            }
-        };
-        let (how, forced) = if exited {
-            (how, false)
-        } else {
-            self.emit(Event::KilledAfterTimeout { pid, timeout });
-            if let Err(e) = process.signal(sys::SIGKILL) {
-                tracing::warn!(instance = %self.name, pid, error = %e, "SIGKILL failed.");
-            }
-            // SIGKILL cannot be ignored, but a process in uninterruptible sleep takes
-            // its time: wait, and keep saying so, rather than forget a live process.
-            loop {
-                tokio::select! {
-                    _ = process.wait() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {
-                        tracing::error!(instance = %self.name, pid, "Process still alive after SIGKILL; waiting.");
-                    }
-                    _ = self.shutdown.cancelled() => return self.abandon_stop(process),
-                }
-            }
-            let why = refusal.unwrap_or_else(|| format!("{how} did not finish"));
-            (format!("SIGKILL after {}s ({why})", timeout.as_secs()), true)
-        };
-        let took = began.elapsed();
-        self.emit(Event::Stopped {
-            pid,
-            how: how.clone(),
-            took,
-        });
-        let dir = self.instance_dir();
-        if let Err(e) = blocking("remove the instance record", move || record::remove(&dir))
-            .await
-            .and_then(|r| r.map_err(|e| e.to_string()))
-        {
-            tracing::warn!(instance = %self.name, error = %e, "Cannot remove the record of a stopped process.");
-        }
-        self.last_stop = Some(StopOutcome {
-            how,
-            forced,
-            at: unix_now(),
-            took_ms: took.as_millis() as u64,
-        });
-        self.stopping = None;
-        self.ready = false;
-        self.loading = false;
-        self.auth = None;
-        self.forget_live_state();
-        self.drift = None;
-        self.restart_not_before = None;
-        self.restart_pending = false;
-        true
-    }
-
-    /// The agent is shutting down during a stop: leave the process as it is (its record
-    /// stays, so the next agent adopts it and finishes the job).
-    fn abandon_stop(&mut self, process: Process) -> bool {
-        self.process = Some(process);
-        self.stopping = None;
-        false
-    }
-
     fn publish_current(&mut self) {
         let spec = self.specs.borrow().clone();
         self.publish(&desired_of(spec.as_deref()));
@@ -986,6 +829,10 @@ impl Worker {
             }
             _ => None,
         };
+        let stop_timeout = {
+            let spec = self.specs.borrow().clone();
+            self.stop_timeout(spec.as_deref(), engine::for_kind(engine))
+        };
         let status = InstanceStatus {
             name: self.name.clone(),
             engine,
@@ -1008,6 +855,8 @@ impl Worker {
             last_stop: self.last_stop.clone(),
             next_restart_at_ms,
             reconciled: self.reconciled,
+            stop_timeout_seconds: stop_timeout.timeout.as_secs(),
+            stop_timeout_reason: stop_timeout.reason,
             message: self.message(phase),
             exposure: engine::for_kind(engine).and_then(|e| engine::exposure(e, port, &self.ctx.config.instances.bind)),
             health: None,
