@@ -217,16 +217,13 @@ fn main() {
     }
     // Baseline: Pika's own exec → PONG, on k0's config and data (stopped by the agent).
     let k0 = h.instance_dir("k0");
+    let bare_log = h.path().join("bare.log");
+    let bare_k0 = || bare_pika(&bin, &k0.join("pika.conf"), &k0.join("data"), &bare_log);
     agent_stop(&h, "k0", ports[0]);
     let mut own_start = Vec::new();
     for _ in 0..kills {
         let began = Instant::now();
-        let mut child = bare_pika(
-            &bin,
-            &k0.join("pika.conf"),
-            &k0.join("data"),
-            &h.path().join("bare.log"),
-        );
+        let mut child = bare_k0();
         let (at, _) = wait_new_pid(ports[0], None);
         own_start.push(ms(at - began));
         kill(child.id(), SIGKILL);
@@ -245,12 +242,7 @@ fn main() {
     agent_start(&h, "k0", ports[0]);
     for _ in 0..stops {
         agent_idle.push(ms(agent_stop(&h, "k0", ports[0])));
-        let mut child = bare_pika(
-            &bin,
-            &k0.join("pika.conf"),
-            &k0.join("data"),
-            &h.path().join("bare.log"),
-        );
+        let mut child = bare_k0();
         wait_new_pid(ports[0], None);
         own_idle.push(ms(sigterm_to_exit(&mut child)));
         agent_start(&h, "k0", ports[0]);
@@ -278,12 +270,7 @@ fn main() {
     for _ in 0..stops {
         agent_loaded.push(ms(agent_stop(&h, "k0", ports[0])));
         let began = Instant::now();
-        let mut child = bare_pika(
-            &bin,
-            &k0.join("pika.conf"),
-            &k0.join("data"),
-            &h.path().join("bare.log"),
-        );
+        let mut child = bare_k0();
         let (at, _) = wait_new_pid(ports[0], None);
         own_loaded_start.push(ms(at - began));
         own_loaded.push(ms(sigterm_to_exit(&mut child)));

@@ -234,13 +234,11 @@ async fn reload_secret_files(
 ) {
     let read = {
         let config = config.clone();
-        let want_controller = controller.is_some();
         tokio::task::spawn_blocking(move || {
             let token = config.api.token_file.as_ref().map(|path| api::Token::read(path));
             let client = config
                 .controller
                 .as_ref()
-                .filter(|_| want_controller)
                 .map(|c| controller::Client::new(c, &config.node_id));
             (token, client)
         })

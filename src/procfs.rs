@@ -98,17 +98,11 @@ pub fn ticks_since_boot() -> io::Result<u64> {
 }
 
 /// When a process started, in seconds since the Unix epoch, from its start time in
-/// clock ticks after boot (`/proc/<pid>/stat` field 22) and `/proc/uptime`.
+/// clock ticks after boot (`/proc/<pid>/stat` field 22).
 pub fn started_at(start_ticks: u64) -> Option<u64> {
-    let uptime: f64 = fs::read_to_string("/proc/uptime")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    let since_boot = start_ticks as f64 / crate::sys::clock_ticks_per_second() as f64;
-    let age = (uptime - since_boot).max(0.0);
-    Some(crate::process::unix_now().saturating_sub(age as u64))
+    let age_ticks = ticks_since_boot().ok()?.saturating_sub(start_ticks);
+    let age = age_ticks / crate::sys::clock_ticks_per_second();
+    Some(crate::process::unix_now().saturating_sub(age))
 }
 
 /// The short command name of a process (`/proc/<pid>/comm`), for messages.

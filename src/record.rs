@@ -27,7 +27,7 @@ pub const LAUNCH_FILE_NAME: &str = "launch.json";
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InstanceRecord {
     /// 0 in a record written before the spawn: the process, if any, is found by
-    /// `launch_token`.
+    /// `launch`.
     pub pid: u32,
     /// Start time after boot, in clock ticks (`/proc/<pid>/stat` field 22).
     pub start_ticks: u64,

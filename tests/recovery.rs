@@ -129,14 +129,21 @@ fn spawn_like_the_agent(h: &Harness, name: &str) -> std::process::Child {
         .unwrap()
 }
 
-#[test]
-fn a_server_whose_pid_was_never_recorded_is_found_and_adopted() {
+/// An agent with instance `a` running, killed: returns the harness, the port and
+/// the pid of `a`'s server.
+fn agent_killed_with_a_running() -> (Harness, u16, u32) {
     let mut h = Harness::new();
     let port = free_port();
     h.manifest("a", port, "");
     h.start_agent();
-    h.wait_ready("a");
+    let pid = h.wait_ready("a");
     h.stop_agent(SIGKILL);
+    (h, port, pid)
+}
+
+#[test]
+fn a_server_whose_pid_was_never_recorded_is_found_and_adopted() {
+    let (mut h, port, _) = agent_killed_with_a_running();
     let child = interrupted_start(&h, "a", true);
     let pid = child.as_ref().unwrap().id();
     wait_pong(port, "the unrecorded server did not start");
@@ -158,14 +165,9 @@ fn a_server_whose_pid_was_never_recorded_is_found_and_adopted() {
 
 #[test]
 fn a_restart_after_a_crash_that_the_agent_did_not_record_is_found_and_adopted() {
-    let mut h = Harness::new();
-    let port = free_port();
-    h.manifest("a", port, "");
-    h.start_agent();
-    let old = h.wait_ready("a");
     // The agent dies; its instance crashes and was already restarted by it, but the
     // record still names the crashed process (the restart writes it after the spawn).
-    h.stop_agent(SIGKILL);
+    let (mut h, port, old) = agent_killed_with_a_running();
     send_signal(old, SIGKILL);
     std::thread::sleep(Duration::from_millis(200));
     let mut child = spawn_like_the_agent(&h, "a");
@@ -202,12 +204,7 @@ fn a_restart_after_a_crash_that_the_agent_did_not_record_is_found_and_adopted() 
 
 #[test]
 fn a_start_recorded_but_never_spawned_starts_once_and_is_no_crash() {
-    let mut h = Harness::new();
-    let port = free_port();
-    h.manifest("a", port, "");
-    h.start_agent();
-    let old = h.wait_ready("a");
-    h.stop_agent(SIGKILL);
+    let (mut h, _, old) = agent_killed_with_a_running();
     interrupted_start(&h, "a", false);
 
     h.start_agent();

@@ -299,15 +299,33 @@ impl Harness {
 
     /// Waits until instance `name` is running and ready; returns its pid.
     pub fn wait_ready(&self, name: &str) -> u32 {
+        let mut pid = None;
         self.wait_for(
             &format!("{name} to be running and ready"),
             Duration::from_secs(20),
             |h| {
                 let i = h.instance(name);
-                i["phase"] == "running" && i["ready"] == true
+                pid = (i["phase"] == "running" && i["ready"] == true)
+                    .then(|| i["pid"].as_u64())
+                    .flatten();
+                pid.is_some()
             },
         );
-        self.instance(name)["pid"].as_u64().expect("pid") as u32
+        pid.unwrap_or_default() as u32
+    }
+
+    /// Waits until instance `name` runs and is ready with a pid other than `old`;
+    /// returns it.
+    pub fn wait_restarted(&self, name: &str, old: u32) -> u32 {
+        let mut pid = None;
+        self.wait_for(&format!("{name} restarted"), Duration::from_secs(20), |h| {
+            let i = h.instance(name);
+            pid = (i["phase"] == "running" && i["ready"] == true && i["pid"] != old)
+                .then(|| i["pid"].as_u64())
+                .flatten();
+            pid.is_some()
+        });
+        pid.unwrap_or_default() as u32
     }
 
     /// Polls `condition` every 20 ms until it holds, or fails the test with diagnostics.

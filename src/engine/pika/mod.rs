@@ -18,7 +18,7 @@ use super::{
     Settings, StopRequest, UnboundPort,
 };
 use crate::spec::{InstanceSpec, ReplicaOf, Secret};
-use config_file::{user_password, DATA_DIRS};
+use config_file::{hex, user_password, DATA_DIRS};
 use keys::{BASE, DEFAULTS, LIVE};
 use redis::Value;
 use sha2::{Digest, Sha256};
@@ -464,7 +464,7 @@ fn limit_user_digests(reply: &Value) -> Option<Vec<String>> {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(bytes))
 }
 
 /// `maxclients` of a spec: its `[config]` value or Pika's default.

@@ -215,6 +215,25 @@ impl Worker {
         self.ctx.config.instances.log_dir.join(format!("{}.log", self.name))
     }
 
+    /// Writes `record` as the instance's record (file work off the runtime).
+    async fn persist_record(&self, record: InstanceRecord) -> Result<(), String> {
+        let dir = self.instance_dir();
+        blocking("write the instance record", move || record::write(&dir, &record))
+            .await
+            .and_then(|r| r.map_err(|e| e.to_string()))
+    }
+
+    /// Removes the instance's records; a failure is logged with `why` they went.
+    async fn remove_records(&self, why: &str) {
+        let dir = self.instance_dir();
+        let removed = blocking("remove the instance record", move || record::remove(&dir))
+            .await
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(error) = removed {
+            tracing::warn!(instance = %self.name, %error, why, "Cannot remove the instance record.");
+        }
+    }
+
     pub async fn run(mut self) {
         // The monitor ends when this worker (and so `self.monitor`) is dropped.
         tokio::spawn(crate::monitor::run(
@@ -418,9 +437,7 @@ impl Worker {
                 if process.pid() != record.pid {
                     // A start the previous agent did not finish recording: the process
                     // was found by the record's launch mark; its record now names it.
-                    let (record, dir) = (process.record().clone(), dir.clone());
-                    let written = blocking("write the instance record", move || record::write(&dir, &record)).await;
-                    if let Err(error) = written.and_then(|r| r.map_err(|e| e.to_string())) {
+                    if let Err(error) = self.persist_record(process.record().clone()).await {
                         tracing::warn!(instance = %self.name, %error, "Cannot complete the record of an adopted process; its launch mark still finds it.");
                     }
                 }
@@ -466,9 +483,7 @@ impl Worker {
                     self.restart_pending = true;
                     self.schedule_restart(delay);
                 }
-                if let Err(e) = record::remove(&dir) {
-                    tracing::warn!(instance = %self.name, error = %e, "Cannot remove a stale record.");
-                }
+                self.remove_records("its process is gone").await;
             }
             Ok(Adoption::Unverifiable(reason)) => self.set_unverified(reason),
             Err(error) => self.set_unverified(error),
@@ -566,6 +581,7 @@ impl Worker {
             ));
         };
         let after_crash = self.restart_pending;
+        let layout = self.layout(engine);
         let address = engine
             .client_address(&config.instances.bind)
             .map(|ip| Target::address(ip, spec.port));
@@ -599,20 +615,13 @@ impl Worker {
                 .map(record::StoredSecret),
             stopping: false,
             launch: Some(record::LaunchMark {
-                working_dir: engine::layout(
-                    engine,
-                    &config.instances_dir(),
-                    &config.instances.log_dir,
-                    &self.name,
-                    &config.instances.bind,
-                )
-                .data_dir,
+                working_dir: layout.data_dir.clone(),
                 not_before_ticks,
             }),
         };
         // A record that finds the process goes to disk before the spawn (see `record`):
         // an agent killed at any moment from here on leaves a record that finds it.
-        let layout = match self.write_config(engine, spec, Some(base.clone())).await {
+        let layout = match self.write_config(engine, spec, layout, Some(base.clone())).await {
             Ok(layout) => layout,
             Err(error) => {
                 self.emit(Event::ConfigWriteFailed { error: error.clone() });
@@ -638,21 +647,13 @@ impl Worker {
             Ok(process) => process,
             Err(error) => {
                 // Nothing runs: the record written for the start has nothing to find.
-                let dir = layout.instance_dir.clone();
-                if let Ok(Err(e)) = blocking("remove the instance record", move || record::remove(&dir)).await {
-                    tracing::warn!(instance = %self.name, error = %e, "Cannot remove the record of a failed start.");
-                }
+                self.remove_records("the start failed").await;
                 return self.start_failed(error.to_string());
             }
         };
         // The record is the proof of ownership a later agent needs. Without it, the
         // process would become a stranger on its own port: better not to run it.
-        let written = {
-            let record = process.record().clone();
-            let dir = layout.instance_dir.clone();
-            blocking("write the instance record", move || record::write(&dir, &record)).await
-        };
-        if let Err(error) = written.and_then(|r| r.map_err(|e| e.to_string())) {
+        if let Err(error) = self.persist_record(process.record().clone()).await {
             let _ = process.signal(sys::SIGKILL);
             let _ = tokio::time::timeout(DISK_TIMEOUT, process.wait()).await;
             return self.start_failed(format!("{error}; the started process was killed"));
@@ -678,22 +679,28 @@ impl Worker {
         self.restart_not_before = None;
     }
 
-    /// Creates the instance's directories and writes its config file for `spec` (and,
-    /// before a start, the `pending` record); returns where its files are.
-    async fn write_config(
-        &self,
-        engine: &'static dyn Engine,
-        spec: &InstanceSpec,
-        pending: Option<InstanceRecord>,
-    ) -> Result<Layout, String> {
+    /// Where the instance's files are, for `engine`.
+    fn layout(&self, engine: &dyn Engine) -> Layout {
         let config = &self.ctx.config;
-        let mut layout = engine::layout(
+        engine::layout(
             engine,
             &config.instances_dir(),
             &config.instances.log_dir,
             &self.name,
             &config.instances.bind,
-        );
+        )
+    }
+
+    /// Creates the instance's directories and writes its config file for `spec` (and,
+    /// before a start, the `pending` record) in `layout`, with the interface it binds to
+    /// found; returns the layout.
+    async fn write_config(
+        &self,
+        engine: &'static dyn Engine,
+        spec: &InstanceSpec,
+        mut layout: Layout,
+        pending: Option<InstanceRecord>,
+    ) -> Result<Layout, String> {
         let spec = spec.clone();
         blocking("write the instance's config", move || {
             if engine.binds_by_interface() {

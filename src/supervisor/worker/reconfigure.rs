@@ -4,7 +4,7 @@
 //! period). The decisions are `changes::diff` and `live`'s; this is where the worker's
 //! state and the instance's files follow them.
 
-use super::{blocking, earliest, Grace, Worker, RECONFIGURE_RETRY_FIRST, RECONFIGURE_RETRY_MAX};
+use super::{earliest, Grace, Worker, RECONFIGURE_RETRY_FIRST, RECONFIGURE_RETRY_MAX};
 use crate::engine::{self, ClientError, Engine, Session};
 use crate::events::Event;
 use crate::process::unix_now_millis;
@@ -214,7 +214,7 @@ impl Worker {
     /// runs with it.
     pub(super) async fn note_reconfigured(&mut self, spec: &InstanceSpec, config_hash: &str) -> Result<(), String> {
         let engine = engine::for_kind(spec.engine).ok_or("engine not supported")?;
-        self.write_config(engine, spec, None).await?;
+        self.write_config(engine, spec, self.layout(engine), None).await?;
         let (hash, epoch) = (config_hash.to_string(), spec.restart_epoch);
         self.write_record(move |r| {
             r.config_hash = hash;
@@ -226,18 +226,15 @@ impl Worker {
     /// Changes the live process's record and writes it; the change is kept only when
     /// the write succeeds.
     pub(super) async fn write_record(&mut self, change: impl FnOnce(&mut InstanceRecord)) -> Result<(), String> {
-        let dir = self.instance_dir();
-        let Some(process) = self.process.as_mut() else {
+        let Some(process) = self.process.as_ref() else {
             return Err("no running process".into());
         };
         let mut record = process.record().clone();
         change(&mut record);
-        let written = {
-            let record = record.clone();
-            blocking("write the instance record", move || record::write(&dir, &record)).await
-        };
-        written.and_then(|r| r.map_err(|e| e.to_string()))?;
-        *process.record_mut() = record;
+        self.persist_record(record.clone()).await?;
+        if let Some(process) = self.process.as_mut() {
+            *process.record_mut() = record;
+        }
         Ok(())
     }
 
@@ -293,11 +290,7 @@ impl Worker {
             return;
         };
         let passwords: Vec<Secret> = self.auth.iter().cloned().chain([previous]).collect();
-        let result = match self.admin_session().await {
-            Ok((engine, session)) => engine.set_passwords(session, &passwords).await,
-            Err(e) => Err(e),
-        };
-        match result {
+        match self.apply_passwords(&passwords).await {
             Ok(()) => {
                 if let Some(grace) = &mut self.grace {
                     grace.applied_pid = pid;
@@ -305,21 +298,28 @@ impl Worker {
                 tracing::info!(instance = %self.name, "The previous password works again until the grace period ends.");
             }
             Err(error) => {
-                self.admin = None;
                 tracing::warn!(instance = %self.name, %error, "Cannot give the previous password back for the grace period; retrying.");
             }
         }
     }
 
+    /// Makes exactly `passwords` valid on the live process; a failure drops the kept
+    /// connection, so that the next try opens a new one.
+    async fn apply_passwords(&mut self, passwords: &[Secret]) -> Result<(), ClientError> {
+        let result = match self.admin_session().await {
+            Ok((engine, session)) => engine.set_passwords(session, passwords).await,
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            self.admin = None;
+        }
+        result
+    }
+
     /// Only the current password works from now on.
     pub(super) async fn end_grace(&mut self) {
         let passwords: Vec<Secret> = self.auth.iter().cloned().collect();
-        let result = match self.admin_session().await {
-            Ok((engine, session)) => engine.set_passwords(session, &passwords).await,
-            Err(e) => Err(e),
-        };
-        if let Err(error) = result {
-            self.admin = None;
+        if let Err(error) = self.apply_passwords(&passwords).await {
             tracing::warn!(instance = %self.name, %error, "Cannot end the password grace period; retrying.");
             return;
         }

@@ -11,7 +11,6 @@ use crate::engine::{self, Engine, StopRequest};
 use crate::events::Event;
 use crate::process::{unix_now, Process};
 use crate::procfs;
-use crate::record;
 use crate::spec::{InstanceSpec, OnSaveFailure};
 use crate::status::StopOutcome;
 use crate::supervisor::plan::{Desired, StopReason};
@@ -75,6 +74,8 @@ impl Worker {
         // space is freed), until the process exits.
         let mut how = String::new();
         let mut refusal: Option<String> = None;
+        // What the server's log says about the last refusal, read once per refusal.
+        let mut server_says = String::new();
         let mut next_request = Some(Instant::now());
         let mut blocked_since: Option<Instant> = None;
         let exited = loop {
@@ -105,6 +106,7 @@ impl Worker {
                             });
                         }
                         refusal = Some(text);
+                        server_says = self.log_since(log_offset).await;
                         how = command;
                         next_request = Some(Instant::now() + STOP_RETRY);
                     }
@@ -128,7 +130,7 @@ impl Worker {
                 match (&refusal, on_save_failure) {
                     (Some(error), OnSaveFailure::KeepRunning) => {
                         blocked_since = Some(now);
-                        let error = format!("{error}{}", self.log_since(log_offset).await);
+                        let error = format!("{error}{server_says}");
                         self.emit(Event::StopBlocked { pid, error });
                     }
                     _ => break false,
@@ -141,7 +143,7 @@ impl Worker {
                      and stops it, or set on_save_failure = \"kill\" to stop it without saving",
                     reason.describe(),
                     format_duration_short(since.elapsed()),
-                    self.log_since(log_offset).await,
+                    server_says,
                     data_dir.display(),
                     STOP_RETRY.as_secs()
                 ),
@@ -228,13 +230,7 @@ impl Worker {
             how: how.clone(),
             took,
         });
-        let dir = self.instance_dir();
-        if let Err(e) = blocking("remove the instance record", move || record::remove(&dir))
-            .await
-            .and_then(|r| r.map_err(|e| e.to_string()))
-        {
-            tracing::warn!(instance = %self.name, error = %e, "Cannot remove the record of a stopped process.");
-        }
+        self.remove_records("the process stopped").await;
         self.last_stop = Some(StopOutcome {
             how,
             forced,
@@ -277,11 +273,7 @@ impl Worker {
     /// Marks the record of `process` as stopping (or not) on disk.
     async fn write_stopping(&self, process: &mut Process, stopping: bool) -> Result<(), String> {
         process.record_mut().stopping = stopping;
-        let record = process.record().clone();
-        let dir = self.instance_dir();
-        blocking("write the instance record", move || record::write(&dir, &record))
-            .await
-            .and_then(|r| r.map_err(|e| e.to_string()))
+        self.persist_record(process.record().clone()).await
     }
 
     /// How far the save of a stopping server has got (file work off the runtime).
