@@ -242,6 +242,8 @@ impl Sources {
     }
 
     fn reject(&self, source: &str, generation: Option<u64>, problems: &[Problem]) {
+        let listed = problems.iter().map(ToString::to_string).collect();
+        self.board.rejected(source, generation, listed);
         for problem in problems {
             tracing::error!(source, problem = problem.to_string().as_str(), "Desired-state problem.");
         }
@@ -252,11 +254,15 @@ impl Sources {
                 first: problems.first().map(ToString::to_string).unwrap_or_default(),
             },
         );
-        self.board
-            .rejected(source, generation, problems.iter().map(ToString::to_string).collect());
     }
 
     fn reject_reason(&self, source: &str, generation: Option<u64>, reason: &str) {
+        let new = self.board.rejected(source, generation, vec![reason.to_string()]);
+        // The manifests are offered again at every rescan after a failure that was not
+        // theirs (a full disk): said once, not every two seconds.
+        if !new && source == "manifests" {
+            return;
+        }
         tracing::error!(source, reason, "Desired state rejected; nothing changed.");
         self.events.emit(
             "",
@@ -265,7 +271,6 @@ impl Sources {
                 first: reason.to_string(),
             },
         );
-        self.board.rejected(source, generation, vec![reason.to_string()]);
     }
 }
 

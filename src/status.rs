@@ -444,14 +444,24 @@ impl StatusBoard {
         self.desired.lock().unwrap_or_else(|p| p.into_inner()).last_rejection = None;
     }
 
-    pub fn rejected(&self, source: &str, generation: Option<u64>, problems: Vec<String>) {
+    /// Notes a rejection; false when it is the one already noted (the same inputs
+    /// offered again), whose `at` stays the first time.
+    pub fn rejected(&self, source: &str, generation: Option<u64>, problems: Vec<String>) -> bool {
         let mut d = self.desired.lock().unwrap_or_else(|p| p.into_inner());
+        let again = d
+            .last_rejection
+            .as_ref()
+            .is_some_and(|r| r.source == source && r.generation == generation && r.problems == problems);
+        if again {
+            return false;
+        }
         d.last_rejection = Some(Rejection {
             source: source.to_string(),
             generation,
             at: unix_now(),
             problems,
         });
+        true
     }
 
     /// Ready when a desired state was accepted and every instance has been reconciled

@@ -217,7 +217,8 @@ fn failure(url: &str, timeout: Duration, error: reqwest::Error) -> CallError {
             timeout_s: timeout.as_secs(),
         };
     }
-    let reason = error_chain(&error);
+    // The URL leads the message already; reqwest would repeat it.
+    let reason = error_chain(&error.without_url());
     match tls_hint(&reason) {
         Some(hint) => CallError::Tls {
             url: url.to_string(),
