@@ -13,6 +13,8 @@ pub mod controller;
 pub mod desired;
 pub mod engine;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod host;
 pub mod metrics;

@@ -193,6 +193,16 @@ impl InstanceSpec {
         let maxmemory = size_field(&f, "maxmemory", c);
 
         let password = parse_password(&f, ctx, c);
+        if let (Some(password), Some(engine)) = (&password, engine.and_then(engine::for_kind)) {
+            if let Some(why) = engine.refuse_config_value(password.expose()) {
+                let field = if f.map.contains_key("password") {
+                    "password"
+                } else {
+                    "password_file"
+                };
+                c.problem(f.path(field), format!("the password {why}"));
+            }
+        }
 
         let replica_of = c
             .string(&f, "replica_of")
@@ -561,6 +571,10 @@ fn parse_engine_config(
                 continue;
             }
         };
+        if let Some(why) = engine.and_then(|e| e.refuse_config_value(&text)) {
+            c.problem(field, format!("the value {why}"));
+            continue;
+        }
         if out.insert(lower.clone(), text).is_some() {
             c.problem(field, format!("{lower:?} is set twice (keys are case-insensitive)"));
         }
@@ -694,6 +708,24 @@ pub(crate) mod tests {
             "a.toml: limits.oom_score_adj: 5000 is outside",
         ];
         crate::problem::assert_problems(&problems, &expect);
+    }
+
+    #[test]
+    fn pika_values_and_passwords_cannot_begin_or_end_with_a_space() {
+        let problems = parse(
+            "name = \"a\"\nengine = \"pika\"\nport = 9221\npassword = \" secret\"\n[config]\nthread-num = \"4 \"\nslowlog-log-slower-than = \"10000\"\n",
+        )
+        .unwrap_err();
+        let expect = [
+            "a.toml: password: the password begins or ends with a space or tab, which Pika's config file cannot hold",
+            "a.toml: config.thread-num: the value begins or ends with a space or tab, which Pika's config file cannot hold",
+        ];
+        crate::problem::assert_problems(&problems, &expect);
+        assert!(!problems.iter().any(|p| p.contains("secret")), "{problems:?}");
+        // Redis quotes its values: the same spaces are fine there.
+        let redis =
+            parse("name = \"a\"\nversion = \"7.0\"\nport = 7000\npassword = \" secret \"\n[config]\nsave = \" \"\n");
+        assert!(redis.is_ok(), "{redis:?}");
     }
 
     #[test]

@@ -286,6 +286,13 @@ pub trait Engine: Send + Sync + 'static {
     /// lower-case.
     fn refuse_config_key(&self, key: &str) -> Option<String>;
 
+    /// Why the server's config file cannot hold `value` (a `[config]` value or the
+    /// password) as it is, if it cannot. Never echoes the value.
+    fn refuse_config_value(&self, value: &str) -> Option<&'static str> {
+        let _ = value;
+        None
+    }
+
     /// Every TCP port an instance on `port` occupies.
     fn ports(&self, port: u16) -> Vec<u16>;
 

@@ -191,6 +191,13 @@ impl Engine for PikaEngine {
             .map(|(_, why)| (*why).to_string())
     }
 
+    fn refuse_config_value(&self, value: &str) -> Option<&'static str> {
+        // Pika's config reader skips the spaces before a value; a value read back
+        // shorter than written would be another value (another password).
+        (value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']))
+            .then_some("begins or ends with a space or tab, which Pika's config file cannot hold")
+    }
+
     fn ports(&self, port: u16) -> Vec<u16> {
         // Replication on port + 2000, rsync on port + 10001.
         [Some(port), port.checked_add(2000), port.checked_add(10_001)]
