@@ -15,6 +15,7 @@ const TOKEN: &str = "multihost-controller-token-0123";
 
 #[test]
 fn a_master_on_host_a_replicates_to_a_replica_on_host_b() {
+    const PW: &str = "multihost-pw-2b7c";
     let mut net = Network::new(2);
     let cc_ip = net.attach_test_process();
     let ca = Ca::new("multihost CA");
@@ -46,11 +47,11 @@ fn a_master_on_host_a_replicates_to_a_replica_on_host_b() {
     let port = 6379; // every host has its own port space
     controller.set_document(
         "host-0",
-        json!({"generation": 1, "instances": [{"name": "main", "port": port, "version": "7.0", "password": "pw"}]}),
+        json!({"generation": 1, "instances": [{"name": "main", "port": port, "version": "7.0", "password": PW}]}),
     );
     controller.set_document(
         "host-1",
-        json!({"generation": 1, "instances": [{"name": "copy", "port": port, "version": "7.0", "password": "pw",
+        json!({"generation": 1, "instances": [{"name": "copy", "port": port, "version": "7.0", "password": PW,
                 "replica_of": format!("{ip_a}:{port}")}]}),
     );
     for h in hosts.iter_mut() {
@@ -60,7 +61,7 @@ fn a_master_on_host_a_replicates_to_a_replica_on_host_b() {
     hosts[1].wait_ready("copy");
 
     let connect = |ip: std::net::Ipv4Addr| {
-        let client = redis::Client::open(format!("redis://:pw@{ip}:{port}/")).unwrap();
+        let client = redis::Client::open(format!("redis://:{PW}@{ip}:{port}/")).unwrap();
         client.get_connection_with_timeout(Duration::from_secs(2)).unwrap()
     };
     let mut master = connect(ip_a);
@@ -84,5 +85,9 @@ fn a_master_on_host_a_replicates_to_a_replica_on_host_b() {
         controller.wait_for_report(node, Duration::from_secs(10), |r| {
             r["observed_generation"] == 1 && r["instances"][0]["role"] == role && r["instances"][0]["ready"] == true
         });
+    }
+    for (h, node) in hosts.iter().zip(["host-0", "host-1"]) {
+        let reports = serde_json::to_string(&controller.reports(node)).unwrap();
+        assert_secrets_hidden(h, &[PW], &[("the reports", reports)]);
     }
 }

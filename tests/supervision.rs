@@ -55,7 +55,7 @@ fn agent_restart_keeps_instances(signal: i32) {
     let mut h = Harness::new();
     let ports = [free_port(), free_port()];
     h.manifest("a", ports[0], "");
-    h.manifest("b", ports[1], "password = \"pw-b\"");
+    h.manifest("b", ports[1], "password = \"pw-b-adoption-4417\"");
     h.start_agent();
     let a1 = h.wait_ready("a");
     let b1 = h.wait_ready("b");
@@ -73,7 +73,7 @@ fn agent_restart_keeps_instances(signal: i32) {
     }
     std::thread::sleep(Duration::from_millis(200));
     assert!(pong(ports[0], None), "a died with the agent");
-    assert!(pong(ports[1], Some("pw-b")), "b died with the agent");
+    assert!(pong(ports[1], Some("pw-b-adoption-4417")), "b died with the agent");
     assert!(alive(a2) && alive(b1));
 
     h.start_agent();
@@ -100,6 +100,7 @@ fn agent_restart_keeps_instances(signal: i32) {
         b["ready"] == true && b["pid"].as_u64().is_some_and(|p| p as u32 != b1)
     });
     assert_eq!(h.instance("b")["restarts"], 1);
+    assert_secrets_hidden(&h, &["pw-b-adoption-4417"], &[]);
 }
 
 #[test]

@@ -370,6 +370,47 @@ impl Drop for Harness {
 }
 
 /// The events of instance `name` as `(kind, message)`, oldest first.
+/// Fails the test when any of `secrets` shows anywhere the agent writes or serves for
+/// people: its log, every instance's log file, `/v1/status`, `/v1/instances/<name>`
+/// of every instance (with its events), `/metrics`, and `more` (e.g. the reports a
+/// test controller received). Returns how many places were searched.
+pub fn assert_secrets_hidden(h: &Harness, secrets: &[&str], more: &[(&str, String)]) -> usize {
+    let mut places: Vec<(String, String)> = vec![(
+        "the agent log".into(),
+        std::fs::read_to_string(h.agent_log()).unwrap_or_default(),
+    )];
+    if let Ok(entries) = std::fs::read_dir(h.path().join("log")) {
+        for entry in entries.flatten() {
+            let text = String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap_or_default()).into_owned();
+            places.push((entry.path().display().to_string(), text));
+        }
+    }
+    let status = h.status();
+    for name in status["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["name"].as_str())
+    {
+        let path = format!("/v1/instances/{name}");
+        let (_, detail) = h.http_get(&path).unwrap();
+        places.push((path, detail));
+    }
+    places.push(("/v1/status".into(), status.to_string()));
+    places.push(("/metrics".into(), h.http_get("/metrics").unwrap().1));
+    places.extend(more.iter().map(|(what, text)| (what.to_string(), text.clone())));
+    for (what, text) in &places {
+        for secret in secrets {
+            assert!(!secret.is_empty());
+            if let Some(at) = text.find(secret) {
+                let bytes = &text.as_bytes()[at.saturating_sub(200)..(at + 100).min(text.len())];
+                panic!("{what} shows a secret: …{}…", String::from_utf8_lossy(bytes));
+            }
+        }
+    }
+    places.len()
+}
+
 pub fn events(h: &Harness, name: &str) -> Vec<(String, String)> {
     let (_, body) = h.http_get(&format!("/v1/instances/{name}")).unwrap();
     let detail: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
