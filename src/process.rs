@@ -137,7 +137,16 @@ impl Process {
             let stat = procfs::read_stat(pid)
                 .map_err(|e| format!("/proc/{pid}/stat: {e}"))?
                 .ok_or_else(|| format!("/proc/{pid}/stat: no such process"))?;
-            let executable = procfs::read_exe(pid).map_err(|e| format!("/proc/{pid}/exe: {e}"))?;
+            let executable = match procfs::read_exe(pid) {
+                Ok(executable) => executable,
+                // A child that exited at once is a zombie until this agent reaps it,
+                // and a zombie has no exe link. It is the binary just exec'd; its
+                // exit is then noticed and reported like any other.
+                Err(_) if procfs::read_stat(pid).ok().flatten().is_some_and(|s| s.state == 'Z') => {
+                    std::fs::canonicalize(launch.binary).unwrap_or_else(|_| launch.binary.to_path_buf())
+                }
+                Err(e) => return Err(format!("/proc/{pid}/exe: {e}")),
+            };
             Ok::<_, String>((stat, executable))
         })();
         let (stat, executable) = match identity {
