@@ -78,6 +78,18 @@ const CHANGES: [Change; 7] = [
 ];
 
 impl Model {
+    /// Declares `name` running on a new port with the defaults.
+    fn declare(&mut self, name: &str) {
+        let fresh = Declared {
+            port: free_port(),
+            running: true,
+            hz: 10,
+            databases: 16,
+        };
+        self.declared.insert(name.to_string(), fresh);
+        self.ever.insert(name.to_string());
+    }
+
     fn write(&self, h: &Harness, name: &str) {
         let d = &self.declared[name];
         let state = if d.running { "running" } else { "stopped" };
@@ -111,16 +123,7 @@ impl Model {
         let (name, what) = match change {
             Change::Create => {
                 let Some(name) = rng.pick(&absent).cloned() else { return };
-                self.declared.insert(
-                    name.clone(),
-                    Declared {
-                        port: free_port(),
-                        running: true,
-                        hz: 10,
-                        databases: 16,
-                    },
-                );
-                self.ever.insert(name.clone());
+                self.declare(&name);
                 (name, "create")
             }
             Change::Remove => {
@@ -318,16 +321,7 @@ fn the_agent_killed_at_random_moments_loses_duplicates_and_leaks_nothing() {
         pool: pool.clone(),
     };
     for name in pool.iter().take(instances) {
-        model.declared.insert(
-            name.clone(),
-            Declared {
-                port: free_port(),
-                running: true,
-                hz: 10,
-                databases: 16,
-            },
-        );
-        model.ever.insert(name.clone());
+        model.declare(name);
         model.write(&h, name);
     }
     let began = Instant::now();

@@ -236,9 +236,9 @@ fn a_full_disk_keeps_the_old_files_reports_the_path_and_supervision_goes_on() {
     tally.done();
 }
 
-#[test]
-fn a_read_only_data_directory_is_named_and_the_other_instances_are_untouched() {
-    let mut tally = Tally::new("read-only data directory");
+/// An agent running `a` and a bystander: the harness, `a`'s port and pid, and the
+/// bystander.
+fn a_and_a_bystander() -> (Harness, u16, u32, Bystander) {
     let mut h = Harness::new();
     let port = free_port();
     h.manifest("a", port, "");
@@ -246,6 +246,13 @@ fn a_read_only_data_directory_is_named_and_the_other_instances_are_untouched() {
     h.start_agent();
     let a = h.wait_ready("a");
     let bystander = Bystander::ready(&h, bystander_port);
+    (h, port, a, bystander)
+}
+
+#[test]
+fn a_read_only_data_directory_is_named_and_the_other_instances_are_untouched() {
+    let mut tally = Tally::new("read-only data directory");
+    let (h, port, a, bystander) = a_and_a_bystander();
     let dir = h.instance_dir("a");
     let mount = Mount::read_only(&dir);
     send_signal(a, SIGKILL);
@@ -333,13 +340,7 @@ fn a_binary_that_exits_at_once_loops_with_its_words_and_a_missing_one_is_named()
 #[test]
 fn a_frozen_server_is_unhealthy_with_the_reason_and_nothing_else_waits_for_it() {
     let mut tally = Tally::new("server frozen with SIGSTOP");
-    let mut h = Harness::new();
-    let port = free_port();
-    h.manifest("a", port, "");
-    let bystander_port = Bystander::declare(&h);
-    h.start_agent();
-    let a = h.wait_ready("a");
-    let bystander = Bystander::ready(&h, bystander_port);
+    let (h, port, a, bystander) = a_and_a_bystander();
     send_signal(a, SIGSTOP);
     h.wait_for("a unhealthy", Duration::from_secs(15), |h| {
         h.instance("a")["health"]["status"] == "unhealthy"
