@@ -58,6 +58,8 @@ fn main() -> ExitCode {
 }
 
 fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
+    // Before the runtime's threads exist. A refusal only costs memory.
+    let _ = ker_agent::sys::limit_malloc_arenas(2);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .max_blocking_threads(16)

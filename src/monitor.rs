@@ -268,7 +268,10 @@ impl<'a> Watch<'a> {
         let sampled = tokio::time::timeout(limit, self.target.engine.sample(connection, depth)).await;
         match sampled {
             Ok(Ok(sample)) => {
-                self.last_reply = sample.reply;
+                // Kept until the next sample, for `info_raw`: without the parser's slack.
+                let mut reply = sample.reply;
+                reply.shrink_to_fit();
+                self.last_reply = reply;
                 Probe::Answered {
                     ping: sample.ping,
                     stats: Box::new(sample.stats),

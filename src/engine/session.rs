@@ -22,8 +22,6 @@ pub struct Session {
     timeout: Duration,
     /// Bytes read but not yet consumed.
     buffer: Vec<u8>,
-    /// Encoded commands of the current request.
-    request: Vec<u8>,
 }
 
 impl Session {
@@ -47,8 +45,7 @@ impl Session {
             stream,
             addr,
             timeout: target.timeout,
-            buffer: Vec::with_capacity(8 * 1024),
-            request: Vec::with_capacity(256),
+            buffer: Vec::new(),
         };
         if let Some(password) = &target.password {
             let mut auth = redis::cmd("AUTH");
@@ -69,9 +66,9 @@ impl Session {
     /// is returned as `Value::ServerError` in its place; `label` names the request in
     /// errors.
     pub async fn pipeline(&mut self, label: &'static str, commands: &[redis::Cmd]) -> Result<Vec<Value>, ClientError> {
-        self.request.clear();
+        let mut request = Vec::new();
         for command in commands {
-            command.write_packed_command(&mut self.request);
+            command.write_packed_command(&mut request);
         }
         let (addr, timeout) = (self.addr, self.timeout);
         let io = |e: std::io::Error| ClientError::Io {
@@ -80,7 +77,7 @@ impl Session {
             reason: e.to_string(),
         };
         let exchange = async {
-            self.stream.write_all(&self.request).await.map_err(io)?;
+            self.stream.write_all(&request).await.map_err(io)?;
             let mut replies = Vec::with_capacity(commands.len());
             while replies.len() < commands.len() {
                 match frame_len(&self.buffer) {
@@ -118,13 +115,19 @@ impl Session {
             }
             Ok(replies)
         };
-        tokio::time::timeout(timeout, exchange)
+        let replies = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| ClientError::Timeout {
                 addr,
                 command: label,
                 timeout,
-            })?
+            })?;
+        // An idle session keeps its socket, not its read buffer: with two sessions per
+        // instance, 8 KB buffers were a third of the agent's memory at 500 instances.
+        if self.buffer.is_empty() {
+            self.buffer = Vec::new();
+        }
+        replies
     }
 
     /// An error for a reply the caller cannot use.
