@@ -60,6 +60,8 @@ fn main() -> ExitCode {
 fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
     // Before the runtime's threads exist. A refusal only costs memory.
     let _ = ker_agent::sys::limit_malloc_arenas(2);
+    // A refusal leaves the soft limit, which the preflight compares with the need.
+    let _ = ker_agent::sys::raise_nofile_soft_limit();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .max_blocking_threads(16)

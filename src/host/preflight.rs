@@ -28,6 +28,19 @@ pub struct InstanceNeeds {
     pub unbound_ports: Vec<crate::engine::UnboundPort>,
 }
 
+/// Open files the agent holds per instance: the process's pidfd, the monitor's and
+/// the worker's connections, and `/proc/<pid>/{stat,statm,fd}` kept open for the
+/// process metrics (6 per instance measured at 100, 500 and 1,000 instances).
+pub const AGENT_FILES_PER_INSTANCE: u64 = 6;
+/// Open files the agent holds whatever the instances: runtime, logs, the API's and
+/// the controller's connections, files being written (13 measured; room to spare).
+pub const AGENT_FILES_BASE: u64 = 64;
+
+/// The open files the agent needs for `instances` instances.
+pub fn agent_nofile_need(instances: usize) -> u64 {
+    AGENT_FILES_BASE + AGENT_FILES_PER_INSTANCE * instances as u64
+}
+
 /// What the preflight checks look at. `None` means unknown (the file does not exist,
 /// as in many containers) and yields no finding.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,7 +66,7 @@ pub struct PreflightInput {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
     /// Stable identifier: `thp-enabled`, `overcommit-memory`, `somaxconn-low`,
-    /// `nofile-low`, `disk-space-low`, `port-exposed`, `preflight-unreadable`.
+    /// `nofile-low`, `agent-nofile-low`, `disk-space-low`, `port-exposed`, `preflight-unreadable`.
     pub code: &'static str,
     /// What is wrong, why it matters, and the command or setting that fixes it.
     pub message: String,
@@ -202,6 +215,23 @@ pub fn preflight(input: &PreflightInput) -> Vec<Finding> {
                      shortens the listen queue and drops connections in bursts: sysctl -w net.core.somaxconn={wanted} \
                      (and persist it in /etc/sysctl.d/)",
                     name_list(&short)
+                ),
+            });
+        }
+    }
+
+    if let Some(soft) = input.nofile_soft {
+        let need = agent_nofile_need(input.instances.len());
+        if need > soft {
+            findings.push(Finding {
+                code: "agent-nofile-low",
+                message: format!(
+                    "the agent's own open-files limit (RLIMIT_NOFILE) is {soft}, and it needs about {need} for {} \
+                     instances ({AGENT_FILES_PER_INSTANCE} per instance: a process handle, two connections and three \
+                     /proc files, plus {AGENT_FILES_BASE}): past the limit it cannot start, watch or probe more \
+                     instances; raise LimitNOFILE= in the agent's systemd unit to at least {need} and restart the \
+                     agent",
+                    input.instances.len()
                 ),
             });
         }
@@ -442,6 +472,20 @@ mod tests {
         let finding = only(&input, "somaxconn-low");
         assert!(finding.message.contains("r4 (511) and 95 more"), "{}", finding.message);
         assert!(!finding.message.contains("r5 "), "{}", finding.message);
+    }
+
+    #[test]
+    fn the_agents_own_limit_below_its_need_for_the_instances_fires() {
+        let mut input = healthy();
+        input.nofile_soft = Some(1024);
+        input.instances = (0..200).map(|i| need(&format!("i{i}"), 511, 10_032, 0)).collect();
+        let finding = only(&input, "agent-nofile-low").message;
+        assert!(
+            finding.starts_with("the agent's own open-files limit (RLIMIT_NOFILE) is 1024, and it needs about 1264 for 200 instances"),
+            "{finding}"
+        );
+        input.nofile_soft = Some(1264);
+        assert!(!codes(&input).contains(&"agent-nofile-low"));
     }
 
     #[test]

@@ -194,6 +194,27 @@ pub fn limit_malloc_arenas(_arenas: i32) -> bool {
     true
 }
 
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit (capped at 2^20 when
+/// the hard limit is unlimited) and returns (before, after). The agent holds a few
+/// files per instance, and a soft limit of 1,024 (a shell's default) would stop it
+/// at about 160 instances; the hard limit is the one its unit sets.
+pub fn raise_nofile_soft_limit() -> io::Result<(u64, u64)> {
+    let (soft, hard) = nofile_limits()?;
+    let target = hard.min(1 << 20);
+    if soft >= target {
+        return Ok((soft, soft));
+    }
+    let limit = libc::rlimit {
+        rlim_cur: target as libc::rlim_t,
+        rlim_max: if hard == u64::MAX { libc::RLIM_INFINITY } else { hard as libc::rlim_t },
+    };
+    // SAFETY: setrlimit only reads `limit`, a valid rlimit that lives across the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((soft, target))
+}
+
 /// This process's `RLIMIT_NOFILE`: (soft, hard). "Unlimited" is `u64::MAX`.
 pub fn nofile_limits() -> io::Result<(u64, u64)> {
     let mut limit = libc::rlimit {
