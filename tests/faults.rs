@@ -77,8 +77,8 @@ fn run(program: &str, args: &[&str]) {
     );
 }
 
-/// A mount the test made; unmounted on drop (lazily, so that a test that failed with
-/// processes still inside does not leave it behind).
+/// A mount the test made; on drop, the processes inside are killed and it is
+/// unmounted (lazily, should one be slow to go).
 struct Mount(PathBuf);
 
 impl Mount {
@@ -114,6 +114,9 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
+        // Servers still inside (a failed test) would lose their path to the harness,
+        // which finds what to kill by working directory: they go first.
+        kill_processes_mentioning(&self.0);
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
