@@ -481,7 +481,9 @@ mod tests {
         input.instances = (0..200).map(|i| need(&format!("i{i}"), 511, 10_032, 0)).collect();
         let finding = only(&input, "agent-nofile-low").message;
         assert!(
-            finding.starts_with("the agent's own open-files limit (RLIMIT_NOFILE) is 1024, and it needs about 1264 for 200 instances"),
+            finding.starts_with(
+                "the agent's own open-files limit (RLIMIT_NOFILE) is 1024, and it needs about 1264 for 200 instances"
+            ),
             "{finding}"
         );
         input.nofile_soft = Some(1264);

@@ -206,7 +206,11 @@ pub fn raise_nofile_soft_limit() -> io::Result<(u64, u64)> {
     }
     let limit = libc::rlimit {
         rlim_cur: target as libc::rlim_t,
-        rlim_max: if hard == u64::MAX { libc::RLIM_INFINITY } else { hard as libc::rlim_t },
+        rlim_max: if hard == u64::MAX {
+            libc::RLIM_INFINITY
+        } else {
+            hard as libc::rlim_t
+        },
     };
     // SAFETY: setrlimit only reads `limit`, a valid rlimit that lives across the call.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } < 0 {
