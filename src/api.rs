@@ -41,23 +41,9 @@ pub struct ApiState {
 #[derive(Clone)]
 pub struct Token(Arc<[u8]>);
 
-/// The token in use, replaced when SIGHUP reads a good new one.
-#[derive(Clone, Default)]
-pub struct TokenSlot(Arc<std::sync::RwLock<Option<Token>>>);
-
-impl TokenSlot {
-    pub fn new(token: Option<Token>) -> TokenSlot {
-        TokenSlot(Arc::new(std::sync::RwLock::new(token)))
-    }
-
-    pub fn get(&self) -> Option<Token> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn replace(&self, token: Token) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(token);
-    }
-}
+/// The token in use (none: mutating calls are refused), replaced when SIGHUP reads a
+/// good new one.
+pub type TokenSlot = crate::slot::Slot<Option<Token>>;
 
 impl Token {
     /// Reads the token (a secret file: see `secret_file`), at least 16 characters.
@@ -300,7 +286,7 @@ mod tests {
         assert!(!token.admits(None));
         let slot = TokenSlot::new(None);
         assert!(slot.get().is_none());
-        slot.replace(token);
+        slot.replace(Some(token));
         assert!(slot.get().is_some());
     }
 }

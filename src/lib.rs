@@ -26,6 +26,7 @@ pub mod process;
 pub mod procfs;
 pub mod record;
 pub mod secret_file;
+pub mod slot;
 pub mod sources;
 pub mod spec;
 pub mod status;
@@ -69,7 +70,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         Some(path) => Some(api::Token::read(path)?),
         None => None,
     });
-    let controller_client = controller_client.map(controller::ClientSlot::new);
+    let controller_client = controller_client.map(|client| controller::ClientSlot::new(Arc::new(client)));
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -187,7 +188,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
                 reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
                 let _ = sd_notify::notify(&reloading);
                 tracing::info!("SIGHUP: reading the manifests and the secret files again.");
-                reload_secret_files(&config, &api_token, controller_client.as_deref(), &board, &events).await;
+                reload_secret_files(&config, &api_token, controller_client.as_ref(), &board, &events).await;
                 sources.reload(true).await;
                 status_line = service_status(&board);
                 let _ = sd_notify::notify(&[
@@ -258,7 +259,7 @@ async fn reload_secret_files(
     let (mut problems, mut reloaded) = (Vec::new(), Vec::new());
     match token {
         Some(Ok(token)) => {
-            api_token.replace(token);
+            api_token.replace(Some(token));
             reloaded.push("[api] token_file");
         }
         Some(Err(error)) => problems.push(format!("{error:#}")),
@@ -266,7 +267,7 @@ async fn reload_secret_files(
     }
     match (client, controller) {
         (Some(Ok(client)), Some(slot)) => {
-            slot.replace(client);
+            slot.replace(Arc::new(client));
             reloaded.push("[controller] token_file, ca_file, client_cert and client_key");
         }
         (Some(Err(error)), _) => problems.push(format!("{error:#}")),

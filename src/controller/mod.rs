@@ -86,25 +86,11 @@ impl FailureLog {
 
 /// The controller client in use. SIGHUP builds a new one from the same token, CA and
 /// key files; calls already under way finish with the one they started with.
-pub struct ClientSlot(std::sync::RwLock<Arc<Client>>);
-
-impl ClientSlot {
-    pub fn new(client: Client) -> Arc<ClientSlot> {
-        Arc::new(ClientSlot(std::sync::RwLock::new(Arc::new(client))))
-    }
-
-    pub fn get(&self) -> Arc<Client> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn replace(&self, client: Client) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(client);
-    }
-}
+pub type ClientSlot = crate::slot::Slot<Arc<Client>>;
 
 /// Starts the long poll and the reports. They end when `shutdown` is cancelled.
 pub fn spawn(
-    client: Arc<ClientSlot>,
+    client: ClientSlot,
     sources: SourcesHandle,
     report: ReportInputs,
     report_interval: Duration,
@@ -124,7 +110,7 @@ pub fn spawn(
 
 /// Long-polls the desired state for as long as the agent runs.
 async fn poll_loop(
-    slot: Arc<ClientSlot>,
+    slot: ClientSlot,
     sources: SourcesHandle,
     board: StatusBoard,
     telemetry: Arc<crate::metrics::Telemetry>,

@@ -118,7 +118,7 @@ pub fn gzip(report: &Report<'_>) -> Vec<u8> {
 
 /// Reports every `interval` and after every change of phase, until `shutdown`.
 pub(super) async fn report_loop(
-    slot: Arc<super::ClientSlot>,
+    slot: super::ClientSlot,
     inputs: ReportInputs,
     interval: Duration,
     shutdown: CancellationToken,
