@@ -129,7 +129,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
                 events: events.clone(),
                 telemetry: telemetry.clone(),
             },
-            controller.report_interval,
+            controller::Cadence {
+                interval: controller.report_interval,
+                full_interval: controller.full_report_interval,
+            },
             shutdown.clone(),
         );
     }

@@ -28,6 +28,8 @@ pub struct Telemetry {
     pub controller_failures: Family<[(&'static str, &'static str); 1], Counter>,
     /// Compressed bytes of the reports the controller accepted.
     pub report_bytes: Counter,
+    /// Reports the controller accepted, by kind (`full`, `delta`).
+    pub reports: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 impl Default for Telemetry {
@@ -39,6 +41,7 @@ impl Default for Telemetry {
             )),
             controller_failures: Family::default(),
             report_bytes: Counter::default(),
+            reports: Family::default(),
         }
     }
 }
@@ -46,6 +49,12 @@ impl Default for Telemetry {
 impl Telemetry {
     pub fn controller_failed(&self, call: &'static str) {
         self.controller_failures.get_or_create(&[("call", call)]).inc();
+    }
+
+    /// The controller accepted a report of `kind` and `bytes` (compressed).
+    pub fn report_accepted(&self, kind: &'static str, bytes: u64) {
+        self.reports.get_or_create(&[("kind", kind)]).inc();
+        self.report_bytes.inc_by(bytes);
     }
 }
 
@@ -66,6 +75,11 @@ pub fn registry(board: StatusBoard, observations: Observations, telemetry: &std:
         "ker_agent_report_bytes",
         "Compressed bytes of reports the controller accepted",
         telemetry.report_bytes.clone(),
+    );
+    registry.register(
+        "ker_agent_reports",
+        "Reports the controller accepted, by kind (full, delta)",
+        telemetry.reports.clone(),
     );
     registry.register_collector(Box::new(Snapshot { board, observations }));
     registry
@@ -652,7 +666,7 @@ mod tests {
                 server: crate::engine::pika_stats(reply.as_bytes()),
                 process: None,
                 engine: crate::engine::EngineKind::Pika,
-                info_reply: reply.into_bytes(),
+                info_reply: crate::observations::KeptReply::keep(reply.as_bytes()),
             },
         );
         let text = render(&registry(

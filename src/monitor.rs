@@ -179,7 +179,7 @@ async fn watch_process(
                         server: *stats,
                         process: watch.process_metrics(pid),
                         engine: target.engine.kind(),
-                        info_reply: std::mem::take(&mut watch.last_reply),
+                        info_reply: crate::observations::KeptReply::keep(&std::mem::take(&mut watch.last_reply)),
                     },
                 );
             }
@@ -196,7 +196,7 @@ struct Watch<'a> {
     next_attempt: Instant,
     backoff: Duration,
     last_error: String,
-    /// The INFO reply of the last answered probe.
+    /// The INFO reply of the last answered full sample, until it is kept.
     last_reply: Vec<u8>,
     /// The process's `/proc` files, opened at the first metrics sample.
     process_files: Option<crate::procfs::ProcessFiles>,
@@ -268,10 +268,11 @@ impl<'a> Watch<'a> {
         let sampled = tokio::time::timeout(limit, self.target.engine.sample(connection, depth)).await;
         match sampled {
             Ok(Ok(sample)) => {
-                // Kept until the next sample, for `info_raw`: without the parser's slack.
-                let mut reply = sample.reply;
-                reply.shrink_to_fit();
-                self.last_reply = reply;
+                // A full sample's reply is kept for `info_raw`; a health probe's (its
+                // sections only) is of no use once parsed.
+                if depth == Depth::Full {
+                    self.last_reply = sample.reply;
+                }
                 Probe::Answered {
                     ping: sample.ping,
                     stats: Box::new(sample.stats),

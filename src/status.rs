@@ -235,6 +235,29 @@ impl InstanceStatus {
         }
     }
 
+    /// The status without the readings that change at every probe or sample (uptime,
+    /// PING time, the probe's time, replication lags and offsets, the used memory
+    /// quoted in the stop timeout's reason; the timeout itself counts): what a change
+    /// report compares.
+    pub fn without_readings(&self) -> InstanceStatus {
+        let mut status = self.clone();
+        status.uptime_seconds = None;
+        status.stop_timeout_reason.clear();
+        if let Some(health) = status.health.as_mut() {
+            health.ping_ms = None;
+            health.checked_at_ms = 0;
+            health.sent_at_ms = 0;
+            if let Some(replication) = health.replication.as_mut() {
+                replication.master_last_io_seconds = None;
+                for replica in &mut replication.replicas {
+                    replica.offset = 0;
+                    replica.lag_seconds = None;
+                }
+            }
+        }
+        status
+    }
+
     /// Fills the fields computed from the current time and the monitor's verdict.
     fn with_clock_and_health(mut self, now_s: u64, health: Option<&Health>) -> InstanceStatus {
         self.uptime_seconds = self.started_at.map(|s| now_s.saturating_sub(s));
@@ -302,16 +325,17 @@ pub struct StatusBoard {
     desired: Arc<Mutex<DesiredInfo>>,
     controller: Arc<Mutex<Option<ControllerInfo>>>,
     secret_files: Arc<Mutex<Option<SecretFilesInfo>>>,
-    /// Woken when an instance's phase or readiness changes (reports go out at once).
+    /// Woken when an instance's phase, readiness, role or health changes (reports go out
+    /// at once).
     changes: Arc<tokio::sync::Notify>,
 }
 
 impl StatusBoard {
     pub fn publish(&self, status: InstanceStatus) {
         let mut map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
-        let changed = map
-            .get(&status.name)
-            .is_none_or(|old| old.phase != status.phase || old.ready != status.ready || old.pid != status.pid);
+        let changed = map.get(&status.name).is_none_or(|old| {
+            old.phase != status.phase || old.ready != status.ready || old.pid != status.pid || old.role != status.role
+        });
         map.insert(status.name.clone(), status);
         drop(map);
         if changed {
@@ -328,7 +352,7 @@ impl StatusBoard {
     }
 
     /// Records the monitor's verdict on `name` (`None`: not probed, e.g. stopped).
-    /// A change of status or of answering wakes the reporter.
+    /// A change of status, answering, observed role, master or link wakes the reporter.
     pub fn set_health(&self, name: &str, health: Option<Health>) {
         let mut map = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let old = match health.clone() {
@@ -341,7 +365,13 @@ impl StatusBoard {
         };
         drop(map);
         let changed = match (&old, &health) {
-            (Some(old), Some(new)) => old.status != new.status || old.answering != new.answering,
+            (Some(old), Some(new)) => {
+                old.status != new.status
+                    || old.answering != new.answering
+                    || old.observed_role != new.observed_role
+                    || old.replication.as_ref().map(|r| (&r.master, r.link_up))
+                        != new.replication.as_ref().map(|r| (&r.master, r.link_up))
+            }
             (None, None) => false,
             _ => true,
         };
@@ -355,7 +385,9 @@ impl StatusBoard {
         self.health.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
     }
 
-    /// Notified when an instance's phase, readiness or pid changes, or it goes away.
+    /// Notified when an instance's phase, readiness, pid or declared role changes, its
+    /// health verdict, answering, observed role or replication link changes, or it goes
+    /// away.
     pub fn changes(&self) -> Arc<tokio::sync::Notify> {
         self.changes.clone()
     }

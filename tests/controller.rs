@@ -426,3 +426,216 @@ fn sighup_reads_a_rotated_controller_token_without_restarting_anything() {
     assert!(h.status()["controller"]["poll_error"].is_null());
     assert_eq!(h.instance("a")["pid"], a);
 }
+
+/// The first accepted report after the first `since` whose view satisfies
+/// `predicate`: its raw body and when it arrived.
+fn first_report_after(
+    controller: &Controller,
+    since: usize,
+    timeout: Duration,
+    predicate: impl Fn(&Value) -> bool,
+) -> (Value, std::time::Instant) {
+    controller.wait_for_report_since(NODE, since, timeout, &predicate);
+    let accepted: Vec<_> = controller
+        .report_attempts(NODE)
+        .into_iter()
+        .filter(|r| r.accepted())
+        .collect();
+    let found = accepted[since..]
+        .iter()
+        .find(|r| r.view.as_ref().is_some_and(&predicate))
+        .unwrap();
+    (found.body.clone().unwrap(), found.at)
+}
+
+fn names(report: &Value) -> Vec<&str> {
+    report["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn reports_carry_what_changed_and_everything_when_the_controller_asks() {
+    let controller = Controller::start(TOKEN);
+    let mut h = controlled(&controller);
+    let mut config = std::fs::read_to_string(h.config_path()).unwrap();
+    assert!(config.trim_end().ends_with("poll_wait = \"500ms\""), "{config}");
+    config.push_str("full_report_interval = \"4s\"\n");
+    std::fs::write(h.config_path(), config).unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    controller.set_document(NODE, document(1, &[("a", pa, json!({})), ("b", pb, json!({}))]));
+    h.start_agent();
+    let a = h.wait_ready("a");
+    h.wait_ready("b");
+    let spec = Spec::load();
+
+    // At rest: deltas with no instance, no node facts, no desired state, no host.
+    let quiet = h.wait_for_value("an empty delta", Duration::from_secs(15), |_| {
+        controller
+            .report_bodies(NODE)
+            .into_iter()
+            .rev()
+            .take(5)
+            .find(|r| r["kind"] == "delta" && r["instances"] == json!([]) && r["observed_generation"] == 1)
+    });
+    spec.check("Report", &quiet);
+    for absent in ["node", "desired", "host", "removed"] {
+        assert!(quiet.get(absent).is_none(), "{absent} in a quiet delta: {quiet}");
+    }
+    assert_eq!(quiet["base_seq"].as_u64().unwrap() + 1, quiet["seq"].as_u64().unwrap());
+    // The controller's view still holds both, ready, with their metrics.
+    let view = controller.reports(NODE).pop().unwrap();
+    spec.check("Report", &view);
+    assert_eq!(names(&view), ["a", "b"]);
+    assert!(view["instances"].as_array().unwrap().iter().all(|i| i["ready"] == true));
+
+    // A crash reaches the controller within 1 s, in a delta that carries a alone.
+    let since = controller.report_count(NODE);
+    let killed = std::time::Instant::now();
+    send_signal(a, SIGKILL);
+    let (delta, at) = first_report_after(&controller, since, Duration::from_secs(5), |r| {
+        r["instances"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|i| i["name"] == "a" && i["pid"] != a))
+    });
+    let took = at.duration_since(killed);
+    assert!(
+        took <= Duration::from_secs(1),
+        "the crash reached the controller after {took:?}"
+    );
+    assert_eq!(delta["kind"], "delta", "{delta}");
+    assert_eq!(names(&delta), ["a"], "{delta}");
+    spec.check("Report", &delta);
+    h.wait_ready("a");
+
+    // A role changed behind the agent's back reaches it as well.
+    let since = controller.report_count(NODE);
+    let mut conn = redis(pb, None).unwrap();
+    let _: String = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(pa)
+        .query(&mut conn)
+        .unwrap();
+    let (delta, _) = first_report_after(&controller, since, Duration::from_secs(5), |r| {
+        r["instances"].as_array().is_some_and(|i| {
+            i.iter()
+                .any(|i| i["name"] == "b" && i["health"]["observed_role"] == "replica")
+        })
+    });
+    assert_eq!(delta["kind"], "delta", "{delta}");
+    assert!(names(&delta).contains(&"b"), "{delta}");
+
+    // A controller that lost its view answers the next delta 409: a full report
+    // follows at once, without back-off, with the events the refused delta had.
+    let attempts_before = controller.report_attempts(NODE).len();
+    controller.forget_view(NODE);
+    send_signal(h.instance("a")["pid"].as_u64().unwrap() as u32, SIGKILL);
+    let (refused, full) = h.wait_for_value("a 409 and a full report", Duration::from_secs(10), |_| {
+        let attempts = controller.report_attempts(NODE);
+        let attempts = &attempts[attempts_before..];
+        let refused = attempts.iter().position(|r| r.status == Some(409))?;
+        let full = attempts[refused + 1..].iter().find(|r| r.accepted())?;
+        Some((attempts[refused].clone(), full.clone()))
+    });
+    let refused_body = refused.body.unwrap();
+    assert_eq!(refused_body["kind"], "delta");
+    let full_body = full.body.unwrap();
+    assert_eq!(full_body["kind"], "full", "{full_body}");
+    assert_eq!(names(&full_body), ["a", "b"]);
+    assert!(full_body["node"]["node_id"] == NODE && !full_body["desired"].is_null());
+    let gap = full.at.duration_since(refused.at);
+    assert!(
+        gap < Duration::from_secs(1),
+        "the full report came {gap:?} after the 409"
+    );
+    let seqs = |r: &Value| -> Vec<u64> {
+        r["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect()
+    };
+    let (lost, resent) = (seqs(&refused_body), seqs(&full_body));
+    assert!(lost.iter().all(|s| resent.contains(s)), "{lost:?} not in {resent:?}");
+    assert_events_in_order(&controller);
+
+    // A full report every full_report_interval (4 s), deltas in between.
+    std::thread::sleep(Duration::from_secs(9));
+    let attempts = controller.report_attempts(NODE);
+    let fulls: Vec<std::time::Instant> = attempts[attempts_before..]
+        .iter()
+        .filter(|r| r.accepted() && r.body.as_ref().is_some_and(|b| b["kind"] == "full"))
+        .map(|r| r.at)
+        .collect();
+    assert!(fulls.len() >= 3, "{} full reports in 9 s", fulls.len());
+    for pair in fulls.windows(2) {
+        let gap = pair[1].duration_since(pair[0]);
+        assert!(
+            gap >= Duration::from_millis(3900) && gap <= Duration::from_millis(4800),
+            "full reports {gap:?} apart"
+        );
+    }
+    let deltas = attempts[attempts_before..]
+        .iter()
+        .filter(|r| r.accepted() && r.body.as_ref().is_some_and(|b| b["kind"] == "delta"))
+        .count();
+    assert!(deltas >= 15, "{deltas} deltas in 9 s at a report every 300 ms");
+}
+
+#[test]
+fn a_busy_controller_is_left_alone_for_its_retry_after() {
+    let controller = Controller::start(TOKEN);
+    let mut h = controlled(&controller);
+    let pa = free_port();
+    controller.set_document(NODE, document(1, &[("a", pa, json!({}))]));
+    h.start_agent();
+    h.wait_ready("a");
+    controller.wait_for_report(NODE, Duration::from_secs(10), |r| r["observed_generation"] == 1);
+
+    controller.set_fault(Fault::Busy(2));
+    std::thread::sleep(Duration::from_secs(7));
+    controller.set_fault(Fault::None);
+    let busy = |times: Vec<std::time::Instant>| -> Vec<Duration> {
+        times.windows(2).map(|w| w[1].duration_since(w[0])).collect()
+    };
+    let report_gaps = busy(
+        controller
+            .report_attempts(NODE)
+            .iter()
+            .filter(|r| r.status == Some(503))
+            .map(|r| r.at)
+            .collect(),
+    );
+    let poll_gaps = busy(
+        controller
+            .polls(NODE)
+            .iter()
+            .filter(|p| p.status == Some(503))
+            .map(|p| p.at)
+            .collect(),
+    );
+    for (call, gaps) in [("report", report_gaps), ("poll", poll_gaps)] {
+        assert!(!gaps.is_empty(), "no repeated {call} while busy");
+        // At least the 2 s asked, at most half again (3 s), plus scheduling.
+        for gap in &gaps {
+            assert!(
+                *gap >= Duration::from_millis(1950) && *gap <= Duration::from_millis(3300),
+                "{call}s {gap:?} apart after Retry-After: 2"
+            );
+        }
+    }
+    let status = h.status();
+    assert!(
+        status["controller"]["report_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("answered 503: busy, asked to come back in 2s")),
+        "{status}"
+    );
+    h.wait_for("reports accepted again", Duration::from_secs(10), |h| {
+        h.status()["controller"]["report_error"].is_null()
+    });
+}

@@ -1,6 +1,7 @@
 //! Health and metrics with real servers: a stopped process turns unhealthy and
 //! recovers, a replica whose master goes away degrades, memory pressure shows, and
-//! `/metrics` parses as Prometheus text with every family for every instance.
+//! `/metrics` parses as Prometheus text with every family for every instance, and the
+//! agent raises its open-files limit and says when the hard one is too low.
 
 mod common;
 
@@ -363,4 +364,99 @@ fn metrics_parse_and_have_every_family_for_every_instance() {
             "{family} is not a {kind}"
         );
     }
+}
+
+/// The `Max open files` soft and hard limits of `pid`.
+fn open_files_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    (words[3].to_string(), words[4].to_string())
+}
+
+#[test]
+fn the_agent_raises_its_open_files_limit_and_says_when_the_hard_one_is_too_low() {
+    let mut h = Harness::new();
+    sample_every_second(&h);
+    for i in 0..10 {
+        h.manifest(&format!("r{i}"), free_port(), "[config]\nsave = \"\"\n");
+    }
+    // Started with a soft limit of 256 under a hard one of 4096.
+    h.wrapper = ["prlimit", "--nofile=256:4096", "--"].map(String::from).to_vec();
+    h.start_agent();
+    for i in 0..10 {
+        h.wait_ready(&format!("r{i}"));
+    }
+    let pid = h.agent_pid();
+    assert_eq!(
+        open_files_limits(pid),
+        ("4096".into(), "4096".into()),
+        "the soft limit was not raised"
+    );
+    let codes = |h: &Harness| -> Vec<String> {
+        h.status()["host"]["findings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| f["code"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    h.wait_for("a host sample", Duration::from_secs(10), |h| {
+        !h.status()["host"].is_null()
+    });
+    assert!(
+        !codes(&h).contains(&"agent-nofile-low".to_string()),
+        "{}",
+        h.status()["host"]
+    );
+
+    // The hard limit lowered under the agent's feet, under 64 + 6 per instance = 124.
+    let lowered = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), "--nofile=100:100"])
+        .status()
+        .unwrap();
+    assert!(lowered.success());
+    h.wait_for("the agent-nofile-low finding", Duration::from_secs(10), |h| {
+        codes(h).contains(&"agent-nofile-low".to_string())
+    });
+    let findings = h.status()["host"]["findings"].to_string();
+    assert!(
+        findings.contains(
+            "the agent's own open-files limit (RLIMIT_NOFILE) is 100, and it needs about 124 for 10 instances"
+        ) && findings.contains("raise LimitNOFILE= in the agent's systemd unit to at least 124"),
+        "{findings}"
+    );
+    let metrics = h.http_get("/metrics").unwrap().1;
+    assert!(
+        metrics.contains("ker_host_preflight_finding{code=\"agent-nofile-low\"} 1"),
+        "{metrics}"
+    );
+
+    // `check` says it before the agent starts, from the limit it would run with.
+    let check = |limit: &str| {
+        let mut command = std::process::Command::new("prlimit");
+        command
+            .arg(format!("--nofile={limit}"))
+            .args(["--", AGENT, "check", "--config"])
+            .arg(h.config_path())
+            .current_dir(h.path());
+        command.output().unwrap()
+    };
+    let low = check("100:100");
+    let stderr = String::from_utf8_lossy(&low.stderr);
+    assert!(low.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: the hard open-files limit here is 100 (ulimit -Hn), and the agent needs about 124 open files \
+             for 10 instance(s) (6 per instance, plus 64): raise LimitNOFILE= in ker-agent.service"
+        ),
+        "{stderr}"
+    );
+    let enough = check("256:4096");
+    assert!(enough.status.success());
+    assert!(
+        !String::from_utf8_lossy(&enough.stderr).contains("warning"),
+        "{}",
+        String::from_utf8_lossy(&enough.stderr)
+    );
 }

@@ -146,7 +146,7 @@ fn a_blocked_stop_is_called_off_when_the_instance_is_wanted_running_again() {
 
 #[test]
 fn the_stop_timeout_fits_the_dataset_and_a_stop_shows_its_save() {
-    let mut h = Harness::new();
+    let mut h = Harness::with_agent_toml("", "\n[monitoring]\nmetrics_interval = \"2s\"");
     let port = free_port();
     persisting(&mut h, port, "");
     let a = h.instance("a");

@@ -40,6 +40,12 @@ pub enum CallError {
     },
     #[error("{url} answered {status}: {body}")]
     Status { url: String, status: u16, body: String },
+    #[error("{url} answered {status}: busy, asked to come back in {retry_after_s}s")]
+    Busy {
+        url: String,
+        status: u16,
+        retry_after_s: u64,
+    },
     #[error("TLS with {url} failed: {reason}; {hint}")]
     Tls {
         url: String,
@@ -53,6 +59,15 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// How long the controller asked the agent to stay away (`Retry-After` on a 429 or
+    /// 503).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CallError::Busy { retry_after_s, .. } => Some(Duration::from_secs(*retry_after_s)),
+            _ => None,
+        }
+    }
+
     /// Whether the error needs a fix of the configuration (token, CA, client
     /// certificate) rather than patience.
     pub fn is_auth(&self) -> bool {
@@ -68,6 +83,22 @@ pub enum Poll {
     /// No newer document within the wait.
     Unchanged,
 }
+
+/// How the controller took a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reported {
+    /// Accepted (2xx): its events are delivered, and the next report may carry only
+    /// what changed since this one.
+    Accepted,
+    /// 409 Conflict: the controller does not hold the report a change report builds on
+    /// (it restarted, or lost it), or wants everything; the agent sends a full report
+    /// at once. Nothing of the refused report counts as delivered.
+    WantsFull,
+}
+
+/// The longest `Retry-After` the agent honours: a controller that asks for more is
+/// still called again after this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// The controller, as the agent calls it.
 pub struct Client {
@@ -179,7 +210,7 @@ impl Client {
     }
 
     /// Posts a report (already gzip-compressed JSON).
-    pub async fn report(&self, gzipped: Vec<u8>) -> Result<(), CallError> {
+    pub async fn report(&self, gzipped: Vec<u8>) -> Result<Reported, CallError> {
         let url = self.report_url.as_str();
         let response = self
             .http
@@ -192,10 +223,10 @@ impl Client {
             .send()
             .await
             .map_err(|e| failure(url, CALL_TIMEOUT, e))?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(status_error(url, response.status(), response).await)
+        match response.status() {
+            status if status.is_success() => Ok(Reported::Accepted),
+            StatusCode::CONFLICT => Ok(Reported::WantsFull),
+            status => Err(status_error(url, status, response).await),
         }
     }
 
@@ -268,6 +299,13 @@ async fn status_error(url: &str, status: StatusCode, response: reqwest::Response
             status: code,
             what: "not allowed for this node",
         },
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE if retry_after(&response).is_some() => {
+            CallError::Busy {
+                url: url.to_string(),
+                status: code,
+                retry_after_s: retry_after(&response).map_or(0, |d| d.as_secs()),
+            }
+        }
         _ => {
             // A little of the body helps; all of it could be megabytes.
             let body = read_body(response, url, CALL_TIMEOUT)
@@ -281,6 +319,20 @@ async fn status_error(url: &str, status: StatusCode, response: reqwest::Response
             }
         }
     }
+}
+
+/// The `Retry-After` of an answer in seconds (the HTTP-date form is not used by
+/// controllers and is ignored), at most [`MAX_RETRY_AFTER`].
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let seconds: u64 = response
+        .headers()
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
 }
 
 /// Reads a body of at most [`MAX_DOCUMENT_BYTES`].

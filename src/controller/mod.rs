@@ -7,8 +7,8 @@
 mod client;
 mod report;
 
-pub use client::{CallError, Client, Poll};
-pub use report::{node_facts, NodeFacts, ReportInputs};
+pub use client::{CallError, Client, Poll, Reported};
+pub use report::{node_facts, Cadence, NodeFacts, ReportInputs};
 
 use crate::desired::DocumentSource;
 use crate::sources::{Offer, Rejected, SourcesHandle};
@@ -33,6 +33,17 @@ impl Backoff {
         let ceiling = Self::BASE.saturating_mul(1 << self.failures.min(16)).min(Self::CAP);
         self.failures = self.failures.saturating_add(1);
         ceiling.mul_f64(jitter.clamp(0.0, 1.0))
+    }
+
+    /// The delay before the next attempt after `error`: the back-off, or, when the
+    /// controller asked for a pause (`Retry-After`), that pause stretched by up to half
+    /// again at random, so that agents told the same do not come back together.
+    pub fn after(&mut self, error: &CallError, jitter: f64) -> Duration {
+        let delay = self.next(jitter);
+        match error.retry_after() {
+            Some(asked) => delay.max(asked + asked.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)),
+            None => delay,
+        }
     }
 
     pub fn reset(&mut self) {
@@ -93,7 +104,7 @@ pub fn spawn(
     client: ClientSlot,
     sources: SourcesHandle,
     report: ReportInputs,
-    report_interval: Duration,
+    cadence: Cadence,
     shutdown: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
@@ -104,7 +115,7 @@ pub fn spawn(
             report.telemetry.clone(),
             shutdown.clone(),
         )),
-        tokio::spawn(report::report_loop(client, report, report_interval, shutdown)),
+        tokio::spawn(report::report_loop(client, report, cadence, shutdown)),
     ]
 }
 
@@ -174,7 +185,7 @@ async fn poll_loop(
                 board.controller_polled(None);
             }
             Some(error) => {
-                let delay = backoff.next(fastrand::f64());
+                let delay = backoff.after(&error, fastrand::f64());
                 telemetry.controller_failed("poll");
                 log.failed("desired-state", &error, delay, backoff.failures());
                 board.controller_polled(Some(error.to_string()));
@@ -204,5 +215,23 @@ mod tests {
         assert_eq!(b.next(1.0), Backoff::CAP);
         b.reset();
         assert_eq!(b.next(1.0), Backoff::BASE);
+    }
+
+    #[test]
+    fn a_retry_after_is_honoured_and_spread() {
+        let busy = CallError::Busy {
+            url: "u".into(),
+            status: 503,
+            retry_after_s: 30,
+        };
+        let mut b = Backoff::default();
+        assert_eq!(b.after(&busy, 0.0), Duration::from_secs(30));
+        assert_eq!(b.after(&busy, 1.0), Duration::from_secs(45));
+        let refused = CallError::Unreachable {
+            url: "u".into(),
+            reason: "r".into(),
+        };
+        assert_eq!(b.after(&refused, 1.0), Duration::from_secs(4));
+        assert_eq!(b.failures(), 3);
     }
 }

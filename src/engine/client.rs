@@ -179,28 +179,6 @@ impl Connection {
     }
 }
 
-/// One readiness probe: `PING` answers `PONG` and `INFO server` names the expected
-/// process (a PONG proves only that *something* answers on the port). `-LOADING` is
-/// "starting".
-pub async fn ping_readiness(target: &Target) -> super::Readiness {
-    use super::Readiness;
-    let mut conn = match Connection::open(target).await {
-        Ok(conn) => conn,
-        Err(e) if e.is_loading() => return Readiness::Starting("loading the dataset".into()),
-        Err(e) => return Readiness::Unreachable(e.to_string()),
-    };
-    match conn.call("PING", &[]).await {
-        Ok(reply) if as_text(&reply).as_deref() == Some("PONG") => {}
-        Ok(other) => return Readiness::Unreachable(format!("PING answered {other:?} instead of PONG")),
-        Err(e) if e.is_loading() => return Readiness::Starting("loading the dataset".into()),
-        Err(e) => return Readiness::Unreachable(e.to_string()),
-    }
-    match conn.verify_pid(target.pid).await {
-        Ok(()) => Readiness::Ready,
-        Err(e) => Readiness::Unreachable(e.to_string()),
-    }
-}
-
 /// Whether an `INFO server` reply at `addr` comes from process `expected`.
 pub fn check_process_id(addr: SocketAddr, info_server: &Value, expected: u32) -> Result<(), ClientError> {
     let text = as_text(info_server).unwrap_or_default();

@@ -192,7 +192,7 @@ impl Engine for RedisEngine {
     }
 
     fn probe<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Readiness> {
-        Box::pin(super::client::ping_readiness(target))
+        Box::pin(super::session::ping_readiness(target))
     }
 
     fn host_needs(&self, spec: &InstanceSpec) -> HostNeeds {

@@ -154,6 +154,43 @@ impl Session {
     }
 }
 
+/// One readiness probe: `PING` answers `PONG` and `INFO server` names the expected
+/// process (a PONG proves only that *something* answers on the port); `-LOADING` is
+/// "starting". A fresh session and one pipelined exchange: at an agent's start, a
+/// thousand adopted servers are probed at once, and the multiplexed client (a driver
+/// task, two round trips) took 2.5 s for them.
+pub async fn ping_readiness(target: &Target) -> super::Readiness {
+    use super::Readiness;
+    let loading = || Readiness::Starting("loading the dataset".into());
+    let mut session = match Session::open(target).await {
+        Ok(session) => session,
+        Err(e) if e.is_loading() => return loading(),
+        Err(e) => return Readiness::Unreachable(e.to_string()),
+    };
+    let mut info = redis::cmd("INFO");
+    info.arg("server");
+    let replies = match session.pipeline("PING", &[redis::cmd("PING"), info]).await {
+        Ok(replies) => replies,
+        Err(e) => return Readiness::Unreachable(e.to_string()),
+    };
+    match replies.first() {
+        Some(Value::SimpleString(pong)) if pong == "PONG" => {}
+        Some(Value::ServerError(error)) => {
+            let error = session.unexpected("PING", server_error_text(error));
+            return if error.is_loading() {
+                loading()
+            } else {
+                Readiness::Unreachable(error.to_string())
+            };
+        }
+        other => return Readiness::Unreachable(format!("PING answered {other:?} instead of PONG")),
+    }
+    match super::client::check_process_id(target.addr, replies.get(1).unwrap_or(&Value::Nil), target.pid) {
+        Ok(()) => Readiness::Ready,
+        Err(e) => Readiness::Unreachable(e.to_string()),
+    }
+}
+
 /// The text of an error reply, with its code (`LOADING …`, `NOAUTH …`).
 pub fn server_error_text(error: &redis::ServerError) -> String {
     match error.details() {

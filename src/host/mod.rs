@@ -14,7 +14,10 @@ mod preflight;
 
 pub use interfaces::bind_interface;
 use preflight::shorten;
-pub use preflight::{preflight, read_preflight_input, thp_mode, Finding, InstanceNeeds, PreflightInput};
+pub use preflight::{
+    agent_nofile_need, preflight, read_preflight_input, thp_mode, Finding, InstanceNeeds, PreflightInput,
+    AGENT_FILES_BASE, AGENT_FILES_PER_INSTANCE,
+};
 
 use serde::Serialize;
 use std::fs;

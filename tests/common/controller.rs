@@ -8,7 +8,13 @@
 //! can be inspected from the test thread at any time; documents and faults can be
 //! changed at any time. `stop()` (and `Drop`) closes the listener and every connection,
 //! held long polls included; `restart()` serves again on the same address with the same
-//! recorded state.
+//! recorded state but, like a real controller that restarts, without the reports it
+//! held: the agent's next change report is answered 409 and a full one follows.
+//!
+//! It keeps each node's view as a controller would: a full report replaces it, a
+//! change report (`"kind": "delta"`) is applied on it when its `base_seq` is the last
+//! report applied, and answered 409 otherwise. [`Controller::reports`] returns that
+//! view after each accepted report.
 //!
 //! Order of checks for every call: the bearer token (401), then an injected fault, then
 //! the request itself (400/404/405/413/415). Handlers never panic on bad input.
@@ -111,6 +117,8 @@ pub enum Fault {
     /// Answer every call with this status code (e.g. 500, 503, 401, 403) and a JSON
     /// error body (no body for 1xx/204/304).
     Status(u16),
+    /// 503 with `Retry-After: <seconds>`: a controller shedding load.
+    Busy(u64),
     /// Accept the request and never answer (until the client gives up or the
     /// controller stops).
     Hang,
@@ -164,6 +172,10 @@ pub struct ReportRecord {
     pub authorized: bool,
     /// The status answered (`None`: never answered). 2xx means accepted.
     pub status: Option<u16>,
+    /// The node's view after this report was applied (accepted reports only): the
+    /// report's own fields, and the instances, node facts, desired state and host of
+    /// the reports before where a change report leaves them out.
+    pub view: Option<Value>,
     /// Every request header (lossy UTF-8), in order.
     pub headers: Vec<(String, String)>,
     /// The certificate (DER) the client authenticated with, over TLS with a client CA.
@@ -212,6 +224,9 @@ struct NodeState {
     polls: Vec<PollRecord>,
     held: usize,
     reports: Vec<ReportRecord>,
+    /// The view built from the reports applied so far (`None`: the next change report
+    /// is answered 409).
+    view: Option<Value>,
 }
 
 #[derive(Default)]
@@ -236,6 +251,9 @@ struct Shared {
     state: Mutex<Recorded>,
     /// Bumped on every change of a document: held polls re-check theirs.
     changed: tokio::sync::watch::Sender<u64>,
+    /// HTTP bytes received and sent on every connection (inside TLS, if any).
+    wire_received: std::sync::atomic::AtomicU64,
+    wire_sent: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -354,6 +372,8 @@ impl Controller {
                 ..Recorded::default()
             }),
             changed: tokio::sync::watch::Sender::new(0),
+            wire_received: Default::default(),
+            wire_sent: Default::default(),
         });
         let (running, addr) = serve(addr, shared.clone(), transport.clone())?;
         Ok(Controller {
@@ -408,6 +428,9 @@ impl Controller {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if running.is_some() {
             return;
+        }
+        for node in self.shared.lock().nodes.values_mut() {
+            node.view = None;
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -475,7 +498,7 @@ impl Controller {
     /// applies (`Status` and `Hang`; other faults leave reports working).
     pub fn set_fault(&self, fault: Fault) {
         let report_fault = match fault {
-            Fault::Status(_) | Fault::Hang => fault.clone(),
+            Fault::Status(_) | Fault::Busy(_) | Fault::Hang => fault.clone(),
             _ => Fault::None,
         };
         let mut state = self.shared.lock();
@@ -558,13 +581,39 @@ impl Controller {
         }
     }
 
-    /// The accepted reports of `node` (decoded JSON), oldest first.
+    /// The node's view after each accepted report of `node`, oldest first: what a
+    /// controller knows of it then (see [`ReportRecord::view`]).
     pub fn reports(&self, node: &str) -> Vec<Value> {
+        self.report_attempts(node)
+            .into_iter()
+            .filter(ReportRecord::accepted)
+            .filter_map(|r| r.view)
+            .collect()
+    }
+
+    /// The accepted reports of `node` as sent (decoded JSON), oldest first.
+    pub fn report_bodies(&self, node: &str) -> Vec<Value> {
         self.report_attempts(node)
             .into_iter()
             .filter(ReportRecord::accepted)
             .filter_map(|r| r.body)
             .collect()
+    }
+
+    /// HTTP bytes received from and sent to every client so far (inside TLS, if any):
+    /// requests, bodies and answers with their headers.
+    pub fn wire_bytes(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.shared.wire_received.load(Relaxed),
+            self.shared.wire_sent.load(Relaxed),
+        )
+    }
+
+    /// Forgets the view of `node`: its next change report is answered 409, as by a
+    /// controller that wants everything again.
+    pub fn forget_view(&self, node: &str) {
+        self.shared.lock().node(node).view = None;
     }
 
     /// How many reports of `node` were accepted.
@@ -902,10 +951,25 @@ impl Connected<IncomingStream<'_, Incoming>> for Peer {
     }
 }
 
-/// A connection as axum serves it.
-enum Conn {
+/// A connection as axum serves it, counting the bytes that pass.
+struct Conn {
+    stream: Stream,
+    shared: Arc<Shared>,
+}
+
+enum Stream {
     Plain(tokio::net::TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl Conn {
+    fn sent(&self, poll: &std::task::Poll<std::io::Result<usize>>) {
+        if let std::task::Poll::Ready(Ok(n)) = poll {
+            self.shared
+                .wire_sent
+                .fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl AsyncRead for Conn {
@@ -914,19 +978,29 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = match &mut this.stream {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        };
+        let read = buf.filled().len().saturating_sub(before) as u64;
+        this.shared
+            .wire_received
+            .fetch_add(read, std::sync::atomic::Ordering::Relaxed);
+        poll
     }
 }
 
 impl AsyncWrite for Conn {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
+        let this = self.get_mut();
+        let poll = match &mut this.stream {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        };
+        this.sent(&poll);
+        poll
     }
 
     fn poll_write_vectored(
@@ -934,30 +1008,33 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Conn::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
+        let this = self.get_mut();
+        let poll = match &mut this.stream {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        };
+        this.sent(&poll);
+        poll
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Conn::Plain(s) => s.is_write_vectored(),
-            Conn::Tls(s) => s.is_write_vectored(),
+        match &self.stream {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s).poll_flush(cx),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -967,6 +1044,7 @@ impl AsyncWrite for Conn {
 /// client does not hold up the others; a failed one is recorded and its connection
 /// dropped.
 struct Incoming {
+    shared: Arc<Shared>,
     tcp: tokio::net::TcpListener,
     tls: Option<(tokio_rustls::TlsAcceptor, Arc<Shared>)>,
     handshaken_tx: tokio::sync::mpsc::UnboundedSender<(Conn, Peer)>,
@@ -978,9 +1056,10 @@ impl Incoming {
         let (handshaken_tx, handshaken) = tokio::sync::mpsc::unbounded_channel();
         let tls = match transport {
             Transport::Plain => None,
-            Transport::Tls(config) => Some((tokio_rustls::TlsAcceptor::from(config), shared)),
+            Transport::Tls(config) => Some((tokio_rustls::TlsAcceptor::from(config), shared.clone())),
         };
         Incoming {
+            shared,
             tcp,
             tls,
             handshaken_tx,
@@ -1008,7 +1087,10 @@ impl axum::serve::Listener for Incoming {
                         }
                     };
                     match &self.tls {
-                        None => return (Conn::Plain(stream), Peer { addr, client_cert: None }),
+                        None => {
+                            let conn = Conn { stream: Stream::Plain(stream), shared: self.shared.clone() };
+                            return (conn, Peer { addr, client_cert: None });
+                        }
                         Some((acceptor, shared)) => {
                             tokio::spawn(handshake(
                                 acceptor.clone(),
@@ -1050,7 +1132,11 @@ async fn handshake(
                 .and_then(|chain| chain.first())
                 .map(|cert| cert.to_vec());
             shared.lock().tls_handshakes += 1;
-            let _ = done.send((Conn::Tls(Box::new(tls)), Peer { addr, client_cert }));
+            let conn = Conn {
+                stream: Stream::Tls(Box::new(tls)),
+                shared: shared.clone(),
+            };
+            let _ = done.send((conn, Peer { addr, client_cert }));
             return;
         }
         Ok(Err(e)) => e.to_string(),
@@ -1179,6 +1265,13 @@ async fn fault_response(fault: &Fault) -> Option<Response> {
     match fault {
         Fault::None => None,
         Fault::Status(code) => Some(error_response(*code, "injected fault")),
+        Fault::Busy(seconds) => {
+            let mut response = error_response(503, "busy");
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            Some(response)
+        }
         Fault::Hang => std::future::pending().await,
         Fault::Garbage => Some(document_response(
             200,
@@ -1344,6 +1437,7 @@ async fn report(
             decode_error: decoded.as_ref().err().cloned(),
             authorized,
             status: None,
+            view: None,
             headers: header_list(&parts.headers),
             client_cert: client_cert(parts),
         });
@@ -1369,10 +1463,64 @@ async fn report(
         respond(204, Bytes::new(), None)
     };
     let mut state = shared.lock();
-    if let Some(record) = state.node(node).reports.get_mut(index) {
-        record.status = Some(response.status().as_u16());
+    let state = state.node(node);
+    let mut status = response.status().as_u16();
+    let mut view = None;
+    if status == 204 {
+        if let Ok(body) = &decoded {
+            match apply_report(state.view.as_ref(), body) {
+                Some(applied) => view = Some(applied),
+                None => status = 409,
+            }
+        }
+    }
+    if status == 409 {
+        state.view = None;
+    } else if view.is_some() {
+        state.view = view.clone();
+    }
+    if let Some(record) = state.reports.get_mut(index) {
+        record.status = Some(status);
+        record.view = view;
+    }
+    if status == 409 {
+        return respond(409, Bytes::from_static(b"unknown base_seq: send a full report"), None);
     }
     response
+}
+
+/// The view after `report` on `view`: a full report (or any body without `"kind":
+/// "delta"`) is the new view; a change report is applied on `view` when its `base_seq`
+/// is the `seq` of `view`, and is refused (`None`) otherwise.
+fn apply_report(view: Option<&Value>, report: &Value) -> Option<Value> {
+    if report["kind"] != "delta" {
+        return Some(report.clone());
+    }
+    let view = view?;
+    if view["seq"] != report["base_seq"] || report["base_seq"].is_null() {
+        return None;
+    }
+    let mut next = view.clone();
+    let fields = next.as_object_mut()?;
+    for (key, value) in report.as_object()? {
+        if key != "instances" && key != "removed" {
+            fields.insert(key.clone(), value.clone());
+        }
+    }
+    let mut instances: std::collections::BTreeMap<String, Value> = view["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| Some((i["name"].as_str()?.to_string(), i.clone())))
+        .collect();
+    for removed in report["removed"].as_array().into_iter().flatten() {
+        instances.remove(removed.as_str().unwrap_or_default());
+    }
+    for changed in report["instances"].as_array().into_iter().flatten() {
+        instances.insert(changed["name"].as_str()?.to_string(), changed.clone());
+    }
+    fields.insert("instances".into(), Value::Array(instances.into_values().collect()));
+    Some(next)
 }
 
 fn gunzip_json(bytes: &[u8]) -> Result<Value, String> {

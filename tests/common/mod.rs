@@ -79,6 +79,9 @@ pub struct Harness {
     pub last_exit: Option<ExitStatus>,
     /// Extra environment for every agent and CLI run.
     pub env: Vec<(&'static str, std::ffi::OsString)>,
+    /// A command the agent runs under (it must exec the agent, so that the pid is the
+    /// agent's), e.g. `prlimit --nofile=256:4096 --`.
+    pub wrapper: Vec<String>,
     starts: u32,
 }
 
@@ -103,6 +106,7 @@ impl Harness {
             agent: None,
             last_exit: None,
             env: Vec::new(),
+            wrapper: Vec::new(),
             starts: 0,
         };
         std::fs::create_dir_all(h.manifest_dir()).unwrap();
@@ -215,7 +219,14 @@ impl Harness {
                 c.args(["netns", "exec", name]).arg(AGENT);
                 c
             }
-            None => Command::new(AGENT),
+            None => match self.wrapper.split_first() {
+                Some((program, args)) => {
+                    let mut c = Command::new(program);
+                    c.args(args).arg(AGENT);
+                    c
+                }
+                None => Command::new(AGENT),
+            },
         };
         assert!(self.agent.is_none(), "agent already running");
         self.starts += 1;
@@ -338,6 +349,18 @@ impl Harness {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("timed out after {timeout:?} waiting for {what}\n{}", self.diagnostics());
+    }
+
+    /// Polls `find` every 20 ms until it finds something, or fails the test with
+    /// diagnostics.
+    pub fn wait_for_value<T>(&self, what: &str, timeout: Duration, mut find: impl FnMut(&Harness) -> Option<T>) -> T {
+        let mut found = None;
+        self.wait_for(what, timeout, |h| {
+            found = find(h);
+            found.is_some()
+        });
+        // wait_for returns only once `find` found something.
+        found.expect("found")
     }
 
     /// Everything useful to understand a failure.

@@ -282,7 +282,7 @@ impl Engine for PikaEngine {
 
     fn probe<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Readiness> {
         // Pika binds its port only once its databases are open: no LOADING state.
-        Box::pin(super::client::ping_readiness(target))
+        Box::pin(super::session::ping_readiness(target))
     }
 
     fn host_needs(&self, spec: &InstanceSpec) -> HostNeeds {

@@ -268,7 +268,12 @@ impl Worker {
             let wait = if left.is_zero() { Duration::from_secs(1) } else { left };
             Instant::now() + wait
         });
-        earliest(self.next_drift_check, grace_end)
+        // The status quotes the stop timeout derived from the last sample: looked at
+        // again half a health interval after each metrics beat (once the sample has
+        // landed), however long the drift interval.
+        let monitoring = &self.ctx.config.monitoring;
+        let refresh = crate::monitor::next_beat(origin + monitoring.health_interval / 2, monitoring.metrics_interval);
+        earliest(earliest(self.next_drift_check, grace_end), Some(refresh))
     }
 
     /// How long the current password grace period has left (zero once it is over).
