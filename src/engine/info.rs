@@ -240,6 +240,17 @@ fn map_redis(s: &mut ServerStats, section: &str, key: &str, v: &str) -> bool {
 /// Everything else, including the repeated `db0` of a replica (values joined by a
 /// newline), is kept in `raw`.
 pub fn pika_stats(reply: &[u8]) -> ServerStats {
+    pika_stats_with(reply, true)
+}
+
+/// [`pika_stats`] without `raw`, for the monitor's samples (as
+/// [`redis_stats_typed`]): the untyped fields are parsed from the kept reply when
+/// someone asks.
+pub fn pika_stats_typed(reply: &[u8]) -> ServerStats {
+    pika_stats_with(reply, false)
+}
+
+fn pika_stats_with(reply: &[u8], with_raw: bool) -> ServerStats {
     let text = decode(reply);
     let mut stats = ServerStats::default();
     // Which field `slave_repl_offset` fills depends on `role`, which may come later.
@@ -263,7 +274,7 @@ pub fn pika_stats(reply: &[u8]) -> ServerStats {
             },
             None => false,
         };
-        if !mapped {
+        if !mapped && with_raw {
             keep_raw(&mut stats.raw, line.key, line.value.unwrap_or(""));
         }
     }
@@ -271,7 +282,8 @@ pub fn pika_stats(reply: &[u8]) -> ServerStats {
         match stats.role {
             Some(ObservedRole::Master) => stats.master_repl_offset = Some(offset),
             Some(ObservedRole::Replica) => stats.replica_repl_offset = Some(offset),
-            None => keep_raw(&mut stats.raw, "slave_repl_offset", value),
+            None if with_raw => keep_raw(&mut stats.raw, "slave_repl_offset", value),
+            None => {}
         }
     }
     stats
@@ -539,6 +551,26 @@ mod tests {
     const PIKA_REPL_MASTER: &str = include_str!("../../tests/fixtures/pika/info-replication-master-with-replica.txt");
     const PIKA_REPL_UP: &str = include_str!("../../tests/fixtures/pika/info-replication-replica-up.txt");
     const PIKA_REPL_DOWN: &str = include_str!("../../tests/fixtures/pika/info-replication-replica-down.txt");
+
+    #[test]
+    fn typed_parses_are_the_full_ones_without_raw() {
+        for (fixture, typed, full) in [
+            (
+                REDIS_ALL,
+                redis_stats_typed as fn(&[u8]) -> ServerStats,
+                redis_stats as fn(&[u8]) -> ServerStats,
+            ),
+            (PIKA_ALL, pika_stats_typed, pika_stats),
+            (PIKA_REPLICA_UP, pika_stats_typed, pika_stats),
+        ] {
+            for text in both_endings(fixture) {
+                let mut expected = full(text.as_bytes());
+                assert!(!expected.raw.is_empty());
+                expected.raw.clear();
+                assert_eq!(typed(text.as_bytes()), expected);
+            }
+        }
+    }
 
     /// The fixture as saved (LF) and as the server sends it (CRLF).
     fn both_endings(fixture: &str) -> [String; 2] {

@@ -16,7 +16,7 @@ mod session;
 mod stats;
 
 pub use client::{ClientError, Connection, Target};
-pub use info::{pika_stats, redis_stats, redis_stats_typed};
+pub use info::{pika_stats, pika_stats_typed, redis_stats, redis_stats_typed};
 pub use pika::PikaEngine;
 pub use redis::RedisEngine;
 pub use session::Session;

@@ -325,7 +325,7 @@ impl Engine for PikaEngine {
             }
             Ok(Sample {
                 ping,
-                stats: super::pika_stats(&reply),
+                stats: super::pika_stats_typed(&reply),
                 reply,
             })
         })
