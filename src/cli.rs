@@ -111,6 +111,7 @@ pub fn check(config_path: &std::path::Path) -> ExitCode {
     }
     let Some(dir) = &config.manifest_dir else {
         println!("{}: ok (no manifest_dir)", config_path.display());
+        warn_files_limit(&config, 0);
         return ExitCode::SUCCESS;
     };
     match crate::desired::load_manifests(dir, &config) {

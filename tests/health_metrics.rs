@@ -452,6 +452,37 @@ fn the_agent_raises_its_open_files_limit_and_says_when_the_hard_one_is_too_low()
         ),
         "{stderr}"
     );
+    // A host driven by a controller has no manifests: the instances it would run are
+    // those of the last accepted document in desired.json.
+    let controlled = h.path().join("controlled");
+    std::fs::create_dir_all(&controlled).unwrap();
+    let instances: Vec<serde_json::Value> = (0..20)
+        .map(|i| serde_json::json!({"name": format!("c{i}"), "port": 42000 + i, "version": "7.0"}))
+        .collect();
+    std::fs::write(
+        controlled.join("desired.json"),
+        serde_json::json!({"revision": 1, "document": {"generation": 1, "source": "controller", "instances": instances}, "manifests": []})
+            .to_string(),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(h.config_path())
+        .unwrap()
+        .replace("manifest_dir = \"instances.d\"\n", "")
+        .replace("data_dir = \"data\"", "data_dir = \"controlled\"");
+    std::fs::write(h.path().join("controlled.toml"), config).unwrap();
+    let mut command = std::process::Command::new("prlimit");
+    command
+        .args(["--nofile=100:100", "--", AGENT, "check", "--config"])
+        .arg(h.path().join("controlled.toml"))
+        .current_dir(h.path());
+    let controlled_check = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&controlled_check.stderr);
+    assert!(controlled_check.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the agent needs about 184 open files for 20 instance(s)"),
+        "{stderr}"
+    );
+
     let enough = check("256:4096");
     assert!(enough.status.success());
     assert!(
