@@ -81,12 +81,30 @@ fn at_rest(pid: u32, settle: Duration, rest: Duration) -> (u64, f64) {
     (rss_kb(pid), cpu_ms(pid) - before)
 }
 
-/// Kills what still listens on `ports` (the servers outlive their supervisor).
-fn kill_servers(ports: &[u16]) {
+/// With every server up under supervisor `pid`: the kills, then the rest; then
+/// `stop` stops the supervisor and what still listens on `ports` is killed (the
+/// servers outlive their supervisor).
+fn measure_running(
+    start: Duration,
+    pid: u32,
+    ports: &[u16],
+    kill_count: usize,
+    rest: Duration,
+    stop: impl FnOnce(),
+) -> Measured {
+    let kill_to_pong = kills(ports, kill_count);
+    let (rss_kb, rest_cpu_ms) = at_rest(pid, Duration::from_secs(10), rest);
+    stop();
     for port in ports {
         if let Some(pid) = listener_pid(*port) {
             common::send_signal(pid, common::SIGKILL);
         }
+    }
+    Measured {
+        start,
+        kill_to_pong,
+        rss_kb,
+        rest_cpu_ms,
     }
 }
 
@@ -110,16 +128,10 @@ fn agent(ports: &[u16], kill_count: usize, rest: Duration) -> Measured {
             .as_array()
             .is_some_and(|l| l.len() == ports.len() && l.iter().all(|i| i["ready"] == true))
     });
-    let kill_to_pong = kills(ports, kill_count);
-    let (rss_kb, rest_cpu_ms) = at_rest(h.agent_pid(), Duration::from_secs(10), rest);
-    h.stop_agent(common::SIGTERM);
-    kill_servers(ports);
-    Measured {
-        start,
-        kill_to_pong,
-        rss_kb,
-        rest_cpu_ms,
-    }
+    let pid = h.agent_pid();
+    measure_running(start, pid, ports, kill_count, rest, || {
+        h.stop_agent(common::SIGTERM);
+    })
 }
 
 fn supervisord_config(dir: &Path, ports: &[u16]) -> String {
@@ -166,17 +178,11 @@ fn supervisord(ports: &[u16], kill_count: usize, rest: Duration) -> Measured {
     // A program counts as started after startsecs (1 s): kills before that are
     // start failures to supervisord, with their own back-off.
     std::thread::sleep(Duration::from_secs(2));
-    let kill_to_pong = kills(ports, kill_count);
-    let (rss_kb, rest_cpu_ms) = at_rest(child.id(), Duration::from_secs(10), rest);
-    common::send_signal(child.id(), common::SIGTERM);
-    let _ = child.wait();
-    kill_servers(ports);
-    Measured {
-        start,
-        kill_to_pong,
-        rss_kb,
-        rest_cpu_ms,
-    }
+    let pid = child.id();
+    measure_running(start, pid, ports, kill_count, rest, || {
+        common::send_signal(pid, common::SIGTERM);
+        let _ = child.wait();
+    })
 }
 
 fn median(values: &[Duration]) -> Duration {

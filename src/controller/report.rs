@@ -119,8 +119,10 @@ pub struct Report<'a> {
     observed_generation: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     desired: Option<crate::status::DesiredInfo>,
-    #[serde(skip_serializing_if = "Skip::skip")]
-    host: Skip<Option<Arc<crate::observations::HostSample>>>,
+    /// Left out (the outer `None`) of a delta while the findings are as in its base;
+    /// `null` before the first host sample.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<Option<Arc<crate::observations::HostSample>>>,
     /// Full: every instance. Delta: those whose status (its readings aside) changed
     /// since the base, or that are new, each whole with its last metrics.
     instances: Vec<crate::observations::InstanceView>,
@@ -130,24 +132,6 @@ pub struct Report<'a> {
     events: Vec<crate::events::EventEntry>,
     events_dropped: u64,
     sent_at_ms: u64,
-}
-
-/// A field a delta may leave out although its value may be `null`.
-pub struct Skip<T> {
-    value: T,
-    left_out: bool,
-}
-
-impl<T> Skip<T> {
-    fn skip(&self) -> bool {
-        self.left_out
-    }
-}
-
-impl<T: serde::Serialize> serde::Serialize for Skip<T> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.value.serialize(serializer)
-    }
 }
 
 /// A built report: what to send, the last event in it (to acknowledge), and the
@@ -198,10 +182,7 @@ pub fn build<'a>(inputs: &'a ReportInputs, seq: u64, base: Option<&Baseline>) ->
         node: base.is_none().then_some(facts),
         observed_generation: desired.generation,
         desired: base.is_none_or(|b| b.desired != baseline.desired).then_some(desired),
-        host: Skip {
-            left_out: base.is_some_and(|b| b.findings == baseline.findings),
-            value: host,
-        },
+        host: base.is_none_or(|b| b.findings != baseline.findings).then_some(host),
         instances: views,
         removed,
         events,
@@ -304,6 +285,15 @@ pub(super) async fn report_loop(
                 sent = client.report(compressed) => sent,
                 _ = shutdown.cancelled() => return,
             };
+            // 409 to a full report: nothing the agent can send would do.
+            let sent = match sent {
+                Ok(Reported::WantsFull) if kind == Kind::Full => Err(CallError::Status {
+                    url: client.url().to_string(),
+                    status: 409,
+                    body: "the controller refused a full report as if it were a change report".into(),
+                }),
+                sent => sent,
+            };
             match sent {
                 Ok(Reported::Accepted) => {
                     if let Some(seq) = built.last_event {
@@ -321,23 +311,14 @@ pub(super) async fn report_loop(
                 }
                 // The controller lacks the base: a full report now, without back-off
                 // (agents are already spread by their own report timers).
-                Ok(Reported::WantsFull) if kind == Kind::Delta => {
+                Ok(Reported::WantsFull) => {
                     tracing::info!(
                         base_seq = base.as_ref().map(|b| b.seq),
                         "The controller asked for a full report."
                     );
                     base = None;
                 }
-                result => {
-                    let error = match result {
-                        Err(error) => error,
-                        // 409 to a full report: nothing the agent can send would do.
-                        _ => CallError::Status {
-                            url: client.url().to_string(),
-                            status: 409,
-                            body: "the controller refused a full report as if it were a change report".into(),
-                        },
-                    };
+                Err(error) => {
                     inputs.telemetry.controller_failed("report");
                     let delay = backoff.after(&error, fastrand::f64());
                     log.failed("report", &error, delay, backoff.failures());
