@@ -5,13 +5,18 @@
 //! 1. start from nothing to every server answering PING;
 //! 2. kill -9 of a server → PONG from its replacement (`BENCH_KILLS`, 10, median);
 //! 3. the supervisor's RSS and CPU at rest over `BENCH_REST_SECS` (60), with the
-//!    agent's defaults (health every 1 s, metrics every 10 s, drift checks every 5 s)
-//!    while supervisord only waits for exits.
+//!    agent's defaults (health every 1 s, metrics every 10 s, drift checks every 30 s)
+//!    while supervisord only waits for exits; and the servers' own CPU meanwhile;
+//! 4. with supervisord keeping the servers, redis_exporter (Debian's
+//!    `prometheus-redis-exporter`) scraping each of them every 10 s (the agent's
+//!    metrics interval) through its multi-target endpoint, for the same time.
 //!
-//! Then it prints the ratios agent / supervisord. supervisord does less: no health,
-//! metrics, adoption or reconfiguration; the comparison shows what those cost.
+//! Then it prints the ratios agent / supervisord and the per-instance figures.
+//! supervisord does less: no health, metrics, adoption or reconfiguration; the
+//! comparison shows what those cost, and redis_exporter what metrics alone cost.
 //!
-//! Run with `cargo bench --bench compare` (`apt-get install -y supervisor` first).
+//! Run with `cargo bench --bench compare` (`apt-get install -y supervisor
+//! prometheus-redis-exporter` first).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -29,7 +34,21 @@ struct Measured {
     kill_to_pong: Vec<Duration>,
     rss_kb: u64,
     rest_cpu_ms: f64,
+    /// The servers' own CPU over the same time.
+    servers_cpu_ms: f64,
+    /// redis_exporter beside it, if it was measured.
+    exporter: Option<ExporterRun>,
 }
+
+/// redis_exporter scraping every server every [`SCRAPE_INTERVAL`].
+struct ExporterRun {
+    rss_kb: u64,
+    cpu_ms: f64,
+    scrapes: usize,
+}
+
+/// How often redis_exporter is asked about each server: the agent's metrics interval.
+const SCRAPE_INTERVAL: Duration = Duration::from_secs(10);
 
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -73,12 +92,96 @@ fn kills(ports: &[u16], count: usize) -> Vec<Duration> {
         .collect()
 }
 
-/// CPU of `pid` over `rest`, after `settle`.
-fn at_rest(pid: u32, settle: Duration, rest: Duration) -> (u64, f64) {
+/// The children of `pid` (the servers a supervisor started).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// The CPU of the processes of `pids` that still run (a process that exits in between
+/// is left out of both readings).
+fn cpu_of(pids: &[u32]) -> std::collections::HashMap<u32, f64> {
+    pids.iter()
+        .filter_map(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .map(|_| (*pid, cpu_ms(*pid)))
+        })
+        .collect()
+}
+
+/// RSS, CPU of `pid` and the CPU of its servers over `rest`, after `settle`.
+fn at_rest(pid: u32, settle: Duration, rest: Duration) -> (u64, f64, f64) {
     std::thread::sleep(settle);
-    let before = cpu_ms(pid);
+    let servers = children(pid);
+    let (before, servers_before) = (cpu_ms(pid), cpu_of(&servers));
     std::thread::sleep(rest);
-    (rss_kb(pid), cpu_ms(pid) - before)
+    let (after, servers_after) = (cpu_ms(pid), cpu_of(&servers));
+    let servers_cpu = servers_after
+        .iter()
+        .filter_map(|(pid, after)| servers_before.get(pid).map(|before| after - before))
+        .sum();
+    (rss_kb(pid), after - before, servers_cpu)
+}
+
+/// redis_exporter scraping each of `ports` every [`SCRAPE_INTERVAL`] for `rest`, one
+/// target per request (its multi-target endpoint), as Prometheus would.
+fn exporter(ports: &[u16], rest: Duration) -> ExporterRun {
+    let binary = std::env::var("REDIS_EXPORTER").unwrap_or_else(|_| "/usr/bin/prometheus-redis-exporter".to_string());
+    assert!(
+        Path::new(&binary).is_file(),
+        "{binary} is missing: apt-get install -y prometheus-redis-exporter (or set REDIS_EXPORTER)"
+    );
+    let port = free_port();
+    let mut child = Command::new(&binary)
+        .args(["-web.listen-address", &format!("127.0.0.1:{port}")])
+        .args(["-redis.addr", ""])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis_exporter");
+    let get = |path: &str| common::http_send_to(std::net::Ipv4Addr::LOCALHOST.into(), port, "GET", path, &[], b"");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get("/").is_err() {
+        assert!(Instant::now() < deadline, "redis_exporter did not answer");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let scrape = |target: u16| {
+        let (code, _) = get(&format!("/scrape?target=redis://127.0.0.1:{target}")).expect("scrape");
+        assert_eq!(code, 200, "redis_exporter scraping {target}");
+    };
+    // One round first: connections and caches as in a steady state.
+    ports.iter().for_each(|p| scrape(*p));
+    let pid = child.id();
+    let (began, before) = (Instant::now(), cpu_ms(pid));
+    let gap = SCRAPE_INTERVAL.div_f64(ports.len() as f64);
+    let mut scrapes = 0;
+    while began.elapsed() < rest {
+        scrape(ports[scrapes % ports.len()]);
+        scrapes += 1;
+        let next = gap * scrapes as u32;
+        if let Some(wait) = next.checked_sub(began.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    let run = ExporterRun {
+        rss_kb: rss_kb(pid),
+        cpu_ms: cpu_ms(pid) - before,
+        scrapes,
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    run
 }
 
 /// With every server up under supervisor `pid`: the kills, then the rest; then
@@ -90,10 +193,12 @@ fn measure_running(
     ports: &[u16],
     kill_count: usize,
     rest: Duration,
+    with_exporter: bool,
     stop: impl FnOnce(),
 ) -> Measured {
     let kill_to_pong = kills(ports, kill_count);
-    let (rss_kb, rest_cpu_ms) = at_rest(pid, Duration::from_secs(10), rest);
+    let (rss_kb, rest_cpu_ms, servers_cpu_ms) = at_rest(pid, Duration::from_secs(10), rest);
+    let exporter = with_exporter.then(|| exporter(ports, rest));
     stop();
     for port in ports {
         if let Some(pid) = listener_pid(*port) {
@@ -105,6 +210,8 @@ fn measure_running(
         kill_to_pong,
         rss_kb,
         rest_cpu_ms,
+        servers_cpu_ms,
+        exporter,
     }
 }
 
@@ -129,7 +236,7 @@ fn agent(ports: &[u16], kill_count: usize, rest: Duration) -> Measured {
             .is_some_and(|l| l.len() == ports.len() && l.iter().all(|i| i["ready"] == true))
     });
     let pid = h.agent_pid();
-    measure_running(start, pid, ports, kill_count, rest, || {
+    measure_running(start, pid, ports, kill_count, rest, false, || {
         h.stop_agent(common::SIGTERM);
     })
 }
@@ -179,7 +286,7 @@ fn supervisord(ports: &[u16], kill_count: usize, rest: Duration) -> Measured {
     // start failures to supervisord, with their own back-off.
     std::thread::sleep(Duration::from_secs(2));
     let pid = child.id();
-    measure_running(start, pid, ports, kill_count, rest, || {
+    measure_running(start, pid, ports, kill_count, rest, true, || {
         common::send_signal(pid, common::SIGTERM);
         let _ = child.wait();
     })
@@ -230,5 +337,42 @@ fn main() {
         pct(a.rest_cpu_ms),
         pct(s.rest_cpu_ms),
         a.rest_cpu_ms / s.rest_cpu_ms.max(1.0)
+    );
+    println!(
+        "the {n} servers' own CPU     | {:>10.1} %     | {:>10.1} %     |",
+        pct(a.servers_cpu_ms),
+        pct(s.servers_cpu_ms)
+    );
+    let per = |v: f64| v / n as f64;
+    println!();
+    println!("per instance                | ker-agent        | supervisord      | redis_exporter");
+    println!("----------------------------|------------------|------------------|---------------");
+    let e = s.exporter.as_ref().expect("redis_exporter measured beside supervisord");
+    println!(
+        "CPU at rest                 | {:>10.4} %     | {:>10.4} %     | {:.4} % ({} scrapes, one per server every {} s)",
+        per(pct(a.rest_cpu_ms)),
+        per(pct(s.rest_cpu_ms)),
+        per(pct(e.cpu_ms)),
+        e.scrapes,
+        SCRAPE_INTERVAL.as_secs()
+    );
+    println!(
+        "RSS                         | {:>10.1} KB    | {:>10.1} KB    | {:.1} KB",
+        per(a.rss_kb as f64),
+        per(s.rss_kb as f64),
+        per(e.rss_kb as f64)
+    );
+    println!(
+        "a server's own CPU          | {:>10.4} %     | {:>10.4} %     |",
+        per(pct(a.servers_cpu_ms)),
+        per(pct(s.servers_cpu_ms))
+    );
+    println!();
+    println!(
+        "redis_exporter: CPU {:.3} % of a core, RSS {:.1} MB ({} scrapes in {} s)",
+        pct(e.cpu_ms),
+        e.rss_kb as f64 / 1024.0,
+        e.scrapes,
+        rest.as_secs()
     );
 }

@@ -467,8 +467,15 @@ pub struct EventEntry {
 /// The bounded event history.
 pub struct EventLog {
     inner: Mutex<History>,
-    capacity: usize,
+    /// How many events are kept: at least `base`, more for many instances (`fit`).
+    capacity: std::sync::atomic::AtomicUsize,
+    base: usize,
 }
+
+/// Events kept per declared instance: an agent's start alone leaves two or three for
+/// each (adopted or started, ready, a first health verdict), and a controller that is
+/// away must still get them when it is back.
+pub const KEPT_PER_INSTANCE: usize = 4;
 
 struct History {
     entries: VecDeque<EventEntry>,
@@ -488,8 +495,16 @@ impl EventLog {
                 acked: 0,
                 dropped_unreported: 0,
             }),
-            capacity,
+            capacity: capacity.into(),
+            base: capacity,
         }
+    }
+
+    /// Keeps room for the events of `instances` declared instances, never less than
+    /// the capacity the log was made with.
+    pub fn fit(&self, instances: usize) {
+        let capacity = self.base.max(instances.saturating_mul(KEPT_PER_INSTANCE));
+        self.capacity.store(capacity, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Logs `event` and keeps it.
@@ -504,11 +519,13 @@ impl EventLog {
             message: event.describe(),
         };
         history.next_seq += 1;
-        if history.entries.len() >= self.capacity {
-            if let Some(dropped) = history.entries.pop_front() {
-                if dropped.seq > history.acked {
-                    history.dropped_unreported += 1;
-                }
+        let capacity = self.capacity.load(std::sync::atomic::Ordering::Relaxed).max(1);
+        while history.entries.len() >= capacity {
+            let Some(dropped) = history.entries.pop_front() else {
+                break;
+            };
+            if dropped.seq > history.acked {
+                history.dropped_unreported += 1;
             }
         }
         history.entries.push_back(entry);
@@ -572,5 +589,28 @@ mod tests {
         assert_eq!(a[1].message, "started as pid 4");
         assert_eq!(log.for_instance("a", 10)[0].message, "started as pid 3");
         assert_eq!(log.for_instance("b", 10)[0].kind, "conflict-cleared");
+    }
+
+    #[test]
+    fn history_grows_with_the_declared_instances_and_shrinks_back() {
+        let log = EventLog::new(3);
+        log.fit(2);
+        let start = |pid| Event::Started {
+            pid,
+            after_crash: false,
+        };
+        for pid in 0..10 {
+            log.emit("a", start(pid));
+        }
+        // Two instances: room for 2 × KEPT_PER_INSTANCE, none of them reported yet.
+        let (kept, dropped) = log.unreported(100);
+        assert_eq!(kept.len(), 2 * KEPT_PER_INSTANCE);
+        assert_eq!(dropped, (10 - 2 * KEPT_PER_INSTANCE) as u64);
+        // Fewer instances: back to the base, the oldest go at the next event.
+        log.fit(0);
+        log.emit("a", start(10));
+        let kept = log.for_instance("a", 100);
+        assert_eq!(kept.len(), 3);
+        assert_eq!(kept[2].message, "started as pid 10");
     }
 }

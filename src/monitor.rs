@@ -107,16 +107,18 @@ async fn watch_process(
     // The first probe is a full sample, so metrics exist from the start.
     let mut last_full: Option<Instant> = None;
     let mut last_status = None;
+    // At an agent's start hundreds of instances are adopted or started at once; their
+    // first probes wait until the node is ready (at most one metrics interval) instead
+    // of competing with the adoptions and readiness probes still under way.
+    tokio::select! {
+        biased;
+        _ = target_changed(targets) => return,
+        _ = ctx.board.wait_ready(ctx.metrics_interval) => {}
+    }
     loop {
         tokio::select! {
             biased;
-            changed = targets.changed() => {
-                // A new target (or none, or the worker is gone): the caller decides.
-                if changed.is_ok() {
-                    targets.mark_changed();
-                }
-                return;
-            }
+            _ = target_changed(targets) => return,
             _ = ticker.tick(), if !first => {}
             _ = std::future::ready(()), if first => first = false,
         }
@@ -184,6 +186,14 @@ async fn watch_process(
                 );
             }
         }
+    }
+}
+
+/// Resolves when the worker names a new target (or none, or is gone), leaving the
+/// change for the caller (`run`) to see: it decides.
+async fn target_changed(targets: &mut watch::Receiver<Option<MonitorTarget>>) {
+    if targets.changed().await.is_ok() {
+        targets.mark_changed();
     }
 }
 

@@ -216,7 +216,7 @@ impl Process {
     /// [`Process::adopt`] of exactly the recorded pid.
     fn adopt_exact(record: &InstanceRecord) -> Adoption {
         let pid = record.pid;
-        let check = || -> Result<(), CheckFailure> {
+        let check = |with_executable: bool| -> Result<(), CheckFailure> {
             // Only a definite answer ("no such process", another start time, another
             // executable) makes the process gone; any other error (EMFILE, EACCES, EIO…)
             // proves nothing either way, and the record is kept for another look.
@@ -239,6 +239,9 @@ impl Process {
                     stat.start_ticks, record.start_ticks
                 )));
             }
+            if !with_executable {
+                return Ok(());
+            }
             let exe = procfs::read_exe(pid).map_err(|e| unreadable("exe", e))?;
             if exe != record.executable {
                 return Err(CheckFailure::Gone(format!(
@@ -253,7 +256,7 @@ impl Process {
             CheckFailure::Gone(reason) => Adoption::Gone(reason),
             CheckFailure::Unverifiable(reason) => Adoption::Unverifiable(reason),
         };
-        if let Err(failure) = check() {
+        if let Err(failure) = check(true) {
             return verdict(failure);
         }
         let pidfd = match PidFd::open(pid) {
@@ -264,8 +267,10 @@ impl Process {
             Err(e) => return Adoption::Unverifiable(format!("pidfd_open({pid}): {e}")),
         };
         // The pidfd now pins this very process; checking again closes the window in
-        // which the pid could have been reused before it was opened.
-        if let Err(failure) = check() {
+        // which the pid could have been reused before it was opened. The same start
+        // time is the same process, whose executable was checked above (a server does
+        // not exec).
+        if let Err(failure) = check(false) {
             return verdict(failure);
         }
         Adoption::Adopted(Box::new(Process {

@@ -7,6 +7,8 @@ use crate::health::HealthStatus;
 use crate::process::{unix_now, unix_now_millis, Exit};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// Where an instance is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -319,7 +321,7 @@ pub struct SecretFilesInfo {
 /// Shared, lock-protected status of every instance. Locks are held only to copy.
 #[derive(Clone, Default)]
 pub struct StatusBoard {
-    instances: Arc<Mutex<BTreeMap<String, InstanceStatus>>>,
+    instances: Arc<Mutex<Instances>>,
     /// Kept apart from `instances`: workers publish whole statuses, monitors verdicts.
     health: Arc<Mutex<BTreeMap<String, Health>>>,
     desired: Arc<Mutex<DesiredInfo>>,
@@ -328,16 +330,42 @@ pub struct StatusBoard {
     /// Woken when an instance's phase, readiness, role or health changes (reports go out
     /// at once).
     changes: Arc<tokio::sync::Notify>,
+    /// Whether the node is ready (see [`StatusBoard::ready`]), for those who wait for it.
+    ready: Arc<watch::Sender<bool>>,
+}
+
+/// Every instance's status, with how many are not reconciled yet: kept as statuses
+/// change, so that readiness does not walk a thousand of them at every question.
+#[derive(Default)]
+struct Instances {
+    map: BTreeMap<String, InstanceStatus>,
+    unreconciled: usize,
+}
+
+impl Instances {
+    fn insert(&mut self, status: InstanceStatus) -> Option<InstanceStatus> {
+        self.unreconciled += usize::from(!status.reconciled);
+        let old = self.map.insert(status.name.clone(), status);
+        self.unreconciled -= usize::from(old.as_ref().is_some_and(|o| !o.reconciled));
+        old
+    }
+
+    fn remove(&mut self, name: &str) -> Option<InstanceStatus> {
+        let old = self.map.remove(name);
+        self.unreconciled -= usize::from(old.as_ref().is_some_and(|o| !o.reconciled));
+        old
+    }
 }
 
 impl StatusBoard {
     pub fn publish(&self, status: InstanceStatus) {
-        let mut map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
-        let changed = map.get(&status.name).is_none_or(|old| {
+        let mut instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = instances.map.get(&status.name).is_none_or(|old| {
             old.phase != status.phase || old.ready != status.ready || old.pid != status.pid || old.role != status.role
         });
-        map.insert(status.name.clone(), status);
-        drop(map);
+        instances.insert(status);
+        self.refresh_ready(&instances);
+        drop(instances);
         if changed {
             self.changes.notify_one();
         }
@@ -345,10 +373,33 @@ impl StatusBoard {
 
     pub fn remove(&self, name: &str) {
         self.health.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
-        let mut map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
-        if map.remove(name).is_some() {
+        let mut instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        let removed = instances.remove(name).is_some();
+        self.refresh_ready(&instances);
+        drop(instances);
+        if removed {
             self.changes.notify_one();
         }
+    }
+
+    /// Recomputes readiness; called with the instances locked, so that two changes
+    /// cannot publish their verdicts out of order.
+    fn refresh_ready(&self, instances: &Instances) {
+        let accepted = self
+            .desired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .revision
+            .is_some();
+        let ready = accepted && instances.unreconciled == 0;
+        self.ready
+            .send_if_modified(|old| std::mem::replace(old, ready) != ready);
+    }
+
+    /// Waits until the node is ready, at most `within`.
+    pub async fn wait_ready(&self, within: Duration) {
+        let mut ready = self.ready.subscribe();
+        let _ = tokio::time::timeout(within, ready.wait_for(|ready| *ready)).await;
     }
 
     /// Records the monitor's verdict on `name` (`None`: not probed, e.g. stopped).
@@ -440,8 +491,10 @@ impl StatusBoard {
     pub fn snapshot(&self) -> Vec<InstanceStatus> {
         let now = unix_now();
         let health = self.health.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
-        map.values()
+        let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        instances
+            .map
+            .values()
             .cloned()
             .map(|s| {
                 let h = health.get(&s.name);
@@ -453,8 +506,10 @@ impl StatusBoard {
     pub fn get(&self, name: &str) -> Option<InstanceStatus> {
         let now = unix_now();
         let health = self.health.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned();
-        let map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(name)
+        let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        instances
+            .map
+            .get(name)
             .cloned()
             .map(|s| s.with_clock_and_health(now, health.as_ref()))
     }
@@ -469,6 +524,10 @@ impl StatusBoard {
         d.generation = generation;
         d.source = Some(source.to_string());
         d.accepted_at = Some(unix_now());
+        drop(d);
+        // Lock order: instances, then desired (as in `publish`).
+        let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        self.refresh_ready(&instances);
     }
 
     /// The inputs are valid again: forget the last rejection.
@@ -499,7 +558,7 @@ impl StatusBoard {
     /// Ready when a desired state was accepted and every instance has been reconciled
     /// once.
     pub fn ready(&self) -> bool {
-        self.desired().revision.is_some() && self.snapshot().iter().all(|s| s.reconciled)
+        *self.ready.borrow()
     }
 
     /// Milliseconds until `at_ms`, for display.

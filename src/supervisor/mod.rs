@@ -137,6 +137,7 @@ impl Supervisor {
                 tx.send_if_modified(|slot| slot.take().is_some());
             }
         }
+        self.ctx.events.fit(specs.len());
         self.ctx.declared.send_replace(Arc::new(specs.clone()));
         self.desired = specs;
         if !self.orphans_checked {

@@ -8,13 +8,21 @@ use super::*;
 impl Worker {
     /// Adopts the instance's process from its record, if the record proves it ours.
     pub(super) async fn adopt(&mut self, spec: Option<&Arc<InstanceSpec>>) {
-        let dir = self.instance_dir();
-        let read = {
-            let dir = dir.clone();
-            blocking("read the instance record", move || record::read(&dir)).await
+        // Everything adoption reads (the record, /proc, the rendered config, the
+        // binary agent.toml names) in one trip off the runtime's threads: at an agent
+        // restart a thousand workers adopt at once, and each trip is a hand-off
+        // between threads.
+        let examined = {
+            let (dir, boot_id, config) = (self.instance_dir(), self.ctx.boot_id.clone(), self.ctx.config.clone());
+            blocking("verify the recorded process", move || examine(&dir, &boot_id, &config)).await
         };
-        let record = match read {
-            Ok(Ok(Some(record))) => record,
+        let Examined {
+            record,
+            adoption,
+            rendered,
+            allowed_binary,
+        } = match examined {
+            Ok(Ok(Some(examined))) => examined,
             Ok(Ok(None)) => return,
             Ok(Err(RecordError::Invalid { path, source })) => {
                 self.emit(Event::RecordUnreadable {
@@ -32,13 +40,8 @@ impl Worker {
         if self.identity.is_none() {
             self.identity = Some((record.engine, record.version.clone(), record.port));
         }
-        let boot_id = self.ctx.boot_id.clone();
-        let adoption = {
-            let record = record.clone();
-            blocking("verify the recorded process", move || Process::adopt(&record, &boot_id)).await
-        };
         match adoption {
-            Ok(Adoption::Adopted(mut process)) => {
+            Adoption::Adopted(mut process) => {
                 // A process that runs exactly the declared spec runs its epoch and
                 // limits too (records written before they were recorded lack them).
                 if let Some(spec) = spec.filter(|s| s.config_hash() == record.config_hash) {
@@ -60,7 +63,14 @@ impl Worker {
                     running_for: process.running_for(),
                 });
                 self.changed_at_ms = unix_now_millis();
-                self.running_settings = self.rendered_settings(&process).await;
+                self.running_settings = match (engine::for_kind(record.engine), rendered) {
+                    (Some(engine), Some(Ok(text))) => Some(engine.rendered_settings(&text)),
+                    (_, Some(Err(error))) => {
+                        tracing::warn!(instance = %self.name, %error, "Cannot read the rendered config; live changes will set every key again.");
+                        None
+                    }
+                    _ => None,
+                };
                 let declared = spec.and_then(|s| s.password.clone());
                 self.auth = self
                     .running_settings
@@ -71,7 +81,7 @@ impl Worker {
                     previous: record.password_grace_previous.clone().map(|p| p.0),
                     applied_pid: Some(process.pid()),
                 });
-                self.drift = self.binary_drift(&process);
+                self.drift = binary_drift(&process, allowed_binary.as_deref());
                 self.crashes.consecutive = record.consecutive_crashes;
                 self.process = Some(*process);
                 self.log_offset = 0;
@@ -80,7 +90,7 @@ impl Worker {
                 self.probe_delay = Duration::ZERO;
                 self.probe_began = Instant::now();
             }
-            Ok(Adoption::Gone(reason)) => {
+            Adoption::Gone(reason) => {
                 self.unverified = None;
                 let rebooted = record.boot_id != self.ctx.boot_id;
                 let wanted = spec.is_some_and(|s| s.state == RunState::Running);
@@ -99,8 +109,7 @@ impl Worker {
                 }
                 self.remove_records("its process is gone").await;
             }
-            Ok(Adoption::Unverifiable(reason)) => self.set_unverified(reason),
-            Err(error) => self.set_unverified(error),
+            Adoption::Unverifiable(reason) => self.set_unverified(reason),
         }
     }
 
@@ -109,40 +118,6 @@ impl Worker {
             self.emit(Event::RecordUnverifiable { reason: reason.clone() });
         }
         self.unverified = Some(reason);
-    }
-
-    /// What an adopted process runs with: its rendered config file says so (an
-    /// adopted process may have been started or reconfigured for an older spec).
-    pub(super) async fn rendered_settings(&self, process: &Process) -> Option<Settings> {
-        let engine = engine::for_kind(process.record().engine)?;
-        let path = self.instance_dir().join(engine.config_file_name());
-        match blocking("read the rendered config", move || std::fs::read_to_string(path)).await {
-            Ok(Ok(text)) => Some(engine.rendered_settings(&text)),
-            Ok(Err(error)) => {
-                tracing::warn!(instance = %self.name, %error, "Cannot read the rendered config; live changes will set every key again.");
-                None
-            }
-            Err(error) => {
-                tracing::warn!(instance = %self.name, %error, "Cannot read the rendered config; live changes will set every key again.");
-                None
-            }
-        }
-    }
-
-    /// Whether agent.toml now names another binary for the version an adopted process
-    /// runs; that does not restart it (invariant 2), but the status says so.
-    pub(super) fn binary_drift(&self, process: &Process) -> Option<String> {
-        let record = process.record();
-        let allowed = self.ctx.config.binary(record.engine, &record.version)?;
-        let allowed = std::fs::canonicalize(allowed).unwrap_or_else(|_| allowed.to_path_buf());
-        (allowed != record.executable).then(|| {
-            format!(
-                "runs {}, agent.toml now allows {} for version {:?}: it applies at the next restart (raise restart_epoch)",
-                record.executable.display(),
-                allowed.display(),
-                record.version
-            )
-        })
     }
 
     /// Whether a foreign process holds one of the ports, checked only when a start is
@@ -394,4 +369,57 @@ fn prepare_files(engine: &dyn Engine, spec: &InstanceSpec, layout: &Layout) -> R
         crate::atomic_file::Durability::UntilReboot,
     )
     .map_err(|e| e.to_string())
+}
+
+/// What [`examine`] found for an adoption.
+struct Examined {
+    record: InstanceRecord,
+    adoption: Adoption,
+    /// The rendered config file's text, read only for an adopted process.
+    rendered: Option<std::io::Result<String>>,
+    /// The binary agent.toml now names for the record's engine and version, its
+    /// symbolic links resolved.
+    allowed_binary: Option<PathBuf>,
+}
+
+/// Reads the instance's record and, when there is one, checks its process
+/// (`Process::adopt`) and reads what an adopted process needs. `Ok(None)`: no record.
+fn examine(
+    instance_dir: &std::path::Path,
+    boot_id: &str,
+    config: &AgentConfig,
+) -> Result<Option<Examined>, RecordError> {
+    let Some(record) = record::read(instance_dir)? else {
+        return Ok(None);
+    };
+    let adoption = Process::adopt(&record, boot_id);
+    let adopted = matches!(adoption, Adoption::Adopted(_));
+    let rendered = engine::for_kind(record.engine)
+        .filter(|_| adopted)
+        .map(|engine| std::fs::read_to_string(instance_dir.join(engine.config_file_name())));
+    let allowed_binary = config
+        .binary(record.engine, &record.version)
+        .filter(|_| adopted)
+        .map(|allowed| std::fs::canonicalize(allowed).unwrap_or_else(|_| allowed.to_path_buf()));
+    Ok(Some(Examined {
+        record,
+        adoption,
+        rendered,
+        allowed_binary,
+    }))
+}
+
+/// Whether agent.toml now names another binary (`allowed`) for the version an adopted
+/// process runs; that does not restart it (invariant 2), but the status says so.
+fn binary_drift(process: &Process, allowed: Option<&std::path::Path>) -> Option<String> {
+    let record = process.record();
+    let allowed = allowed?;
+    (allowed != record.executable).then(|| {
+        format!(
+            "runs {}, agent.toml now allows {} for version {:?}: it applies at the next restart (raise restart_epoch)",
+            record.executable.display(),
+            allowed.display(),
+            record.version
+        )
+    })
 }
