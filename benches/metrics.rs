@@ -124,12 +124,19 @@ fn idle_run(
 
 fn start_and_wait(h: &mut Harness, instances: usize) {
     h.start_agent();
-    h.wait_for("every instance healthy", Duration::from_secs(120), |h| {
-        h.status()["instances"].as_array().is_some_and(|list| {
+    // Answering, not `ok`: with a thousand instances sampled every second on two
+    // cores, PING takes over 100 ms and health says `degraded`.
+    h.wait_for("every instance answering and sampled", Duration::from_secs(120), |h| {
+        // A status that does not come within the harness's 5 s is asked again.
+        let Ok((200, body)) = h.http_get("/v1/status") else {
+            return false;
+        };
+        let status: serde_json::Value = serde_json::from_str(&body).expect("status is JSON");
+        status["instances"].as_array().is_some_and(|list| {
             list.len() == instances
                 && list
                     .iter()
-                    .all(|i| i["health"]["status"] == "ok" && !i["metrics"].is_null())
+                    .all(|i| i["health"]["answering"] == true && !i["metrics"].is_null())
         })
     });
 }
@@ -186,17 +193,20 @@ fn main() {
     let per_instance_sweep_ms = (cpu1 - cpu0) / (instances as f64 * sweeps);
     let per_sweep = |v: f64| v / (instances as f64 * sweeps);
 
-    // 3. /metrics latency, from the last sweep.
-    let api = h.api_port;
-    let mut times: Vec<Duration> = (0..50)
-        .map(|_| {
-            let t = Instant::now();
-            get(api, "/metrics");
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
-    let metrics_bytes = get(api, "/metrics");
+    // 3. /metrics latency, from the last sweep (and below at the defaults).
+    let metrics_times = |api: u16| {
+        let mut times: Vec<Duration> = (0..50)
+            .map(|_| {
+                let t = Instant::now();
+                get(api, "/metrics");
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        times
+    };
+    let times = metrics_times(h.api_port);
+    let metrics_bytes = get(h.api_port, "/metrics");
 
     // 2. The defaults: health every second, metrics every 10 s, drift checks, reports
     // to a test controller (nothing declared there: the instances come from the
@@ -212,6 +222,7 @@ fn main() {
         Some(controller.url().as_str()),
     );
     let reports = controller.report_count("test-node");
+    let default_times = metrics_times(h.api_port);
     let all_share = all_cpu / (all_elapsed.as_secs_f64() * 1000.0) * 100.0;
     let (idle_cpu, idle_side, idle_elapsed) = idle_run(&mut h, instances, &ports, idle_secs, Some("1h"), None);
     let idle_share = idle_cpu / (idle_elapsed.as_secs_f64() * 1000.0) * 100.0;
@@ -330,5 +341,11 @@ fn main() {
         times[times.len() / 2].as_secs_f64() * 1000.0,
         times[times.len() - 1].as_secs_f64() * 1000.0,
         if times[times.len() / 2] <= Duration::from_millis(5) { "met" } else { "MISSED" }
+    );
+    println!(
+        "| /metrics with {instances} instances at the defaults | median {:.2} ms, max {:.2} ms (n=50) | | ≤ 10 ms at 1,000: {} |",
+        default_times[default_times.len() / 2].as_secs_f64() * 1000.0,
+        default_times[default_times.len() - 1].as_secs_f64() * 1000.0,
+        if default_times[default_times.len() / 2] <= Duration::from_millis(10) { "met" } else { "MISSED" }
     );
 }

@@ -3,7 +3,7 @@
 //! Each engine decides which of them it sends and what the answers mean.
 
 use super::client::{as_text, ClientError};
-use super::session::{server_error_text, Session};
+use super::session::{encode, server_error_text, Session};
 use super::SetOutcome;
 use crate::spec::ReplicaOf;
 use redis::Value;
@@ -133,29 +133,25 @@ pub fn expect_ok(session: &Session, command: &'static str, reply: Option<&Value>
     }
 }
 
-/// `PING` and `info` (an `INFO` command) in one write: how long the round trip took
-/// and the `INFO` reply, once `PING` was answered with `PONG`.
-pub async fn ping_and_info(
-    session: &mut Session,
-    info: redis::Cmd,
-) -> Result<(std::time::Duration, Value), ClientError> {
-    let (ping, mut replies) = ping_and(session, vec![info]).await?;
-    let reply = replies
-        .pop()
-        .ok_or_else(|| session.unexpected("PING+INFO", "no INFO reply".into()))?;
-    Ok((ping, reply))
-}
-
 /// `PING` and `commands` in one write: how long the round trip took and the replies
 /// to `commands`, once `PING` was answered with `PONG`.
 pub async fn ping_and(
     session: &mut Session,
     commands: Vec<redis::Cmd>,
 ) -> Result<(std::time::Duration, Vec<Value>), ClientError> {
-    let expected = commands.len() + 1;
     let all: Vec<redis::Cmd> = std::iter::once(redis::cmd("PING")).chain(commands).collect();
+    ping_and_encoded(session, &encode(&all), all.len()).await
+}
+
+/// [`ping_and`] of a request encoded beforehand: `PING` and `count - 1` commands.
+pub async fn ping_and_encoded(
+    session: &mut Session,
+    request: &[u8],
+    count: usize,
+) -> Result<(std::time::Duration, Vec<Value>), ClientError> {
+    let expected = count;
     let began = std::time::Instant::now();
-    let mut replies = session.pipeline("PING+INFO", &all).await?;
+    let mut replies = session.exchange("PING+INFO", request, count).await?;
     let ping = began.elapsed();
     if replies.len() != expected {
         return Err(session.unexpected("PING+INFO", format!("{} replies to {expected} commands", replies.len())));

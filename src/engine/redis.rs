@@ -4,9 +4,9 @@
 //! reconfiguration (`CONFIG SET`, `REPLICAOF`, the default user's passwords).
 
 use super::client::{ClientError, Connection, Target};
-use super::commands::{config_get_all, info_text, ping_and_info, replicate, set_and_read_back, ConfigRead};
+use super::commands::{config_get_all, info_text, ping_and_encoded, replicate, set_and_read_back, ConfigRead};
 use super::redis_defaults::{DEFAULTS, IMMUTABLE};
-use super::session::Session;
+use super::session::{encode, Session};
 use super::{
     BoxFuture, Current, Depth, Engine, EngineKind, HostNeeds, Layout, Mutability, Readiness, Sample, SetOutcome,
     Settings, StopRequest,
@@ -15,6 +15,7 @@ use crate::spec::{InstanceSpec, ReplicaOf, Secret};
 use redis::Value;
 use std::ffi::OsString;
 use std::fmt::Write;
+use std::sync::LazyLock;
 
 /// `redis-server` 7.x.
 #[derive(Debug, Clone, Copy, Default)]
@@ -75,6 +76,19 @@ const AGENT_OWNED: &[&str] = &["port", "bind", "dir", "logfile", "daemonize", "s
 /// The INFO sections health reads: loading and save status, role and link,
 /// memory, rejected connections.
 const HEALTH_SECTIONS: [&str; 4] = ["persistence", "replication", "memory", "stats"];
+
+/// PING and the INFO a health probe asks for (the sections health reads: a fraction
+/// of a full INFO), encoded once: it goes to every instance every second.
+static HEALTH_PROBE: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    let mut info = redis::cmd("INFO");
+    for section in HEALTH_SECTIONS {
+        info.arg(section);
+    }
+    encode(&[redis::cmd("PING"), info])
+});
+
+/// PING and the full INFO of a metrics sample, encoded once.
+static FULL_PROBE: LazyLock<Vec<u8>> = LazyLock::new(|| encode(&[redis::cmd("PING"), redis::cmd("INFO")]));
 
 impl Engine for RedisEngine {
     fn kind(&self) -> EngineKind {
@@ -219,15 +233,12 @@ impl Engine for RedisEngine {
 
     fn sample<'a>(&'a self, session: &'a mut Session, depth: Depth) -> BoxFuture<'a, Result<Sample, ClientError>> {
         Box::pin(async move {
-            let mut info = redis::cmd("INFO");
-            if depth == Depth::Health {
-                // The sections health reads: a fraction of a full INFO.
-                for section in HEALTH_SECTIONS {
-                    info.arg(section);
-                }
-            }
-            let (ping, reply) = ping_and_info(session, info).await?;
-            let reply = match reply {
+            let request: &[u8] = match depth {
+                Depth::Health => &HEALTH_PROBE,
+                Depth::Full => &FULL_PROBE,
+            };
+            let (ping, mut replies) = ping_and_encoded(session, request, 2).await?;
+            let reply = match replies.pop().unwrap_or(Value::Nil) {
                 // Redis before 7.0 takes one section at a time and refuses this INFO;
                 // those get the full one.
                 Value::ServerError(_) if depth == Depth::Health => {

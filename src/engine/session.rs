@@ -66,10 +66,17 @@ impl Session {
     /// is returned as `Value::ServerError` in its place; `label` names the request in
     /// errors.
     pub async fn pipeline(&mut self, label: &'static str, commands: &[redis::Cmd]) -> Result<Vec<Value>, ClientError> {
-        let mut request = Vec::new();
-        for command in commands {
-            command.write_packed_command(&mut request);
-        }
+        self.exchange(label, &encode(commands), commands.len()).await
+    }
+
+    /// Sends `request` (commands already encoded, see [`encode`]) in one write and
+    /// reads `count` replies, as [`Session::pipeline`] does.
+    pub async fn exchange(
+        &mut self,
+        label: &'static str,
+        request: &[u8],
+        count: usize,
+    ) -> Result<Vec<Value>, ClientError> {
         let (addr, timeout) = (self.addr, self.timeout);
         let io = |e: std::io::Error| ClientError::Io {
             addr,
@@ -77,9 +84,9 @@ impl Session {
             reason: e.to_string(),
         };
         let exchange = async {
-            self.stream.write_all(&request).await.map_err(io)?;
-            let mut replies = Vec::with_capacity(commands.len());
-            while replies.len() < commands.len() {
+            self.stream.write_all(request).await.map_err(io)?;
+            let mut replies = Vec::with_capacity(count);
+            while replies.len() < count {
                 match frame_len(&self.buffer) {
                     Ok(Some(len)) => {
                         let value = redis::parse_redis_value(&self.buffer[..len]).map_err(|e| ClientError::Io {
@@ -189,6 +196,16 @@ pub async fn ping_readiness(target: &Target) -> super::Readiness {
         Ok(()) => Readiness::Ready,
         Err(e) => Readiness::Unreachable(e.to_string()),
     }
+}
+
+/// `commands` encoded for one write: a request sent every second (a probe) is encoded
+/// once and kept.
+pub fn encode(commands: &[redis::Cmd]) -> Vec<u8> {
+    let mut request = Vec::new();
+    for command in commands {
+        command.write_packed_command(&mut request);
+    }
+    request
 }
 
 /// The text of an error reply, with its code (`LOADING …`, `NOAUTH …`).
