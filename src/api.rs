@@ -4,7 +4,7 @@
 
 use crate::desired::{DocumentSource, MAX_DOCUMENT_BYTES};
 use crate::events::{EventEntry, EventLog};
-use crate::observations::{instance_views, HostSample, InstanceView, Observations};
+use crate::monitoring::observations::{instance_views, HostSample, InstanceView, Observations};
 use crate::sources::{Offer, Rejected, SourcesHandle};
 use crate::status::{ControllerInfo, DesiredInfo, StatusBoard};
 use axum::body::Bytes;
@@ -162,8 +162,15 @@ async fn readyz(State(state): State<ApiState>) -> Response {
 
 /// `GET /metrics`: the last samples, Prometheus text.
 async fn metrics(State(state): State<ApiState>) -> Response {
-    let text = crate::metrics::render(&state.metrics);
-    ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+    let text = crate::monitoring::metrics::render(&state.metrics);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::monitoring::metrics::CONTENT_TYPE,
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn status(State(state): State<ApiState>) -> Json<NodeStatus> {

@@ -146,7 +146,7 @@ fn warn_files_limit(config: &AgentConfig, manifests: usize) {
         _ => 0,
     };
     let instances = manifests + documented;
-    let need = crate::host::agent_nofile_need(instances);
+    let need = crate::monitoring::host::agent_nofile_need(instances);
     let (limit, source) = match unit_files_limit() {
         Some(limit) => (limit, format!("{UNIT} runs the agent with LimitNOFILE={limit}")),
         None => match crate::sys::nofile_limits() {
@@ -158,8 +158,8 @@ fn warn_files_limit(config: &AgentConfig, manifests: usize) {
         eprintln!(
             "warning: {source}, and the agent needs about {need} open files for {instances} instance(s) \
              ({} per instance, plus {}): raise LimitNOFILE= in {UNIT} (systemctl edit {UNIT}) to at least {need}",
-            crate::host::AGENT_FILES_PER_INSTANCE,
-            crate::host::AGENT_FILES_BASE,
+            crate::monitoring::host::AGENT_FILES_PER_INSTANCE,
+            crate::monitoring::host::AGENT_FILES_BASE,
         );
     }
 }

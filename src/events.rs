@@ -106,8 +106,8 @@ pub enum Event {
         what: String,
     },
     HealthChanged {
-        from: Option<crate::health::HealthStatus>,
-        to: crate::health::HealthStatus,
+        from: Option<crate::monitoring::health::HealthStatus>,
+        to: crate::monitoring::health::HealthStatus,
         reasons: String,
     },
     /// Spec changes applied to the running process without a restart; each entry
@@ -391,7 +391,7 @@ impl Event {
             Event::HealthChanged { from, to, reasons } => {
                 let from = from.map_or("unknown", |f| f.as_str());
                 match to {
-                    crate::health::HealthStatus::Ok => {
+                    crate::monitoring::health::HealthStatus::Ok => {
                         info!(instance, from, to = to.as_str(), "Instance health changed.")
                     }
                     _ => warn!(

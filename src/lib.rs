@@ -15,11 +15,7 @@ pub mod engine;
 pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod health;
-pub mod host;
-pub mod metrics;
-pub mod monitor;
-pub mod observations;
+pub mod monitoring;
 pub mod ports;
 pub mod problem;
 pub mod process;
@@ -86,8 +82,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
 
     let board = status::StatusBoard::default();
     let events = Arc::new(events::EventLog::new(1000));
-    let observations = observations::Observations::default();
-    let telemetry = Arc::new(metrics::Telemetry::default());
+    let observations = monitoring::observations::Observations::default();
+    let telemetry = Arc::new(monitoring::metrics::Telemetry::default());
     let (declared, declared_rx) = tokio::sync::watch::channel(Arc::default());
     let ctx = Arc::new(supervisor::WorkerContext {
         telemetry: telemetry.clone(),
@@ -96,7 +92,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         board: board.clone(),
         events: events.clone(),
         boot_id: boot_id.clone(),
-        monitor: Arc::new(monitor::MonitorContext {
+        monitor: Arc::new(monitoring::monitor::MonitorContext {
             board: board.clone(),
             observations: observations.clone(),
             events: events.clone(),
@@ -137,7 +133,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         );
     }
 
-    let host_task = tokio::spawn(host::sample_loop(
+    let host_task = tokio::spawn(monitoring::host::sample_loop(
         config.clone(),
         declared_rx,
         observations.clone(),
@@ -149,7 +145,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         started_at,
         board: board.clone(),
         observations: observations.clone(),
-        metrics: Arc::new(metrics::registry(board.clone(), observations.clone(), &telemetry)),
+        metrics: Arc::new(monitoring::metrics::registry(
+            board.clone(),
+            observations.clone(),
+            &telemetry,
+        )),
         events: events.clone(),
         sources: sources.clone(),
         token: api_token.clone(),

@@ -3,7 +3,7 @@
 //! The local API (and later the reports) read snapshots of it.
 
 use crate::engine::{EngineKind, ObservedRole};
-use crate::health::HealthStatus;
+use crate::monitoring::health::HealthStatus;
 use crate::process::{unix_now, unix_now_millis, Exit};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

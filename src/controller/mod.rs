@@ -124,7 +124,7 @@ async fn poll_loop(
     slot: ClientSlot,
     sources: SourcesHandle,
     board: StatusBoard,
-    telemetry: Arc<crate::metrics::Telemetry>,
+    telemetry: Arc<crate::monitoring::metrics::Telemetry>,
     shutdown: CancellationToken,
 ) {
     // The generation last received (accepted or not): sent as If-None-Match, so that the

@@ -11,7 +11,7 @@
 
 use super::{Backoff, CallError, FailureLog, Reported};
 use crate::events::EventLog;
-use crate::observations::Observations;
+use crate::monitoring::observations::Observations;
 use crate::status::StatusBoard;
 use flate2::write::GzEncoder;
 use std::collections::BTreeMap;
@@ -68,7 +68,7 @@ pub struct ReportInputs {
     pub board: StatusBoard,
     pub observations: Observations,
     pub events: Arc<EventLog>,
-    pub telemetry: Arc<crate::metrics::Telemetry>,
+    pub telemetry: Arc<crate::monitoring::metrics::Telemetry>,
 }
 
 /// Whether a report carries everything or only what changed since the last accepted
@@ -122,10 +122,10 @@ pub struct Report<'a> {
     /// Left out (the outer `None`) of a delta while the findings are as in its base;
     /// `null` before the first host sample.
     #[serde(skip_serializing_if = "Option::is_none")]
-    host: Option<Option<Arc<crate::observations::HostSample>>>,
+    host: Option<Option<Arc<crate::monitoring::observations::HostSample>>>,
     /// Full: every instance. Delta: those whose status (its readings aside) changed
     /// since the base, or that are new, each whole with its last metrics.
-    instances: Vec<crate::observations::InstanceView>,
+    instances: Vec<crate::monitoring::observations::InstanceView>,
     /// Delta: instances in the base that are gone.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     removed: Vec<String>,
@@ -153,7 +153,7 @@ pub fn build<'a>(inputs: &'a ReportInputs, seq: u64, base: Option<&Baseline>) ->
     } = inputs;
     let desired = board.desired();
     let host = observations.host();
-    let mut views = crate::observations::instance_views(board, observations);
+    let mut views = crate::monitoring::observations::instance_views(board, observations);
     let baseline = Baseline {
         seq,
         instances: views

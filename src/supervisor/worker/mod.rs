@@ -11,7 +11,7 @@ use super::plan::{self, Action, CrashHistory, Desired, Observed};
 use crate::config::AgentConfig;
 use crate::engine::{self, Engine, EngineKind, Layout, Readiness, Session, Settings, Target};
 use crate::events::{Event, EventLog};
-use crate::monitor::MonitorTarget;
+use crate::monitoring::monitor::MonitorTarget;
 use crate::ports::{self, PortHolder};
 use crate::process::{unix_now, unix_now_millis, Adoption, Exit, Launch, Process};
 use crate::procfs;
@@ -60,8 +60,8 @@ pub struct WorkerContext {
     pub board: StatusBoard,
     pub events: Arc<EventLog>,
     pub boot_id: String,
-    pub monitor: Arc<crate::monitor::MonitorContext>,
-    pub telemetry: Arc<crate::metrics::Telemetry>,
+    pub monitor: Arc<crate::monitoring::monitor::MonitorContext>,
+    pub telemetry: Arc<crate::monitoring::metrics::Telemetry>,
     /// Every declared instance's spec, as last accepted (read by the host sampler).
     pub declared: watch::Sender<Arc<std::collections::BTreeMap<String, Arc<InstanceSpec>>>>,
 }
@@ -243,7 +243,7 @@ impl Worker {
 
     pub async fn run(mut self) {
         // The monitor ends when this worker (and so `self.monitor`) is dropped.
-        tokio::spawn(crate::monitor::run(
+        tokio::spawn(crate::monitoring::monitor::run(
             self.name.clone(),
             self.monitor.subscribe(),
             self.ctx.monitor.clone(),

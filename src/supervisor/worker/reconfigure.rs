@@ -253,7 +253,7 @@ impl Worker {
         // Drift checks keep the monitors' beat: the runtime wakes once for all
         // instances rather than once per instance.
         let (origin, interval) = (self.ctx.monitor.origin, self.ctx.config.monitoring.drift_interval);
-        let next_beat = || crate::monitor::next_beat(origin, interval);
+        let next_beat = || crate::monitoring::monitor::next_beat(origin, interval);
         match self.next_drift_check {
             Some(at) if at <= now => {
                 self.check_drift(spec).await;
@@ -272,7 +272,8 @@ impl Worker {
         // again half a health interval after each metrics beat (once the sample has
         // landed), however long the drift interval.
         let monitoring = &self.ctx.config.monitoring;
-        let refresh = crate::monitor::next_beat(origin + monitoring.health_interval / 2, monitoring.metrics_interval);
+        let refresh =
+            crate::monitoring::monitor::next_beat(origin + monitoring.health_interval / 2, monitoring.metrics_interval);
         earliest(earliest(self.next_drift_check, grace_end), Some(refresh))
     }
 

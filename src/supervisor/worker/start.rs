@@ -293,7 +293,7 @@ impl Worker {
         let spec = spec.clone();
         blocking("write the instance's config", move || {
             if engine.binds_by_interface() {
-                layout.bind_interface = crate::host::bind_interface(&layout.bind)?;
+                layout.bind_interface = crate::monitoring::host::bind_interface(&layout.bind)?;
             }
             prepare_files(engine, &spec, &layout)?;
             if let Some(pending) = pending.filter(|p| !record_marks(&layout.instance_dir, p)) {

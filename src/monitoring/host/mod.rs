@@ -297,7 +297,7 @@ pub async fn sample_loop(
     declared: tokio::sync::watch::Receiver<
         std::sync::Arc<std::collections::BTreeMap<String, std::sync::Arc<crate::spec::InstanceSpec>>>,
     >,
-    observations: crate::observations::Observations,
+    observations: crate::monitoring::observations::Observations,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let mut sampler = Some(HostSampler::new());
@@ -345,7 +345,7 @@ pub async fn sample_loop(
             }
         }
         reported = findings.iter().map(|f| f.message.clone()).collect();
-        observations.set_host(crate::observations::HostSample {
+        observations.set_host(crate::monitoring::observations::HostSample {
             sampled_at_ms: crate::process::unix_now_millis(),
             metrics,
             findings,
@@ -362,7 +362,7 @@ pub async fn sample_loop(
 /// `used_memory` (or bytes on disk, for Pika), 0 before the first sample.
 fn instance_needs(
     declared: &std::collections::BTreeMap<String, std::sync::Arc<crate::spec::InstanceSpec>>,
-    observations: &crate::observations::Observations,
+    observations: &crate::monitoring::observations::Observations,
     bind: &[std::net::IpAddr],
 ) -> Vec<InstanceNeeds> {
     declared

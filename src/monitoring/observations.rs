@@ -4,7 +4,7 @@
 //! server: readers always get the last sweep, never a live scrape.
 
 use crate::engine::ServerStats;
-use crate::host::{Finding, HostMetrics};
+use crate::monitoring::host::{Finding, HostMetrics};
 use crate::procfs::ProcessMetrics;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -149,7 +149,7 @@ mod tests {
 
     #[test]
     fn a_kept_reply_comes_back_as_it_was_and_smaller() {
-        let reply = include_str!("../tests/fixtures/redis/info-all.txt").replace('\n', "\r\n");
+        let reply = include_str!("../../tests/fixtures/redis/info-all.txt").replace('\n', "\r\n");
         let kept = KeptReply::keep(reply.as_bytes());
         assert_eq!(kept.text(), reply.as_bytes());
         assert!(

@@ -10,8 +10,8 @@
 
 use crate::engine::{Depth, Engine, Session, Target};
 use crate::events::{Event, EventLog};
-use crate::health::{self, Probe};
-use crate::observations::{InstanceMetrics, Observations};
+use crate::monitoring::health::{self, Probe};
+use crate::monitoring::observations::{InstanceMetrics, Observations};
 use crate::process::unix_now_millis;
 use crate::status::{Health, Role, StatusBoard};
 use std::sync::Arc;
@@ -181,7 +181,9 @@ async fn watch_process(
                         server: *stats,
                         process: watch.process_metrics(pid),
                         engine: target.engine.kind(),
-                        info_reply: crate::observations::KeptReply::keep(&std::mem::take(&mut watch.last_reply)),
+                        info_reply: crate::monitoring::observations::KeptReply::keep(&std::mem::take(
+                            &mut watch.last_reply,
+                        )),
                     },
                 );
             }

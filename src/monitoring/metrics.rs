@@ -7,8 +7,8 @@
 //! observations store: a scrape never talks to a server.
 
 use crate::engine::ServerStats;
-use crate::health::HealthStatus;
-use crate::observations::{HostSample, Observations};
+use crate::monitoring::health::HealthStatus;
+use crate::monitoring::observations::{HostSample, Observations};
 use crate::process::unix_now;
 use crate::status::{Phase, StatusBoard};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, NoLabelSet};
@@ -116,7 +116,7 @@ const NO_LABELS: [(&str, &str); 0] = [];
 type Labels<const N: usize> = [(&'static str, String); N];
 
 /// Every instance's last sample, by name.
-type Samples = std::collections::BTreeMap<String, std::sync::Arc<crate::observations::InstanceMetrics>>;
+type Samples = std::collections::BTreeMap<String, std::sync::Arc<crate::monitoring::observations::InstanceMetrics>>;
 
 type Field = fn(&ServerStats) -> Option<f64>;
 
@@ -647,13 +647,13 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observations::InstanceMetrics;
+    use crate::monitoring::observations::InstanceMetrics;
 
     /// A Pika instance's sample, from a real Pika's INFO, exported under the common
     /// names and Pika's own.
     #[test]
     fn a_pika_sample_maps_onto_the_common_names_and_its_own() {
-        let reply = include_str!("../tests/fixtures/pika/info-master.txt").replace('\n', "\r\n");
+        let reply = include_str!("../../tests/fixtures/pika/info-master.txt").replace('\n', "\r\n");
         let board = StatusBoard::default();
         let mut spec = crate::spec::InstanceSpec::example("p", 9221);
         spec.engine = crate::engine::EngineKind::Pika;
@@ -666,7 +666,7 @@ mod tests {
                 server: crate::engine::pika_stats(reply.as_bytes()),
                 process: None,
                 engine: crate::engine::EngineKind::Pika,
-                info_reply: crate::observations::KeptReply::keep(reply.as_bytes()),
+                info_reply: crate::monitoring::observations::KeptReply::keep(reply.as_bytes()),
             },
         );
         let text = render(&registry(
