@@ -112,11 +112,8 @@ fn children(pid: u32) -> Vec<u32> {
 /// is left out of both readings).
 fn cpu_of(pids: &[u32]) -> std::collections::HashMap<u32, f64> {
     pids.iter()
-        .filter_map(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .map(|_| (*pid, cpu_ms(*pid)))
-        })
+        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        .map(|pid| (*pid, cpu_ms(*pid)))
         .collect()
 }
 

@@ -566,3 +566,55 @@ impl StatusBoard {
         at_ms.saturating_sub(unix_now_millis())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::InstanceSpec;
+
+    fn status(name: &str, reconciled: bool) -> InstanceStatus {
+        let mut status = InstanceStatus::pending(name, &InstanceSpec::example(name, 7000));
+        status.reconciled = reconciled;
+        status
+    }
+
+    #[test]
+    fn ready_counts_the_instances_not_reconciled_as_they_change() {
+        let board = StatusBoard::default();
+        board.publish(status("a", false));
+        board.publish(status("b", true));
+        assert!(!board.ready(), "no desired state accepted yet");
+        board.accepted(1, None, "manifests");
+        assert!(!board.ready(), "a is not reconciled");
+        // Published again unreconciled: still counted once.
+        board.publish(status("a", false));
+        board.publish(status("a", true));
+        assert!(board.ready());
+        board.publish(status("c", false));
+        assert!(!board.ready());
+        board.remove("c");
+        assert!(board.ready(), "a removed instance no longer counts");
+    }
+
+    #[tokio::test]
+    async fn waiting_for_readiness_ends_when_ready_or_after_the_bound() {
+        let board = StatusBoard::default();
+        board.publish(status("a", false));
+        board.accepted(1, None, "manifests");
+        let began = std::time::Instant::now();
+        board.wait_ready(Duration::from_millis(50)).await;
+        assert!(
+            began.elapsed() >= Duration::from_millis(50),
+            "not ready: waits the bound"
+        );
+        let waiter = {
+            let board = board.clone();
+            tokio::spawn(async move { board.wait_ready(Duration::from_secs(30)).await })
+        };
+        board.publish(status("a", true));
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the wait ends once the node is ready")
+            .expect("the waiter does not panic");
+    }
+}
