@@ -28,7 +28,7 @@ pub struct ApiState {
     pub board: StatusBoard,
     pub observations: Observations,
     /// Behind `/metrics`.
-    pub metrics: Arc<prometheus_client::registry::Registry>,
+    pub metrics: Arc<crate::monitoring::metrics::Endpoint>,
     pub events: Arc<EventLog>,
     pub sources: SourcesHandle,
     /// The bearer token of mutating calls; without one they are refused.
@@ -162,7 +162,7 @@ async fn readyz(State(state): State<ApiState>) -> Response {
 
 /// `GET /metrics`: the last samples, Prometheus text.
 async fn metrics(State(state): State<ApiState>) -> Response {
-    let text = crate::monitoring::metrics::render(&state.metrics);
+    let text = state.metrics.render();
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -145,7 +145,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         started_at,
         board: board.clone(),
         observations: observations.clone(),
-        metrics: Arc::new(monitoring::metrics::registry(
+        metrics: Arc::new(monitoring::metrics::Endpoint::new(
             board.clone(),
             observations.clone(),
             &telemetry,

@@ -60,6 +60,7 @@ fn main() -> ExitCode {
 fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
     // Before the runtime's threads exist. A refusal only costs memory.
     let _ = ker_agent::sys::limit_malloc_arenas(2);
+    let _ = ker_agent::sys::fix_malloc_mmap_threshold(256 * 1024);
     // A refusal leaves the soft limit, which the preflight compares with the need.
     let _ = ker_agent::sys::raise_nofile_soft_limit();
     tokio::runtime::Builder::new_multi_thread()

@@ -137,6 +137,21 @@ pub struct InstanceStatus {
     pub health: Option<Health>,
 }
 
+/// What `/metrics` shows of an instance from the agent's own view, copied at each
+/// scrape (it changes between samples) without the rest of its status.
+#[derive(Debug, Clone)]
+pub struct AgentView {
+    pub name: String,
+    /// Whether the instance should run (only those count in `redis_up`).
+    pub wanted: bool,
+    pub phase: Phase,
+    /// As in [`InstanceStatus::ready`]: not while the last probe went unanswered.
+    pub ready: bool,
+    pub restarts: u64,
+    /// The last verdict: its status, whether the probe was answered, the PING time.
+    pub health: Option<(HealthStatus, bool, Option<f64>)>,
+}
+
 /// The monitor's last verdict on a running instance.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Health {
@@ -406,29 +421,65 @@ impl StatusBoard {
     /// A change of status, answering, observed role, master or link wakes the reporter.
     pub fn set_health(&self, name: &str, health: Option<Health>) {
         let mut map = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        let old = match health.clone() {
-            // Updated in place: this runs for every instance every second.
-            Some(health) => match map.get_mut(name) {
-                Some(slot) => Some(std::mem::replace(slot, health)),
-                None => map.insert(name.to_string(), health),
-            },
-            None => map.remove(name),
-        };
-        drop(map);
-        let changed = match (&old, &health) {
-            (Some(old), Some(new)) => {
-                old.status != new.status
-                    || old.answering != new.answering
-                    || old.observed_role != new.observed_role
-                    || old.replication.as_ref().map(|r| (&r.master, r.link_up))
-                        != new.replication.as_ref().map(|r| (&r.master, r.link_up))
+        // Compared in place, then moved in: this runs for every instance every second.
+        let changed = match (map.get_mut(name), health) {
+            (Some(slot), Some(new)) => {
+                let changed = slot.status != new.status
+                    || slot.answering != new.answering
+                    || slot.observed_role != new.observed_role
+                    || slot.replication.as_ref().map(|r| (&r.master, r.link_up))
+                        != new.replication.as_ref().map(|r| (&r.master, r.link_up));
+                *slot = new;
+                changed
+            }
+            (None, Some(new)) => {
+                map.insert(name.to_string(), new);
+                true
+            }
+            (Some(_), None) => {
+                map.remove(name);
+                true
             }
             (None, None) => false,
-            _ => true,
         };
+        drop(map);
         if changed {
             self.changes.notify_one();
         }
+    }
+
+    /// Every instance's [`AgentView`], sorted by name: a scrape's copy, a few fields
+    /// each rather than whole statuses.
+    pub fn agent_views(&self) -> Vec<AgentView> {
+        let mut views: Vec<AgentView> = {
+            let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+            instances
+                .map
+                .values()
+                .map(|s| AgentView {
+                    name: s.name.clone(),
+                    wanted: s.want == Want::Running,
+                    phase: s.phase,
+                    ready: s.ready,
+                    restarts: s.restarts,
+                    health: None,
+                })
+                .collect()
+        };
+        // Both maps are sorted by name: one walk through each, no look-ups.
+        let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut verdicts = health.iter().peekable();
+        for view in &mut views {
+            while verdicts
+                .next_if(|(name, _)| name.as_str() < view.name.as_str())
+                .is_some()
+            {}
+            if let Some((_, h)) = verdicts.next_if(|(name, _)| **name == view.name) {
+                view.health = Some((h.status, h.answering, h.ping_ms));
+                view.ready &= h.answering;
+            }
+        }
+        views
     }
 
     /// The monitor's last verdict on `name`.

@@ -174,18 +174,14 @@ async fn watch_process(
             context.previous_rejected = stats.rejected_connections;
             if full {
                 let pid = target.target.pid;
-                ctx.observations.set_instance(
-                    name,
-                    InstanceMetrics {
-                        sampled_at_ms: unix_now_millis(),
-                        server: *stats,
-                        process: watch.process_metrics(pid),
-                        engine: target.engine.kind(),
-                        info_reply: crate::monitoring::observations::KeptReply::keep(&std::mem::take(
-                            &mut watch.last_reply,
-                        )),
-                    },
+                let sample = InstanceMetrics::new(
+                    unix_now_millis(),
+                    *stats,
+                    watch.process_metrics(pid),
+                    target.engine.kind(),
+                    &std::mem::take(&mut watch.last_reply),
                 );
+                ctx.observations.set_instance(name, sample);
             }
         }
     }

@@ -4,7 +4,9 @@
 //! server: readers always get the last sweep, never a live scrape.
 
 use crate::engine::ServerStats;
+use crate::monitoring::exposition::Sample;
 use crate::monitoring::host::{Finding, HostMetrics};
+use crate::monitoring::lines::InstanceLines;
 use crate::procfs::ProcessMetrics;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +28,24 @@ pub struct InstanceMetrics {
 }
 
 impl InstanceMetrics {
+    /// The sample taken at `sampled_at_ms` from an INFO `reply` (parsed into
+    /// `server`) and the process.
+    pub fn new(
+        sampled_at_ms: u64,
+        server: ServerStats,
+        process: Option<ProcessMetrics>,
+        engine: crate::engine::EngineKind,
+        reply: &[u8],
+    ) -> InstanceMetrics {
+        InstanceMetrics {
+            sampled_at_ms,
+            server,
+            process,
+            engine,
+            info_reply: KeptReply::keep(reply),
+        }
+    }
+
     /// The INFO fields without a typed field (parsed on demand).
     pub fn info_raw(&self) -> Option<BTreeMap<String, String>> {
         let reply = self.info_reply.text();
@@ -82,11 +102,19 @@ pub struct HostSample {
 #[derive(Clone, Default)]
 pub struct Observations {
     instances: Arc<Mutex<BTreeMap<String, Arc<InstanceMetrics>>>>,
+    /// The same samples as `/metrics` lines, kept for scrapes.
+    lines: Arc<Mutex<InstanceLines>>,
     host: Arc<Mutex<Option<Arc<HostSample>>>>,
 }
 
 impl Observations {
     pub fn set_instance(&self, name: &str, metrics: InstanceMetrics) {
+        let sample = Sample {
+            sampled_at_ms: metrics.sampled_at_ms,
+            server: &metrics.server,
+            process: metrics.process.as_ref(),
+        };
+        lock(&self.lines).replace(name, &sample);
         lock(&self.instances).insert(name.to_string(), Arc::new(metrics));
     }
 
@@ -94,6 +122,12 @@ impl Observations {
     /// look current.
     pub fn clear_instance(&self, name: &str) {
         lock(&self.instances).remove(name);
+        lock(&self.lines).remove(name);
+    }
+
+    /// Calls `read` with the instances' `/metrics` lines.
+    pub fn with_lines<T>(&self, read: impl FnOnce(&InstanceLines) -> T) -> T {
+        read(&lock(&self.lines))
     }
 
     pub fn instance(&self, name: &str) -> Option<Arc<InstanceMetrics>> {
