@@ -123,7 +123,7 @@ impl FamilyLines {
         };
         let i = std::mem::replace(current, NONE) as usize;
         if let Some(region) = self.regions.get(i) {
-            self.holes += self.end_of(i) - region.start as usize;
+            self.holes += self.end_of(i).saturating_sub(region.start as usize);
         }
     }
 
@@ -150,7 +150,7 @@ impl InstanceLines {
             family.retire(slot);
             let start = family.text.len();
             exposition::render_instance_family(k, &mut family.text, name, sample);
-            let len = family.text.len() - start;
+            let len = family.text.len().saturating_sub(start);
             // Past 4 GiB offsets would wrap: such a text cannot come from INFO
             // replies of kilobytes; should it, the family drops these lines.
             let (Ok(start), Ok(len)) = (u32::try_from(start), u32::try_from(len)) else {
@@ -203,7 +203,7 @@ impl InstanceLines {
         self.families
             .iter()
             .enumerate()
-            .map(|(k, f)| exposition::instance_descriptor(k).len() + f.text.len() - f.holes)
+            .map(|(k, f)| exposition::instance_descriptor(k).len() + f.text.len().saturating_sub(f.holes))
             .sum()
     }
 
