@@ -46,7 +46,7 @@ enum Value {
 }
 
 /// Writes one sample line: `name[suffix]{labels} value`.
-fn sample(out: &mut String, name: &str, suffix: &str, labels: &[(&str, &str)], value: Value) {
+fn write_line(out: &mut String, name: &str, suffix: &str, labels: &[(&str, &str)], value: Value) {
     out.push_str(name);
     out.push_str(suffix);
     if !labels.is_empty() {
@@ -253,7 +253,7 @@ impl Family {
         };
         let server = sample.server;
         let mut line = |labels: &[(&str, &str)], value: Value| {
-            self::sample(out, self.name, suffix, labels, value);
+            write_line(out, self.name, suffix, labels, value);
         };
         match self.source {
             Source::Info => {
@@ -536,12 +536,12 @@ pub fn append_statuses(out: &mut String, views: &[AgentView]) {
     for v in views.iter().filter(|v| v.wanted) {
         let answering = v.health.is_some_and(|(_, answering, _)| answering);
         let up = u64::from(answering && v.phase == Phase::Running);
-        sample(out, "redis_up", "", &[("name", &v.name)], Value::Integer(up));
+        write_line(out, "redis_up", "", &[("name", &v.name)], Value::Integer(up));
     }
     out.push_str(restarts);
     for v in views {
         let restarts = Value::Integer(v.restarts);
-        sample(
+        write_line(
             out,
             "ker_agent_instance_restarts",
             "_total",
@@ -552,12 +552,12 @@ pub fn append_statuses(out: &mut String, views: &[AgentView]) {
     out.push_str(phase);
     for v in views {
         let labels = [("name", v.name.as_str()), ("phase", v.phase.as_str())];
-        sample(out, "ker_agent_instance_phase", "", &labels, Value::Integer(1));
+        write_line(out, "ker_agent_instance_phase", "", &labels, Value::Integer(1));
     }
     out.push_str(ready);
     for v in views {
         let ready = Value::Integer(u64::from(v.ready));
-        sample(out, "ker_agent_instance_ready", "", &[("name", &v.name)], ready);
+        write_line(out, "ker_agent_instance_ready", "", &[("name", &v.name)], ready);
     }
     out.push_str(health);
     for v in views {
@@ -568,14 +568,14 @@ pub fn append_statuses(out: &mut String, views: &[AgentView]) {
                 HealthStatus::Unhealthy => 2,
             };
             let level = Value::Integer(level);
-            sample(out, "ker_agent_instance_health", "", &[("name", &v.name)], level);
+            write_line(out, "ker_agent_instance_health", "", &[("name", &v.name)], level);
         }
     }
     out.push_str(ping);
     for v in views {
         if let Some((_, _, Some(ms))) = v.health {
             let seconds = Value::Float(ms / 1000.0);
-            sample(
+            write_line(
                 out,
                 "ker_agent_instance_ping_seconds",
                 "",
