@@ -149,12 +149,11 @@ pub async fn ping_and_encoded(
     request: &[u8],
     count: usize,
 ) -> Result<(std::time::Duration, Vec<Value>), ClientError> {
-    let expected = count;
     let began = std::time::Instant::now();
     let mut replies = session.exchange("PING+INFO", request, count).await?;
     let ping = began.elapsed();
-    if replies.len() != expected {
-        return Err(session.unexpected("PING+INFO", format!("{} replies to {expected} commands", replies.len())));
+    if replies.len() != count {
+        return Err(session.unexpected("PING+INFO", format!("{} replies to {count} commands", replies.len())));
     }
     let pong = replies.remove(0);
     if let Value::ServerError(error) = &pong {

@@ -26,12 +26,23 @@ enum Kind {
     Counter,
 }
 
+impl Kind {
+    /// What the text format 0.0.4 adds to a family's name: `_total` for counters.
+    fn suffix(self) -> &'static str {
+        match self {
+            Kind::Gauge => "",
+            Kind::Counter => "_total",
+        }
+    }
+}
+
 /// One family's descriptor, its `# HELP` and `# TYPE` lines, as prometheus-client
 /// writes them in the text format 0.0.4: a counter's family is named with `_total`.
 fn descriptor(name: &str, help: &str, kind: Kind) -> String {
-    let (suffix, kind) = match kind {
-        Kind::Gauge => ("", "gauge"),
-        Kind::Counter => ("_total", "counter"),
+    let suffix = kind.suffix();
+    let kind = match kind {
+        Kind::Gauge => "gauge",
+        Kind::Counter => "counter",
     };
     let help = help.replace('\\', "\\\\").replace('\n', "\\n");
     format!("# HELP {name}{suffix} {help}\n# TYPE {name}{suffix} {kind}\n")
@@ -247,10 +258,7 @@ impl Family {
 
     /// Writes this family's lines for one instance.
     fn render(&self, out: &mut String, name: &str, sample: &Sample<'_>) {
-        let suffix = match self.kind {
-            Kind::Gauge => "",
-            Kind::Counter => "_total",
-        };
+        let suffix = self.kind.suffix();
         let server = sample.server;
         let mut line = |labels: &[(&str, &str)], value: Value| {
             write_line(out, self.name, suffix, labels, value);
@@ -544,7 +552,7 @@ pub fn append_statuses(out: &mut String, views: &[AgentView]) {
         write_line(
             out,
             "ker_agent_instance_restarts",
-            "_total",
+            Kind::Counter.suffix(),
             &[("name", &v.name)],
             restarts,
         );

@@ -20,9 +20,9 @@ use std::collections::HashMap;
 const COMPACT_AT_LEAST: usize = 2048;
 
 /// Every instance's lines, family by family.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct InstanceLines {
-    /// One per family of [`exposition`], created with the first sample.
+    /// One per family of [`exposition`].
     families: Vec<FamilyLines>,
     /// Each instance's slot: its index in every family's `current`.
     slots: HashMap<String, u32>,
@@ -137,14 +137,21 @@ impl FamilyLines {
     }
 }
 
+impl Default for InstanceLines {
+    fn default() -> Self {
+        InstanceLines {
+            families: (0..exposition::instance_families())
+                .map(|_| FamilyLines::default())
+                .collect(),
+            slots: HashMap::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
 impl InstanceLines {
     /// Replaces instance `name`'s lines with those of `sample`.
     pub fn replace(&mut self, name: &str, sample: &Sample<'_>) {
-        if self.families.is_empty() {
-            self.families = (0..exposition::instance_families())
-                .map(|_| FamilyLines::default())
-                .collect();
-        }
         let slot = self.slot(name);
         for (k, family) in self.families.iter_mut().enumerate() {
             family.retire(slot);
@@ -209,17 +216,10 @@ impl InstanceLines {
 
     /// Appends every family: its descriptor, then the lines of every instance.
     pub fn append_to(&self, out: &mut Vec<u8>) {
-        for k in 0..exposition::instance_families() {
+        for (k, family) in self.families.iter().enumerate() {
             out.extend_from_slice(exposition::instance_descriptor(k).as_bytes());
-            if let Some(family) = self.families.get(k) {
-                family.live_runs(|run| out.extend_from_slice(run.as_bytes()));
-            }
+            family.live_runs(|run| out.extend_from_slice(run.as_bytes()));
         }
-    }
-
-    /// Bytes held for the text, live or not (for tests and the benchmarks' accounts).
-    pub fn held_bytes(&self) -> usize {
-        self.families.iter().map(|f| f.text.capacity()).sum()
     }
 }
 
