@@ -147,6 +147,37 @@ pub enum Event {
     },
     /// The grace period ended: only the current password works.
     PasswordGraceEnded,
+    /// A backup began (`why`: the epoch asked for, or the schedule).
+    BackupStarted {
+        why: String,
+    },
+    /// A backup is complete, verified and kept.
+    BackupSucceeded {
+        id: String,
+        bytes: u64,
+        keys: Option<u64>,
+        took: Duration,
+    },
+    /// A backup failed; nothing of it is kept. It is tried again after `retry_in`.
+    BackupFailed {
+        error: String,
+        retry_in: Duration,
+    },
+    /// An older backup was deleted to keep the newest ones.
+    BackupPruned {
+        id: String,
+    },
+    /// An instance's data was placed from a backup before its start.
+    Restored {
+        source: String,
+        /// Where the data that was there went (a restore asked for by `restore_epoch`).
+        set_aside: Option<String>,
+    },
+    /// A restore failed; nothing was started from it.
+    RestoreFailed {
+        source: String,
+        error: String,
+    },
 }
 
 impl Event {
@@ -186,6 +217,12 @@ impl Event {
             Event::DriftUncorrected { .. } => "drift-uncorrected",
             Event::PasswordChanged { .. } => "password-changed",
             Event::PasswordGraceEnded => "password-grace-ended",
+            Event::BackupStarted { .. } => "backup-started",
+            Event::BackupSucceeded { .. } => "backup-succeeded",
+            Event::BackupFailed { .. } => "backup-failed",
+            Event::BackupPruned { .. } => "backup-pruned",
+            Event::Restored { .. } => "restored",
+            Event::RestoreFailed { .. } => "restore-failed",
         }
     }
 
@@ -277,6 +314,24 @@ impl Event {
                 format_duration_short(*grace)
             ),
             Event::PasswordGraceEnded => "password grace period ended: only the current password works".into(),
+            Event::BackupStarted { why } => format!("backup started ({why})"),
+            Event::BackupSucceeded { id, bytes, keys, took } => format!(
+                "backup {id} kept: {bytes} bytes, {} keys, in {}",
+                keys.map_or("unknown".to_string(), |k| k.to_string()),
+                format_duration_short(*took)
+            ),
+            Event::BackupFailed { error, retry_in } => {
+                format!(
+                    "backup failed: {error}; trying again in {}",
+                    format_duration_short(*retry_in)
+                )
+            }
+            Event::BackupPruned { id } => format!("backup {id} deleted (older than the ones kept)"),
+            Event::Restored { source, set_aside } => match set_aside {
+                Some(aside) => format!("data restored from {source}; the data that was there is kept in {aside}"),
+                None => format!("data restored from {source} into an empty data directory"),
+            },
+            Event::RestoreFailed { source, error } => format!("restore from {source} failed, nothing started: {error}"),
         }
     }
 
@@ -447,6 +502,34 @@ impl Event {
                 info!(instance, grace_s = grace.as_secs(), "Instance password changed.")
             }
             Event::PasswordGraceEnded => info!(instance, "Instance password grace period ended."),
+            Event::BackupStarted { why } => info!(instance, why = why.as_str(), "Backup started."),
+            Event::BackupSucceeded { id, bytes, keys, took } => info!(
+                instance,
+                id = id.as_str(),
+                bytes,
+                keys,
+                took_ms = took.as_millis() as u64,
+                "Backup kept."
+            ),
+            Event::BackupFailed { error, retry_in } => error!(
+                instance,
+                error = error.as_str(),
+                retry_in_s = retry_in.as_secs(),
+                "Backup failed."
+            ),
+            Event::BackupPruned { id } => info!(instance, id = id.as_str(), "Backup deleted (retention)."),
+            Event::Restored { source, set_aside } => info!(
+                instance,
+                source = source.as_str(),
+                set_aside = set_aside.as_deref(),
+                "Instance data restored."
+            ),
+            Event::RestoreFailed { source, error } => error!(
+                instance,
+                source = source.as_str(),
+                error = error.as_str(),
+                "Restore failed; instance not started."
+            ),
         }
     }
 }

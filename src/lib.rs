@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod atomic_file;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod controller;
@@ -86,6 +87,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let telemetry = Arc::new(monitoring::metrics::Telemetry::default());
     let (declared, declared_rx) = tokio::sync::watch::channel(Arc::default());
     let ctx = Arc::new(supervisor::WorkerContext {
+        backups: Arc::new(backup::BackupContext::new(
+            config.clone(),
+            board.clone(),
+            events.clone(),
+        )),
         telemetry: telemetry.clone(),
         declared,
         config: config.clone(),
@@ -153,6 +159,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         events: events.clone(),
         sources: sources.clone(),
         token: api_token.clone(),
+        backup_dir: config.backup_dir.clone(),
         standalone: config.controller.is_none(),
     };
     let api_task = tokio::spawn(api::serve(listener, api_state, shutdown.clone()));

@@ -102,6 +102,18 @@ impl Checker {
         self.string(fields, key)
     }
 
+    /// A duration field (`"10s"`, `"2m"`).
+    pub fn duration(&mut self, fields: &Fields<'_>, key: &str) -> Option<std::time::Duration> {
+        let text = self.string(fields, key)?;
+        match crate::units::parse_duration(&text) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(fields.path(key), e);
+                None
+            }
+        }
+    }
+
     /// A non-negative integer field.
     pub fn unsigned(&mut self, fields: &Fields<'_>, key: &str) -> Option<u64> {
         let value = fields.map.get(key)?;

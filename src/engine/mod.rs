@@ -13,6 +13,7 @@ mod pika;
 mod redis;
 mod redis_defaults;
 mod session;
+mod snapshot;
 mod stats;
 
 pub use client::{ClientError, Connection, Target};
@@ -20,6 +21,7 @@ pub use info::{pika_stats, pika_stats_typed, redis_stats, redis_stats_typed};
 pub use pika::PikaEngine;
 pub use redis::RedisEngine;
 pub use session::Session;
+pub use snapshot::{BackupShape, Persistence, SnapshotStart};
 pub use stats::{DbKeys, ObservedRole, ReplicaLink, ServerStats};
 
 use crate::spec::{InstanceSpec, ReplicaOf, Secret};
@@ -366,6 +368,44 @@ pub trait Engine: Send + Sync + 'static {
     fn save_progress(&self, data_dir: &Path, pid: u32) -> Option<SaveProgress> {
         let _ = (data_dir, pid);
         None
+    }
+
+    /// What a backup of this engine is: one file or a directory.
+    fn backup_shape(&self) -> BackupShape;
+
+    /// Asks the server for a snapshot of its dataset on disk (in the background).
+    fn start_snapshot<'a>(&'a self, session: &'a mut Session) -> BoxFuture<'a, Result<SnapshotStart, ClientError>>;
+
+    /// Where the server's snapshots stand (`data_dir` is the instance's, for a server
+    /// whose snapshots say it only through their files).
+    fn persistence<'a>(
+        &'a self,
+        session: &'a mut Session,
+        data_dir: &'a Path,
+    ) -> BoxFuture<'a, Result<Persistence, ClientError>>;
+
+    /// The file or directory the server's last complete snapshot is in, inside
+    /// `data_dir`.
+    fn snapshot_path<'a>(
+        &'a self,
+        session: &'a mut Session,
+        data_dir: &'a Path,
+    ) -> BoxFuture<'a, Result<PathBuf, ClientError>>;
+
+    /// Where a backup goes in an empty data directory so that a server of `spec` loads
+    /// it when it starts.
+    fn restore_path(&self, spec: &InstanceSpec, data_dir: &Path) -> PathBuf;
+
+    /// What in `data_dir` is data (blocking file work): a restore never goes where
+    /// there is any. Empty when the directory is missing.
+    fn data_files(&self, data_dir: &Path) -> std::io::Result<Vec<String>> {
+        match std::fs::read_dir(data_dir) {
+            Ok(entries) => entries
+                .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Asks the server to stop gracefully.

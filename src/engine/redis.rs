@@ -7,6 +7,7 @@ use super::client::{ClientError, Connection, Target};
 use super::commands::{config_get_all, info_text, ping_and_encoded, replicate, set_and_read_back, ConfigRead};
 use super::redis_defaults::{DEFAULTS, IMMUTABLE};
 use super::session::{encode, Session};
+use super::snapshot::{self, BackupShape, Persistence, SnapshotStart};
 use super::{
     BoxFuture, Current, Depth, Engine, EngineKind, HostNeeds, Layout, Mutability, Readiness, Sample, SetOutcome,
     Settings, StopRequest,
@@ -93,6 +94,31 @@ static FULL_PROBE: LazyLock<Vec<u8>> = LazyLock::new(|| encode(&[redis::cmd("PIN
 impl Engine for RedisEngine {
     fn kind(&self) -> EngineKind {
         EngineKind::Redis
+    }
+
+    fn spec_problems(&self, spec: &InstanceSpec, _nofile_hard_limit: u64) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if let Some(name) = spec.config.get("dbfilename") {
+            if snapshot::rdb_file(std::path::Path::new("."), name).is_none() {
+                problems.push((
+                    "config.dbfilename".into(),
+                    format!("{name:?} is not a file name (the agent owns the directory)"),
+                ));
+            }
+        }
+        // With AOF on, Redis loads its AOF at a start and ignores an RDB: a restored
+        // RDB would be silently skipped and the server would start empty.
+        let aof = spec
+            .config
+            .get("appendonly")
+            .is_some_and(|v| v.eq_ignore_ascii_case("yes"));
+        if aof && spec.backup.restore_from.is_some() {
+            problems.push((
+                "restore_from".into(),
+                "a restore places an RDB, which Redis ignores with appendonly yes: restore with appendonly no, then turn it on (a live change)".into(),
+            ));
+        }
+        problems
     }
 
     fn config_file_name(&self) -> &'static str {
@@ -265,6 +291,39 @@ impl Engine for RedisEngine {
             written_bytes: written,
             previous_bytes: previous,
         })
+    }
+
+    fn backup_shape(&self) -> BackupShape {
+        BackupShape::File { extension: "rdb" }
+    }
+
+    fn start_snapshot<'a>(&'a self, session: &'a mut Session) -> BoxFuture<'a, Result<SnapshotStart, ClientError>> {
+        Box::pin(snapshot::redis_start(session))
+    }
+
+    fn persistence<'a>(
+        &'a self,
+        session: &'a mut Session,
+        _data_dir: &'a std::path::Path,
+    ) -> BoxFuture<'a, Result<Persistence, ClientError>> {
+        Box::pin(snapshot::redis_persistence(session))
+    }
+
+    fn snapshot_path<'a>(
+        &'a self,
+        session: &'a mut Session,
+        data_dir: &'a std::path::Path,
+    ) -> BoxFuture<'a, Result<std::path::PathBuf, ClientError>> {
+        Box::pin(snapshot::redis_snapshot_path(session, data_dir))
+    }
+
+    /// The spec's `dbfilename`, or Redis's default. (Redis with `appendonly yes`
+    /// loads its AOF, not this file: the spec check refuses a restore into one.)
+    fn restore_path(&self, spec: &InstanceSpec, data_dir: &std::path::Path) -> std::path::PathBuf {
+        spec.config
+            .get("dbfilename")
+            .and_then(|name| snapshot::rdb_file(data_dir, name))
+            .unwrap_or_else(|| data_dir.join("dump.rdb"))
     }
 
     fn request_stop<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, StopRequest> {

@@ -16,7 +16,7 @@
 use crate::engine::{DbKeys, ObservedRole, ReplicaLink, ServerStats};
 use crate::monitoring::health::HealthStatus;
 use crate::procfs::ProcessMetrics;
-use crate::status::{AgentView, Phase};
+use crate::status::{AgentView, BackupActivity, BackupStatus, Phase};
 use std::sync::LazyLock;
 
 /// A family's type.
@@ -591,6 +591,106 @@ pub fn append_statuses(out: &mut String, views: &[AgentView]) {
                 seconds,
             );
         }
+    }
+}
+
+/// The backup families, in [`append_backups`]'s order.
+static BACKUP: LazyLock<[String; 5]> = LazyLock::new(|| {
+    [
+        descriptor(
+            "ker_agent_backup_last_success_timestamp_seconds",
+            "When the newest kept backup's snapshot was taken",
+            Kind::Gauge,
+        ),
+        descriptor(
+            "ker_agent_backup_last_size_bytes",
+            "Size of the newest kept backup",
+            Kind::Gauge,
+        ),
+        descriptor(
+            "ker_agent_backup_last_duration_seconds",
+            "How long the newest kept backup took, from the request to the verified copy",
+            Kind::Gauge,
+        ),
+        descriptor(
+            "ker_agent_backup_failures",
+            "Failed backups since the agent started",
+            Kind::Counter,
+        ),
+        descriptor(
+            "ker_agent_backup_in_progress",
+            "Whether a backup of the instance is queued or running",
+            Kind::Gauge,
+        ),
+    ]
+});
+
+/// Appends the backup families for every instance's keeper in `statuses` (nothing
+/// when there are none).
+pub fn append_backups(out: &mut String, statuses: &[(String, BackupStatus)]) {
+    if statuses.is_empty() {
+        return;
+    }
+    let [success, size, duration, failures, running] = &*BACKUP;
+    let newest = |s: &BackupStatus| s.newest.clone();
+    out.push_str(success);
+    for (name, s) in statuses {
+        if let Some(b) = newest(s) {
+            write_line(
+                out,
+                "ker_agent_backup_last_success_timestamp_seconds",
+                "",
+                &[("name", name)],
+                Value::Integer(b.at),
+            );
+        }
+    }
+    out.push_str(size);
+    for (name, s) in statuses {
+        if let Some(b) = newest(s) {
+            write_line(
+                out,
+                "ker_agent_backup_last_size_bytes",
+                "",
+                &[("name", name)],
+                Value::Integer(b.bytes),
+            );
+        }
+    }
+    out.push_str(duration);
+    for (name, s) in statuses {
+        if let Some(b) = newest(s) {
+            let seconds = Value::Float(b.duration_ms as f64 / 1000.0);
+            write_line(
+                out,
+                "ker_agent_backup_last_duration_seconds",
+                "",
+                &[("name", name)],
+                seconds,
+            );
+        }
+    }
+    out.push_str(failures);
+    for (name, s) in statuses {
+        let n = Value::Integer(s.failures);
+        write_line(
+            out,
+            "ker_agent_backup_failures",
+            Kind::Counter.suffix(),
+            &[("name", name)],
+            n,
+        );
+    }
+    out.push_str(running);
+    for (name, s) in statuses {
+        let busy = !matches!(s.activity, BackupActivity::Idle | BackupActivity::Pending);
+        write_line(
+            out,
+            "ker_agent_backup_in_progress",
+            "",
+            &[("name", name)],
+            Value::Integer(u64::from(busy)),
+        );
     }
 }
 

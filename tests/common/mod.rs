@@ -664,3 +664,66 @@ pub fn log_timestamp(line: &str) -> Option<f64> {
     let s: f64 = parts.next()?.parse().ok()?;
     Some(h * 3600.0 + m * 60.0 + s)
 }
+
+/// The API token tests configure with [`Harness::use_api_token`].
+pub const API_TOKEN: &str = "local-api-token-0123456789";
+
+impl Harness {
+    /// Configures `[api] token_file` with [`API_TOKEN`] (before the agent starts).
+    pub fn use_api_token(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        let token = self.path().join("api.token");
+        std::fs::write(&token, format!("{API_TOKEN}\n")).unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let config = std::fs::read_to_string(self.config_path()).unwrap();
+        std::fs::write(
+            self.config_path(),
+            config.replace("[api]\n", "[api]\ntoken_file = \"api.token\"\n"),
+        )
+        .unwrap();
+    }
+
+    /// Adds top-level lines and sections to agent.toml (before the agent starts).
+    pub fn append_agent_toml(&self, text: &str) {
+        let config = std::fs::read_to_string(self.config_path()).unwrap();
+        std::fs::write(self.config_path(), format!("{text}\n{config}")).unwrap();
+    }
+
+    /// The agent's address for [`http_bytes`].
+    pub fn api_addr(&self) -> (std::net::IpAddr, u16) {
+        (self.api_host, self.api_port)
+    }
+}
+
+/// A response's status code, headers (names lower-cased) and body.
+pub type RawResponse = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// A GET that keeps the body as bytes.
+pub fn http_bytes(addr: (std::net::IpAddr, u16), path: &str, headers: &[(&str, &str)]) -> std::io::Result<RawResponse> {
+    let mut stream = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no end of headers"))?;
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let mut lines = head.lines();
+    let code = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad status line: {head:?}")))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok((code, headers, response[split + 4..].to_vec()))
+}

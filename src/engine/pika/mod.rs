@@ -9,6 +9,7 @@
 
 mod config_file;
 mod keys;
+mod snapshot;
 
 use super::client::{ClientError, Target};
 use super::commands::{config_get_all, expect_ok, info_text, ping_and, replicate, set_and_read_back};
@@ -329,6 +330,49 @@ impl Engine for PikaEngine {
                 reply,
             })
         })
+    }
+
+    fn backup_shape(&self) -> crate::engine::BackupShape {
+        crate::engine::BackupShape::Directory
+    }
+
+    fn start_snapshot<'a>(
+        &'a self,
+        session: &'a mut Session,
+    ) -> BoxFuture<'a, Result<crate::engine::SnapshotStart, ClientError>> {
+        Box::pin(snapshot::start(session))
+    }
+
+    fn persistence<'a>(
+        &'a self,
+        session: &'a mut Session,
+        data_dir: &'a std::path::Path,
+    ) -> BoxFuture<'a, Result<crate::engine::Persistence, ClientError>> {
+        Box::pin(snapshot::persistence(session, data_dir))
+    }
+
+    fn snapshot_path<'a>(
+        &'a self,
+        session: &'a mut Session,
+        data_dir: &'a std::path::Path,
+    ) -> BoxFuture<'a, Result<std::path::PathBuf, ClientError>> {
+        Box::pin(async move { snapshot::snapshot_path(session, data_dir) })
+    }
+
+    /// The databases of a dump go where Pika keeps its databases (`db-path`).
+    fn restore_path(&self, _spec: &InstanceSpec, data_dir: &std::path::Path) -> std::path::PathBuf {
+        data_dir.join("db")
+    }
+
+    /// Pika creates its directories at every start; only what is in `db/` is data.
+    fn data_files(&self, data_dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+        match std::fs::read_dir(data_dir.join("db")) {
+            Ok(entries) => entries
+                .map(|entry| entry.map(|e| format!("db/{}", e.file_name().to_string_lossy())))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     }
 
     fn request_stop<'a>(&'a self, _target: &'a Target) -> BoxFuture<'a, StopRequest> {

@@ -62,6 +62,8 @@ pub struct WorkerContext {
     pub boot_id: String,
     pub monitor: Arc<crate::monitoring::monitor::MonitorContext>,
     pub telemetry: Arc<crate::monitoring::metrics::Telemetry>,
+    /// What the instances' backup keepers share.
+    pub backups: Arc<crate::backup::BackupContext>,
     /// Every declared instance's spec, as last accepted (read by the host sampler).
     pub declared: watch::Sender<Arc<std::collections::BTreeMap<String, Arc<InstanceSpec>>>>,
 }
@@ -158,6 +160,8 @@ pub struct Worker {
     /// in milliseconds since the Unix epoch: a health probe from before says nothing
     /// about what it runs with now.
     changed_at_ms: u64,
+    /// The last restore of the instance's data (from `restore.json`).
+    restore: Option<crate::status::RestoreOutcome>,
 }
 
 impl Worker {
@@ -207,6 +211,7 @@ impl Worker {
             drift_failure: None,
             uncorrected: Default::default(),
             changed_at_ms: 0,
+            restore: None,
         }
     }
 
@@ -247,6 +252,13 @@ impl Worker {
             self.name.clone(),
             self.monitor.subscribe(),
             self.ctx.monitor.clone(),
+        ));
+        // So does the backup keeper.
+        tokio::spawn(crate::backup::run(
+            self.name.clone(),
+            self.specs.clone(),
+            self.monitor.subscribe(),
+            self.ctx.backups.clone(),
         ));
         let initial = self.specs.borrow().clone();
         self.adopt(initial.as_ref()).await;

@@ -68,6 +68,9 @@ impl Worker {
             message: self.message(phase),
             exposure: engine::for_kind(engine).and_then(|e| engine::exposure(e, port, &self.ctx.config.instances.bind)),
             health: None,
+            backup: None,
+            backups: Vec::new(),
+            restore: self.restore.clone(),
         };
         self.ctx.board.publish(status);
         self.update_monitor();

@@ -3,6 +3,10 @@
 //! The local API (and later the reports) read snapshots of it.
 
 use crate::engine::{EngineKind, ObservedRole};
+mod backup;
+
+pub use backup::{BackupActivity, BackupFailure, BackupInfo, BackupStatus, RestoreOutcome};
+
 use crate::monitoring::health::HealthStatus;
 use crate::process::{unix_now, unix_now_millis, Exit};
 use std::collections::BTreeMap;
@@ -135,6 +139,12 @@ pub struct InstanceStatus {
     /// The monitor's last verdict while the process runs; `None` before the first
     /// probe and while it is not running.
     pub health: Option<Health>,
+    /// The backup keeper's state; `None` before it first looked.
+    pub backup: Option<BackupStatus>,
+    /// The backups kept on this host, newest first.
+    pub backups: Vec<BackupInfo>,
+    /// The last restore of the instance's data, kept across agent restarts.
+    pub restore: Option<RestoreOutcome>,
 }
 
 /// What `/metrics` shows of an instance from the agent's own view, copied at each
@@ -249,6 +259,9 @@ impl InstanceStatus {
             message: String::new(),
             exposure: None,
             health: None,
+            backup: None,
+            backups: Vec::new(),
+            restore: None,
         }
     }
 
@@ -259,6 +272,9 @@ impl InstanceStatus {
     pub fn without_readings(&self) -> InstanceStatus {
         let mut status = self.clone();
         status.uptime_seconds = None;
+        if let Some(backup) = status.backup.as_mut() {
+            backup.progress_bytes = None;
+        }
         status.stop_timeout_reason.clear();
         if let Some(health) = status.health.as_mut() {
             health.ping_ms = None;
@@ -275,10 +291,15 @@ impl InstanceStatus {
         status
     }
 
-    /// Fills the fields computed from the current time and the monitor's verdict.
-    fn with_clock_and_health(mut self, now_s: u64, health: Option<&Health>) -> InstanceStatus {
+    /// Fills the fields computed from the current time, the monitor's verdict and the
+    /// backup keeper's state.
+    fn with_live(mut self, now_s: u64, health: Option<&Health>, backups: Option<&Backups>) -> InstanceStatus {
         self.uptime_seconds = self.started_at.map(|s| now_s.saturating_sub(s));
         self.health = health.cloned();
+        if let Some(backups) = backups {
+            self.backup = Some(backups.status.clone());
+            self.backups = backups.kept.clone();
+        }
         if health.is_some_and(|h| !h.answering) {
             self.ready = false;
         }
@@ -339,6 +360,8 @@ pub struct StatusBoard {
     instances: Arc<Mutex<Instances>>,
     /// Kept apart from `instances`: workers publish whole statuses, monitors verdicts.
     health: Arc<Mutex<BTreeMap<String, Health>>>,
+    /// Kept apart too: backup keepers publish these.
+    backups: Arc<Mutex<BTreeMap<String, Backups>>>,
     desired: Arc<Mutex<DesiredInfo>>,
     controller: Arc<Mutex<Option<ControllerInfo>>>,
     secret_files: Arc<Mutex<Option<SecretFilesInfo>>>,
@@ -347,6 +370,13 @@ pub struct StatusBoard {
     changes: Arc<tokio::sync::Notify>,
     /// Whether the node is ready (see [`StatusBoard::ready`]), for those who wait for it.
     ready: Arc<watch::Sender<bool>>,
+}
+
+/// What a backup keeper publishes.
+#[derive(Debug, Clone)]
+struct Backups {
+    status: BackupStatus,
+    kept: Vec<BackupInfo>,
 }
 
 /// Every instance's status, with how many are not reconciled yet: kept as statuses
@@ -388,6 +418,7 @@ impl StatusBoard {
 
     pub fn remove(&self, name: &str) {
         self.health.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.backups.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         let mut instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
         let removed = instances.remove(name).is_some();
         self.refresh_ready(&instances);
@@ -482,6 +513,32 @@ impl StatusBoard {
         views
     }
 
+    /// Records what `name`'s backup keeper is doing and which backups it keeps. A new
+    /// kept list or a failure wakes the reporter.
+    pub fn set_backups(&self, name: &str, status: BackupStatus, kept: Vec<BackupInfo>) {
+        let mut map = self.backups.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = map
+            .get(name)
+            .is_none_or(|old| old.kept != kept || old.status.last_failure != status.last_failure);
+        map.insert(name.to_string(), Backups { status, kept });
+        drop(map);
+        if changed {
+            self.changes.notify_one();
+        }
+    }
+
+    /// The backups `name` keeps, newest first (`None`: no such instance's keeper).
+    pub fn backups(&self, name: &str) -> Option<Vec<BackupInfo>> {
+        let map = self.backups.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(name).map(|b| b.kept.clone())
+    }
+
+    /// Every keeper's state, by name, for `/metrics`.
+    pub fn backup_statuses(&self) -> Vec<(String, BackupStatus)> {
+        let map = self.backups.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(name, b)| (name.clone(), b.status.clone())).collect()
+    }
+
     /// The monitor's last verdict on `name`.
     pub fn health(&self, name: &str) -> Option<Health> {
         self.health.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
@@ -542,14 +599,15 @@ impl StatusBoard {
     pub fn snapshot(&self) -> Vec<InstanceStatus> {
         let now = unix_now();
         let health = self.health.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let backups = self.backups.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
         instances
             .map
             .values()
             .cloned()
             .map(|s| {
-                let h = health.get(&s.name);
-                s.with_clock_and_health(now, h)
+                let (h, b) = (health.get(&s.name), backups.get(&s.name));
+                s.with_live(now, h, b)
             })
             .collect()
     }
@@ -557,12 +615,18 @@ impl StatusBoard {
     pub fn get(&self, name: &str) -> Option<InstanceStatus> {
         let now = unix_now();
         let health = self.health.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned();
+        let backups = self
+            .backups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned();
         let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
         instances
             .map
             .get(name)
             .cloned()
-            .map(|s| s.with_clock_and_health(now, health.as_ref()))
+            .map(|s| s.with_live(now, health.as_ref(), backups.as_ref()))
     }
 
     pub fn desired(&self) -> DesiredInfo {

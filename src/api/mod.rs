@@ -2,6 +2,10 @@
 //! and recent events of one, and (standalone, with a bearer token) a desired-state
 //! document to apply. Every error is JSON `{"error": "…"}`.
 
+mod backups;
+
+pub use backups::SHA256_HEADER;
+
 use crate::desired::{DocumentSource, MAX_DOCUMENT_BYTES};
 use crate::events::{EventEntry, EventLog};
 use crate::monitoring::observations::{instance_views, HostSample, InstanceView, Observations};
@@ -16,6 +20,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+
+/// Limit for the file work of a request (listing a backup directory).
+const DISK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How many recent events `/v1/instances/{name}` shows.
 const INSTANCE_EVENTS: usize = 50;
@@ -35,6 +42,8 @@ pub struct ApiState {
     pub token: TokenSlot,
     /// No controller is configured: the local API may set the desired state.
     pub standalone: bool,
+    /// `backup_dir` of agent.toml: the backups served.
+    pub backup_dir: std::path::PathBuf,
 }
 
 /// The API's bearer token, from `[api] token_file` (read at start and on SIGHUP).
@@ -106,6 +115,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/instances/{name}", get(instance))
+        .route("/v1/instances/{name}/backups", get(backups::list_backups))
+        .route("/v1/instances/{name}/backups/{id}", get(backups::get_backup))
         .route(
             "/v1/desired-state",
             axum::routing::put(put_desired_state).layer(axum::extract::DefaultBodyLimit::max(MAX_DOCUMENT_BYTES)),
@@ -215,14 +226,8 @@ async fn put_desired_state(
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let Some(token) = state.token.get() else {
-        return error(
-            StatusCode::FORBIDDEN,
-            "mutating calls are disabled: no [api] token_file is configured",
-        );
-    };
-    if !token.admits(headers.get(axum::http::header::AUTHORIZATION)) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    if let Err(denied) = authorize(&state, &headers) {
+        return denied.into_response();
     }
     if !state.standalone {
         return error(
@@ -255,6 +260,33 @@ async fn put_desired_state(
                 .into_response(),
             Rejected::NotPersisted(reason) => error(StatusCode::SERVICE_UNAVAILABLE, reason),
         },
+    }
+}
+
+/// Admits a request that carries the API token; refuses every request when no token
+/// is configured.
+fn authorize(state: &ApiState, headers: &axum::http::HeaderMap) -> Result<(), Refusal> {
+    let Some(token) = state.token.get() else {
+        return Err(Refusal(
+            StatusCode::FORBIDDEN,
+            "this call needs the API token, and no [api] token_file is configured".into(),
+        ));
+    };
+    if !token.admits(headers.get(axum::http::header::AUTHORIZATION)) {
+        return Err(Refusal(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A request refused, before it is turned into its JSON response.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
     }
 }
 

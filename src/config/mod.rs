@@ -3,6 +3,10 @@
 //! Relative paths are resolved against the directory of the config file, so an example
 //! config works from any working directory. Unknown keys are errors.
 
+mod backup;
+
+pub use backup::{parse_schedule as parse_backup_schedule, BackupConfig, BackupSchedule};
+
 use crate::engine::EngineKind;
 use crate::problem::{Checker, Problem};
 use crate::units;
@@ -35,6 +39,9 @@ pub struct AgentConfig {
     /// The control centre; `None` runs standalone (manifests and the local API).
     pub controller: Option<ControllerConfig>,
     pub monitoring: MonitoringConfig,
+    /// Backups live in `backup_dir/<name>/` (default `data_dir/backups`).
+    pub backup_dir: PathBuf,
+    pub backup: BackupConfig,
 }
 
 /// `[monitoring]`: how often instances are probed and sampled.
@@ -247,6 +254,8 @@ pub struct InstanceDefaults {
     /// How long an instance's old password keeps working after a change, unless a
     /// spec says otherwise.
     pub password_grace: Duration,
+    /// `[instances.backup]`: the schedule of instances whose spec has none.
+    pub backup: BackupSchedule,
 }
 
 impl AgentConfig {
@@ -289,6 +298,8 @@ impl AgentConfig {
                 "instances",
                 "controller",
                 "monitoring",
+                "backup_dir",
+                "backup",
             ],
         );
         let node_id = match c.string(&top, "node_id") {
@@ -317,6 +328,10 @@ impl AgentConfig {
             .map(resolve)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         let manifest_dir = c.string(&top, "manifest_dir").map(resolve);
+        let backup_dir = c
+            .string(&top, "backup_dir")
+            .map(resolve)
+            .unwrap_or_else(|| data_dir.join("backups"));
 
         let mut engines = BTreeMap::new();
         if let Some(table) = c.subtable(&top, "engines") {
@@ -385,13 +400,23 @@ impl AgentConfig {
             log_dir: PathBuf::from(DEFAULT_LOG_DIR),
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             password_grace: DEFAULT_PASSWORD_GRACE,
+            backup: BackupSchedule::default(),
         };
         if let Some(table) = c.subtable(&top, "instances") {
             let fields = c.table(
                 table,
                 "instances",
-                &["bind", "log_dir", "stop_timeout", "password_grace"],
+                &["bind", "log_dir", "stop_timeout", "password_grace", "backup"],
             );
+            if let Some(table) = c.subtable(&fields, "backup") {
+                let (interval, keep) = backup::parse_schedule(table, "instances.backup", &mut c);
+                if let Some(interval) = interval {
+                    instances.backup.interval = interval;
+                }
+                if let Some(keep) = keep {
+                    instances.backup.keep = keep;
+                }
+            }
             if let Some(list) = c.string_list(&fields, "bind") {
                 let mut bind = Vec::new();
                 for (i, addr) in list.iter().enumerate() {
@@ -431,6 +456,10 @@ impl AgentConfig {
             Some(table) => parse_monitoring(table, &mut c),
             None => MonitoringConfig::default(),
         };
+        let backup = match c.subtable(&top, "backup") {
+            Some(table) => backup::parse_backup(table, &mut c, &resolve),
+            None => BackupConfig::default(),
+        };
 
         if !c.problems.is_empty() {
             return Err(c.problems);
@@ -445,6 +474,8 @@ impl AgentConfig {
             instances,
             controller,
             monitoring,
+            backup_dir,
+            backup,
         })
     }
 
@@ -483,6 +514,11 @@ impl AgentConfig {
 
     pub fn instances_dir(&self) -> PathBuf {
         self.data_dir.join("instances")
+    }
+
+    /// Where instance `name`'s backups live.
+    pub fn backups_of(&self, name: &str) -> PathBuf {
+        self.backup_dir.join(name)
     }
 
     pub fn desired_state_path(&self) -> PathBuf {
@@ -572,6 +608,12 @@ mod tests {
             log_dir = "log"
             stop_timeout = "5s"
             password_grace = "10s"
+            [instances.backup]
+            interval = "6h"
+            keep = 2
+            [backup]
+            max_concurrent = 1
+            fetch_token_file = "fetch.token"
             "#,
         )
         .unwrap();
@@ -583,6 +625,15 @@ mod tests {
         assert_eq!(config.binary(EngineKind::Redis, "7.0"), Some(Path::new("/bin/sh")));
         assert_eq!(config.api.listen.port(), 0);
         assert_eq!(config.instances.bind.len(), 2);
+        assert_eq!(config.backup_dir, PathBuf::from("/etc/k/var/backups"));
+        assert_eq!(config.instances.backup.interval, Some(Duration::from_secs(6 * 3600)));
+        assert_eq!(config.instances.backup.keep, 2);
+        assert_eq!(config.backup.max_concurrent, 1);
+        assert_eq!(
+            config.backup.fetch_token_file,
+            Some(PathBuf::from("/etc/k/fetch.token"))
+        );
+        assert_eq!(config.backup.check_rdb, PathBuf::from("/usr/bin/redis-check-rdb"));
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //!
 //! Checks that need the whole document (duplicate names and ports) are in `desired`.
 
+mod backup;
+
+pub use backup::{valid_backup_id, BackupFields, RestoreSource, ScheduleOverride};
+
 use crate::config::AgentConfig;
 use crate::engine::{self, EngineKind};
 use crate::problem::{control_character, Checker, Fields};
@@ -104,6 +108,8 @@ pub struct InstanceSpec {
     /// `[config]`: engine keys (lower-case) and their values as text.
     pub config: BTreeMap<String, String>,
     pub limits: Limits,
+    /// Backups and restores; none of it is part of the config hash.
+    pub backup: BackupFields,
 }
 
 const FIELDS: &[&str] = &[
@@ -122,6 +128,10 @@ const FIELDS: &[&str] = &[
     "password_grace",
     "config",
     "limits",
+    "backup_epoch",
+    "backup",
+    "restore_from",
+    "restore_epoch",
 ];
 
 /// What parsing a spec needs to know about the node.
@@ -216,7 +226,7 @@ impl InstanceSpec {
 
         let restart_epoch = c.unsigned(&f, "restart_epoch").unwrap_or(0);
 
-        let stop_timeout = duration_field(&f, "stop_timeout", c);
+        let stop_timeout = c.duration(&f, "stop_timeout");
         let on_save_failure = match c.string(&f, "on_save_failure").as_deref() {
             None | Some("keep-running") => OnSaveFailure::KeepRunning,
             Some("kill") => OnSaveFailure::Kill,
@@ -228,11 +238,12 @@ impl InstanceSpec {
                 OnSaveFailure::KeepRunning
             }
         };
-        let password_grace = duration_field(&f, "password_grace", c);
+        let password_grace = c.duration(&f, "password_grace");
 
         let config = parse_engine_config(&f, engine.and_then(engine::for_kind), c);
 
         let limits = parse_limits(&f, c);
+        let backup = backup::parse(&f, c);
 
         if c.problems.len() > before {
             return None;
@@ -252,6 +263,7 @@ impl InstanceSpec {
             password_grace,
             config,
             limits,
+            backup,
         };
         // What only the engine knows (Pika's ports and open files, for one).
         let hard_limit = crate::sys::nofile_limits().map_or(u64::MAX, |(_, hard)| hard);
@@ -324,17 +336,7 @@ impl InstanceSpec {
             password_grace: None,
             config: BTreeMap::new(),
             limits: Limits::default(),
-        }
-    }
-}
-
-fn duration_field(f: &Fields<'_>, key: &str, c: &mut Checker) -> Option<Duration> {
-    let text = c.string(f, key)?;
-    match units::parse_duration(&text) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            c.problem(f.path(key), e);
-            None
+            backup: BackupFields::default(),
         }
     }
 }
@@ -628,6 +630,73 @@ pub(crate) mod tests {
         let map = parse_toml(text, "a.toml").map_err(|p| p.iter().map(ToString::to_string).collect::<Vec<_>>())?;
         let mut c = Checker::new("a.toml");
         InstanceSpec::parse(&map, "", &ctx, &mut c).ok_or_else(|| c.problems.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn backup_and_restore_fields() {
+        let spec = parse(
+            "name = \"a\"\nversion = \"7.0\"\nport = 7000\nbackup_epoch = 3\nrestore_epoch = 1\nrestore_from = \"20261129T172115Z\"\n[backup]\ninterval = \"6h\"\nkeep = 2\n",
+        )
+        .unwrap();
+        assert_eq!(spec.backup.backup_epoch, 3);
+        assert_eq!(spec.backup.restore_epoch, 1);
+        assert_eq!(
+            spec.backup.restore_from,
+            Some(RestoreSource::Local {
+                id: "20261129T172115Z".into()
+            })
+        );
+        let schedule = spec.backup.schedule.over(crate::config::BackupSchedule::default());
+        assert_eq!(schedule.interval, Some(Duration::from_secs(6 * 3600)));
+        assert_eq!(schedule.keep, 2);
+        // None of it restarts anything.
+        assert_eq!(
+            spec.config_hash(),
+            parse("name = \"a\"\nversion = \"7.0\"\nport = 7000\n")
+                .unwrap()
+                .config_hash()
+        );
+
+        let remote = parse(&format!(
+            "name = \"a\"\nversion = \"7.0\"\nport = 7000\nrestore_from = {{ url = \"http://10.0.0.5:9737/v1/instances/a/backups/x\", sha256 = \"{}\" }}\n",
+            "AB".repeat(32)
+        ))
+        .unwrap();
+        assert_eq!(
+            remote.backup.restore_from.as_ref().and_then(|r| r.sha256()),
+            Some("ab".repeat(32).as_str())
+        );
+
+        let problems = parse(
+            "name = \"a\"\nversion = \"7.0\"\nport = 7000\nrestore_from = \"../x\"\n[backup]\nkeep = 0\nevery = 1\n",
+        )
+        .unwrap_err();
+        crate::problem::assert_problems(
+            &problems,
+            &[
+                "a.toml: restore_from: \"../x\" is not a backup id",
+                "a.toml: backup.keep: 0 is not between 1 and 10000",
+                "a.toml: backup.every: unknown key",
+            ],
+        );
+        let problems =
+            parse("name = \"a\"\nversion = \"7.0\"\nport = 7000\nrestore_from = { url = \"file:///etc/passwd\", sha256 = \"12\" }\n")
+                .unwrap_err();
+        crate::problem::assert_problems(
+            &problems,
+            &[
+                "a.toml: restore_from.url: scheme \"file\" is not http or https",
+                "a.toml: restore_from.sha256: expected 64 hexadecimal digits",
+            ],
+        );
+        let problems = parse(
+            "name = \"a\"\nversion = \"7.0\"\nport = 7000\nrestore_from = \"x\"\n[config]\nappendonly = \"yes\"\n",
+        )
+        .unwrap_err();
+        crate::problem::assert_problems(
+            &problems,
+            &["a.toml: restore_from: a restore places an RDB, which Redis ignores"],
+        );
     }
 
     #[test]

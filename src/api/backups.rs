@@ -1,0 +1,128 @@
+//! `GET /v1/instances/{name}/backups` (the list, newest first) and
+//! `GET /v1/instances/{name}/backups/{id}` (the backup's bytes, streamed, with its
+//! SHA-256 in `X-Backup-Sha256`): how another host's agent fetches a backup to
+//! restore from, without shell access. Both need the API token: a backup holds every
+//! key of the instance. Read from the backup directory itself, so that the backups of
+//! an instance no longer declared here can still be fetched.
+
+use super::{authorize, error, ApiState, Refusal};
+use crate::backup::store::{Metadata, Store};
+use crate::engine::EngineKind;
+use crate::status::BackupInfo;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// The header that carries a backup's SHA-256 (lower-case hex).
+pub const SHA256_HEADER: &str = "x-backup-sha256";
+
+fn store(state: &ApiState, name: &str) -> Result<Store, Refusal> {
+    if !crate::spec::valid_name(name) {
+        return Err(Refusal(
+            StatusCode::NOT_FOUND,
+            format!("{name:?} is not an instance name"),
+        ));
+    }
+    Ok(Store::new(state.backup_dir.join(name)))
+}
+
+/// Lists `store` off the runtime.
+async fn list(store: Store) -> Result<Vec<Metadata>, Refusal> {
+    let dir = store.dir().display().to_string();
+    match tokio::time::timeout(super::DISK_TIMEOUT, tokio::task::spawn_blocking(move || store.list())).await {
+        Ok(Ok(Ok(list))) => Ok(list),
+        Ok(Ok(Err(e))) => Err(Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Ok(Err(e)) => Err(Refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot list {dir}: {e}"),
+        )),
+        Err(_) => Err(Refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "cannot list {dir}: no answer from the disk within {}s",
+                super::DISK_TIMEOUT.as_secs()
+            ),
+        )),
+    }
+}
+
+pub async fn list_backups(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> Response {
+    if let Err(denied) = authorize(&state, &headers) {
+        return denied.into_response();
+    }
+    let name = match name {
+        Ok(Path(name)) => name,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    };
+    let store = match store(&state, &name) {
+        Ok(store) => store,
+        Err(refusal) => return refusal.into_response(),
+    };
+    match list(store).await {
+        Ok(list) => Json(list.into_iter().map(|m| m.info).collect::<Vec<BackupInfo>>()).into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+pub async fn get_backup(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    if let Err(denied) = authorize(&state, &headers) {
+        return denied.into_response();
+    }
+    let (name, id) = match path {
+        Ok(Path(pair)) => pair,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    };
+    let store = match store(&state, &name) {
+        Ok(store) => store,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let list = match list(store.clone()).await {
+        Ok(list) => list,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let Some(meta) = list.into_iter().find(|m| m.info.id == id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("instance {name:?} has no backup {id:?} on this node"),
+        );
+    };
+    if meta.engine != EngineKind::Redis {
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            format!(
+                "backup {id:?} is a {} directory backup; only RDB backups are served",
+                meta.engine
+            ),
+        );
+    }
+    let path = store.data_path(&meta);
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(file) => file,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot open {}: {e}", path.display()),
+            )
+        }
+    };
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, meta.info.bytes.to_string()),
+            (header::HeaderName::from_static(SHA256_HEADER), meta.info.sha256.clone()),
+        ],
+        body,
+    )
+        .into_response()
+}

@@ -1,0 +1,187 @@
+//! Copying a snapshot out of a data directory, hashing it on the way (blocking file
+//! work, run on the blocking pool). A file on the same filesystem is hard-linked:
+//! the server replaces its snapshot by renaming a new one over it and never writes
+//! into the old one, so the link keeps exactly the snapshot that was taken, and costs
+//! no space or copying. Otherwise, and for directories, the bytes are copied.
+
+use super::store::FileSum;
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const CHUNK: usize = 1 << 20;
+
+/// A failed copy, naming the path.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {what} {path}: {source}")]
+pub struct CopyError {
+    pub what: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+fn fail<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> CopyError + 'p {
+    move |source| CopyError {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Places `source` (a file) at `to`, linked or copied, and returns its size and
+/// SHA-256. `progress` counts the bytes read.
+pub fn file(source: &Path, to: &Path, progress: &AtomicU64) -> Result<(u64, String), CopyError> {
+    match std::fs::hard_link(source, to) {
+        Ok(()) => hash_file(to, progress),
+        // Another filesystem, or one without links: copy.
+        Err(_) => copy_file(source, to, progress),
+    }
+}
+
+/// The size and SHA-256 of a file.
+pub fn hash_file(path: &Path, progress: &AtomicU64) -> Result<(u64, String), CopyError> {
+    let mut input = File::open(path).map_err(fail("open", path))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = input.read(&mut buffer).map_err(fail("read", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        total += n as u64;
+        progress.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    Ok((total, hex(&hasher.finalize())))
+}
+
+/// Copies a file to `to` (created, mode 0640), hashing it on the way, and syncs it.
+pub fn copy_file(source: &Path, to: &Path, progress: &AtomicU64) -> Result<(u64, String), CopyError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut input = File::open(source).map_err(fail("open", source))?;
+    let mut output = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .open(to)
+        .map_err(fail("create", to))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = input.read(&mut buffer).map_err(fail("read", source))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        output.write_all(&buffer[..n]).map_err(fail("write", to))?;
+        total += n as u64;
+        progress.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    output.sync_all().map_err(fail("sync", to))?;
+    Ok((total, hex(&hasher.finalize())))
+}
+
+/// Copies the directory tree `source` to `to` (regular files and directories only: a
+/// snapshot has nothing else, and a link could lead out of it), with every file's
+/// size and SHA-256.
+pub fn tree(source: &Path, to: &Path, progress: &AtomicU64) -> Result<Vec<FileSum>, CopyError> {
+    let mut sums = Vec::new();
+    copy_tree(source, to, "", progress, &mut sums)?;
+    Ok(sums)
+}
+
+fn copy_tree(
+    source: &Path,
+    to: &Path,
+    prefix: &str,
+    progress: &AtomicU64,
+    sums: &mut Vec<FileSum>,
+) -> Result<(), CopyError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o750)
+        .create(to)
+        .map_err(fail("create", to))?;
+    for entry in std::fs::read_dir(source).map_err(fail("read", source))? {
+        let entry = entry.map_err(fail("read", source))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(fail("stat", &path))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            return Err(fail("copy", &path)(io::Error::other("the name is not UTF-8")));
+        };
+        let relative = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        if kind.is_dir() {
+            copy_tree(&path, &to.join(&name), &relative, progress, sums)?;
+        } else if kind.is_file() {
+            let (bytes, sha256) = copy_file(&path, &to.join(&name), progress)?;
+            sums.push(FileSum {
+                path: relative,
+                bytes,
+                sha256,
+            });
+        } else {
+            return Err(fail("copy", &path)(io::Error::other("neither a file nor a directory")));
+        }
+    }
+    File::open(to).and_then(|d| d.sync_all()).map_err(fail("sync", to))?;
+    Ok(())
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_linked_or_copied_with_its_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("dump.rdb");
+        std::fs::write(&source, b"abc").unwrap();
+        let progress = AtomicU64::new(0);
+        let (bytes, sha) = file(&source, &dir.path().join("linked"), &progress).unwrap();
+        assert_eq!(bytes, 3);
+        assert_eq!(sha, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        let (_, copied) = copy_file(&source, &dir.path().join("copied"), &progress).unwrap();
+        assert_eq!(copied, sha);
+        assert_eq!(progress.load(Ordering::Relaxed), 6);
+        // The server renames a new snapshot over the old one: the link keeps the old.
+        std::fs::write(dir.path().join("temp.rdb"), b"new").unwrap();
+        std::fs::rename(dir.path().join("temp.rdb"), &source).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("linked")).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn a_tree_is_copied_with_every_file_and_refuses_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("dump");
+        std::fs::create_dir_all(source.join("db0/0")).unwrap();
+        std::fs::write(source.join("db0/info"), b"0s\n").unwrap();
+        std::fs::write(source.join("db0/0/CURRENT"), b"MANIFEST-000005\n").unwrap();
+        let progress = AtomicU64::new(0);
+        let mut sums = tree(&source, &dir.path().join("copy"), &progress).unwrap();
+        sums.sort_by(|a, b| a.path.cmp(&b.path));
+        let paths: Vec<&str> = sums.iter().map(|s| s.path.as_str()).collect();
+        assert_eq!(paths, ["db0/0/CURRENT", "db0/info"]);
+        assert_eq!(std::fs::read(dir.path().join("copy/db0/info")).unwrap(), b"0s\n");
+
+        std::os::unix::fs::symlink("/etc/passwd", source.join("db0/link")).unwrap();
+        let error = tree(&source, &dir.path().join("copy2"), &progress).unwrap_err();
+        assert!(error.to_string().contains("neither a file nor a directory"), "{error}");
+    }
+}

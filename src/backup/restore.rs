@@ -1,0 +1,1 @@
+//! Placing a backup in an instance's data directory before its start.

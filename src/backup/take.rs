@@ -1,0 +1,309 @@
+//! One backup, from the request to a verified copy in the store: check the free
+//! space, ask the server for a snapshot and follow it to its end, copy it out
+//! (linked when it can be), check it, and only then make it visible. Any failure
+//! leaves nothing behind but its reason.
+
+use super::copy;
+use super::store::{manifest_text, Metadata, Store};
+use super::verify;
+use crate::config::BackupConfig;
+use crate::engine::{BackupShape, Engine, Persistence, Session, SnapshotStart, Target};
+use crate::process::unix_now;
+use crate::status::{BackupActivity, BackupInfo};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often a running snapshot is looked at: soon at first (a small dataset saves in
+/// milliseconds), then every second.
+const POLL_FIRST: Duration = Duration::from_millis(20);
+const POLL_MAX: Duration = Duration::from_secs(1);
+
+/// What a backup in progress is doing, for the status.
+#[derive(Debug, Default)]
+pub struct Progress {
+    activity: Mutex<Option<BackupActivity>>,
+    pub bytes: AtomicU64,
+}
+
+impl Progress {
+    pub fn set(&self, activity: BackupActivity) {
+        *self.activity.lock().unwrap_or_else(|p| p.into_inner()) = Some(activity);
+    }
+
+    pub fn activity(&self) -> Option<BackupActivity> {
+        *self.activity.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Everything one backup needs.
+pub struct Job {
+    pub engine: &'static dyn Engine,
+    pub target: Target,
+    pub data_dir: PathBuf,
+    pub log_file: PathBuf,
+    pub store: Store,
+    pub epoch: u64,
+    pub settings: BackupConfig,
+    /// The size of the instance's last snapshot, when known: the space a new one needs.
+    pub last_bytes: Option<u64>,
+}
+
+/// Takes one backup.
+pub async fn take(job: &Job, progress: &Progress) -> Result<Metadata, String> {
+    let began = Instant::now();
+    let deadline = began + job.settings.timeout;
+    check_space(job).await?;
+    let mut session = Session::open(&job.target).await.map_err(|e| e.to_string())?;
+    session.verify_pid(job.target.pid).await.map_err(|e| e.to_string())?;
+
+    progress.set(BackupActivity::Saving);
+    let before = job
+        .engine
+        .persistence(&mut session, &job.data_dir)
+        .await
+        .map_err(|e| e.to_string())?;
+    let log_offset = std::fs::metadata(&job.log_file).map_or(0, |m| m.len());
+    let requested_at = unix_now();
+    let start = job
+        .engine
+        .start_snapshot(&mut session)
+        .await
+        .map_err(|e| e.to_string())?;
+    let saved = follow(job, &mut session, start, &before, requested_at, deadline)
+        .await
+        .map_err(|e| match server_reason(&job.log_file, log_offset) {
+            Some(reason) => format!("{e}; the server's log says: {reason}"),
+            None => e,
+        })?;
+    let source = job
+        .engine
+        .snapshot_path(&mut session, &job.data_dir)
+        .await
+        .map_err(|e| e.to_string())?;
+
+    progress.set(BackupActivity::Copying);
+    let shape = job.engine.backup_shape();
+    job.store.create().map_err(|e| e.to_string())?;
+    let fallback_at = saved
+        .last_save_time
+        .saturating_sub(saved.last_duration_sec.unwrap_or(0));
+    let id = job.store.new_id(fallback_at);
+    let partial = job.store.partial_path(&id, shape);
+    let result = copy_and_check(job, &mut session, &saved, &source, &partial, shape, progress, deadline).await;
+    let (bytes, sha256, files, facts) = match result {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = super::store::remove_any(&partial);
+            return Err(e);
+        }
+    };
+    let meta = Metadata {
+        info: BackupInfo {
+            id: id.clone(),
+            at: facts.and_then(|f| f.created_at).unwrap_or(fallback_at),
+            bytes,
+            sha256,
+            keys: facts.and_then(|f| f.keys),
+            duration_ms: u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX),
+        },
+        engine: job.engine.kind(),
+        server_version: saved.server_version.clone(),
+        epoch: job.epoch,
+        data: Store::data_name(&id, shape),
+        files,
+    };
+    let store = job.store.clone();
+    let committed = meta.clone();
+    let partial_path = partial.clone();
+    let commit = tokio::task::spawn_blocking(move || store.commit(&partial_path, &committed)).await;
+    match commit {
+        Ok(Ok(())) => Ok(meta),
+        Ok(Err(e)) => {
+            let _ = super::store::remove_any(&partial);
+            Err(e.to_string())
+        }
+        Err(e) => Err(format!("cannot commit backup {id}: {e}")),
+    }
+}
+
+/// Refuses to start when the snapshot would not fit: the server writes a whole new
+/// one beside the old in the data directory, and a backup directory on another
+/// filesystem needs a copy of it.
+async fn check_space(job: &Job) -> Result<(), String> {
+    let Some(needed) = job.last_bytes.filter(|b| *b > 0) else {
+        return Ok(());
+    };
+    let data_dir = job.data_dir.clone();
+    let backup_dir = job.store.dir().to_path_buf();
+    let checked = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let free = |path: &Path| {
+            crate::sys::statvfs(path)
+                .map(|s| s.available_bytes)
+                .map_err(|e| format!("cannot statvfs {}: {e}", path.display()))
+        };
+        let short = |path: &Path, free: u64, what: &str| {
+            format!(
+                "only {} free on the filesystem of {}, and the last snapshot was {}: {what}",
+                crate::units::format_bytes(free),
+                path.display(),
+                crate::units::format_bytes(needed)
+            )
+        };
+        let data_free = free(&data_dir)?;
+        if data_free < needed {
+            return Err(short(
+                &data_dir,
+                data_free,
+                "the server writes a new snapshot beside the old one",
+            ));
+        }
+        // The backup directory may not exist yet: its nearest existing parent decides.
+        let existing = backup_dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+        let device = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+        if device(existing) != device(&data_dir) {
+            let backup_free = free(existing)?;
+            if backup_free < needed {
+                return Err(short(existing, backup_free, "the backup directory needs a copy of it"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    checked.unwrap_or_else(|e| Err(format!("cannot check free space: {e}")))
+}
+
+/// Follows the snapshot until it is complete, and returns the persistence state that
+/// says so.
+async fn follow(
+    job: &Job,
+    session: &mut Session,
+    start: SnapshotStart,
+    before: &Persistence,
+    requested_at: u64,
+    deadline: Instant,
+) -> Result<Persistence, String> {
+    // A snapshot still to begin (scheduled behind an AOF rewrite) must be seen running
+    // before its end can be told from the previous one's.
+    let mut seen_running = start != SnapshotStart::Scheduled;
+    let mut delay = POLL_FIRST;
+    loop {
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(POLL_MAX);
+        let now = job
+            .engine
+            .persistence(session, &job.data_dir)
+            .await
+            .map_err(|e| e.to_string())?;
+        if now.in_progress {
+            seen_running = true;
+        } else {
+            let completed_since = now.last_save_time >= requested_at
+                && (now.last_save_time != before.last_save_time || seen_running || !before.in_progress);
+            if now.last_ok && completed_since {
+                return Ok(now);
+            }
+            if seen_running && !now.last_ok {
+                return Err("the server's background save failed".into());
+            }
+            if seen_running && !completed_since && start != SnapshotStart::Scheduled {
+                return Err("the server's background save ended without writing a snapshot".into());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the snapshot did not complete within {}s ([backup] timeout)",
+                job.settings.timeout.as_secs()
+            ));
+        }
+    }
+}
+
+type Copied = (u64, String, Vec<super::store::FileSum>, Option<verify::RdbFacts>);
+
+/// Copies the snapshot to `partial` and checks it.
+#[allow(clippy::too_many_arguments)]
+async fn copy_and_check(
+    job: &Job,
+    session: &mut Session,
+    saved: &Persistence,
+    source: &Path,
+    partial: &Path,
+    shape: BackupShape,
+    progress: &Progress,
+    deadline: Instant,
+) -> Result<Copied, String> {
+    let copy_progress = Arc::new(AtomicU64::new(0));
+    let (from, to, counter) = (source.to_path_buf(), partial.to_path_buf(), copy_progress.clone());
+    let mut work = tokio::task::spawn_blocking(move || match shape {
+        BackupShape::File { .. } => copy::file(&from, &to, &counter).map(|(bytes, sha)| (bytes, sha, Vec::new())),
+        BackupShape::Directory => copy::tree(&from, &to, &counter).map(|files| {
+            let bytes = files.iter().map(|f| f.bytes).sum();
+            let sha = {
+                use sha2::Digest;
+                copy::hex(&sha2::Sha256::digest(manifest_text(&files).as_bytes()))
+            };
+            (bytes, sha, files)
+        }),
+    });
+    let copied = loop {
+        tokio::select! {
+            done = &mut work => break done,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                progress.bytes.store(copy_progress.load(Ordering::Relaxed), Ordering::Relaxed);
+                if Instant::now() >= deadline {
+                    // The blocking copy cannot be stopped; the caller removes what it
+                    // wrote, and it fails on the missing directory.
+                    return Err(format!("the copy did not complete within {}s ([backup] timeout)", job.settings.timeout.as_secs()));
+                }
+            }
+        }
+    };
+    let (bytes, sha256, files) = copied
+        .map_err(|e| format!("the copy failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+    if let BackupShape::Directory = shape {
+        // A directory is copied file by file: a save that began meanwhile may have
+        // replaced some of them.
+        let after = job
+            .engine
+            .persistence(session, &job.data_dir)
+            .await
+            .map_err(|e| e.to_string())?;
+        if after.in_progress || after.last_save_time != saved.last_save_time {
+            return Err("another save began while the snapshot was copied; the copy may mix two snapshots".into());
+        }
+    }
+    progress.set(BackupActivity::Verifying);
+    let facts = match shape {
+        BackupShape::File { extension: "rdb" } => {
+            Some(verify::check_rdb(&job.settings.check_rdb, partial, verify::timeout_for(bytes)).await?)
+        }
+        _ => None,
+    };
+    Ok((bytes, sha256, files, facts))
+}
+
+/// The lines the server logged about a failed save since `offset`.
+fn server_reason(log_file: &Path, offset: u64) -> Option<String> {
+    let lines = crate::procfs::tail_lines(log_file, offset, 20).ok()?;
+    let relevant: Vec<&str> = lines
+        .iter()
+        .map(String::as_str)
+        .filter(|l| {
+            let lower = l.to_ascii_lowercase();
+            lower.contains("error") || lower.contains("fail") || lower.contains("can't") || lower.contains("cannot")
+        })
+        .collect();
+    let text = relevant
+        .iter()
+        .rev()
+        .take(2)
+        .rev()
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" / ");
+    (!text.is_empty()).then_some(text)
+}

@@ -1,0 +1,206 @@
+//! Backups and restores against real `redis-server` processes: a backup asked for by
+//! `backup_epoch`, checked by `redis-check-rdb`, listed and served by the API; the
+//! schedule and its retention; a failing BGSAVE; restores into an empty data
+//! directory, and never over data.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const BACKUP_WAIT: Duration = Duration::from_secs(30);
+
+fn fill(port: u16, keys: usize) {
+    let mut conn = redis(port, None).unwrap();
+    let mut pipe = redis::pipe();
+    for i in 0..keys {
+        pipe.cmd("SET")
+            .arg(format!("key:{i}"))
+            .arg(format!("value-{i}"))
+            .ignore();
+    }
+    pipe.query::<()>(&mut conn).unwrap();
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The newest backup listed in the status, once there is one that answers `epoch`.
+fn wait_backup(h: &Harness, name: &str, epoch: u64) -> Value {
+    h.wait_for_value(&format!("a backup of {name} for epoch {epoch}"), BACKUP_WAIT, |h| {
+        let i = h.instance(name);
+        (i["backup"]["completed_epoch"].as_u64() >= Some(epoch))
+            .then(|| i["backups"][0].clone())
+            .filter(|b| !b.is_null())
+    })
+}
+
+fn backup_dir(h: &Harness, name: &str) -> PathBuf {
+    h.path().join("data/backups").join(name)
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_requested_backup_is_checked_listed_served_and_the_schedule_keeps_two() {
+    let mut h = Harness::new();
+    h.use_api_token();
+    let port = free_port();
+    h.manifest("a", port, "");
+    h.start_agent();
+    h.wait_ready("a");
+    fill(port, 1000);
+
+    h.manifest("a", port, "backup_epoch = 1\n");
+    h.signal_agent(SIGHUP);
+    let backup = wait_backup(&h, "a", 1);
+    assert_eq!(backup["keys"], 1000, "{backup}");
+    let id = backup["id"].as_str().unwrap().to_string();
+    let file = backup_dir(&h, "a").join(format!("{id}.rdb"));
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(backup["bytes"], bytes.len() as u64);
+    assert_eq!(backup["sha256"], sha256_hex(&bytes));
+    let check = std::process::Command::new("redis-check-rdb")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("[info] 1000 keys read"));
+    let description: Value = serde_json::from_slice(&std::fs::read(file.with_extension("json")).unwrap()).unwrap();
+    assert_eq!(
+        description["server_version"].as_str().map(|v| v.starts_with("7.")),
+        Some(true)
+    );
+    assert!(count_events(&h, "a", "backup-succeeded") >= 1);
+
+    // The API lists and serves it, with the token only.
+    let auth = format!("Bearer {API_TOKEN}");
+    let (code, _, _) = http_bytes(h.api_addr(), "/v1/instances/a/backups", &[]).unwrap();
+    assert_eq!(code, 401);
+    let (code, _, body) = http_bytes(h.api_addr(), "/v1/instances/a/backups", &[("Authorization", &auth)]).unwrap();
+    assert_eq!(code, 200);
+    let list: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(list[0]["id"], id.as_str(), "{list}");
+    let path = format!("/v1/instances/a/backups/{id}");
+    let (code, headers, served) = http_bytes(h.api_addr(), &path, &[("Authorization", &auth)]).unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(served, bytes);
+    let header = headers
+        .iter()
+        .find(|(k, _)| k == "x-backup-sha256")
+        .map(|(_, v)| v.clone());
+    assert_eq!(header.as_deref(), backup["sha256"].as_str());
+    let (code, _, _) = http_bytes(
+        h.api_addr(),
+        "/v1/instances/a/backups/nope",
+        &[("Authorization", &auth)],
+    )
+    .unwrap();
+    assert_eq!(code, 404);
+    let metrics = h.http_get("/metrics").unwrap().1;
+    assert!(
+        metrics.contains("ker_agent_backup_last_success_timestamp_seconds{name=\"a\"}"),
+        "{metrics}"
+    );
+
+    // A schedule every second with two kept: older ones are deleted.
+    h.manifest("a", port, "backup_epoch = 1\n[backup]\ninterval = \"1s\"\nkeep = 2\n");
+    h.signal_agent(SIGHUP);
+    h.wait_for("two more backups and the oldest deleted", BACKUP_WAIT, |h| {
+        count_events(h, "a", "backup-succeeded") >= 4 && count_events(h, "a", "backup-pruned") >= 2
+    });
+    h.manifest("a", port, "backup_epoch = 1\n");
+    h.signal_agent(SIGHUP);
+    std::thread::sleep(Duration::from_secs(2));
+    let files = files_in(&backup_dir(&h, "a"));
+    let rdbs = files.iter().filter(|f| f.ends_with(".rdb")).count();
+    let jsons = files.iter().filter(|f| f.ends_with(".json")).count();
+    assert_eq!((rdbs, jsons), (2, 2), "{files:?}");
+    assert!(!files.iter().any(|f| f.starts_with('.')), "{files:?}");
+    assert_eq!(h.instance("a")["backups"].as_array().map(Vec::len), Some(2));
+}
+
+/// Mounts `dir` read-only over itself until dropped.
+struct ReadOnly(PathBuf);
+
+impl ReadOnly {
+    fn mount(dir: &Path) -> ReadOnly {
+        let run = |args: &[&str]| {
+            let status = std::process::Command::new("mount")
+                .args(args)
+                .arg(dir)
+                .arg(dir)
+                .status()
+                .unwrap();
+            assert!(
+                status.success(),
+                "mount {args:?} {} (the test runs as root)",
+                dir.display()
+            );
+        };
+        run(&["--bind"]);
+        let guard = ReadOnly(dir.to_path_buf());
+        let status = std::process::Command::new("mount")
+            .args(["-o", "remount,ro,bind"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        guard
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_failing_bgsave_fails_the_backup_with_the_servers_reason_and_leaves_nothing() {
+    let mut h = Harness::new();
+    let port = free_port();
+    // Read-only before the server starts: it works in its data directory by its
+    // working directory, which a later mount would not cover.
+    let data = h.instance_dir("a").join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let read_only = ReadOnly::mount(&data);
+    h.manifest("a", port, "");
+    h.start_agent();
+    h.wait_ready("a");
+    fill(port, 100);
+
+    h.manifest("a", port, "backup_epoch = 1\n");
+    h.signal_agent(SIGHUP);
+    let failure = h.wait_for_value("the backup to fail", BACKUP_WAIT, |h| {
+        let failure = h.instance("a")["backup"]["last_failure"].clone();
+        (!failure.is_null()).then_some(failure)
+    });
+    let error = failure["error"].as_str().unwrap();
+    assert!(error.contains("background save failed"), "{error}");
+    assert!(error.contains("Read-only file system"), "{error}");
+    assert!(failure["retry_at"].as_u64() > failure["at"].as_u64(), "{failure}");
+    assert_eq!(count_events(&h, "a", "backup-failed"), 1);
+    let left = files_in(&backup_dir(&h, "a"));
+    assert!(left.is_empty(), "{left:?}");
+    let a = h.instance("a");
+    assert_eq!(a["backups"], serde_json::json!([]), "{a}");
+    assert_eq!(a["ready"], true, "the instance keeps running: {a}");
+    assert_eq!(a["backup"]["failures"], 1);
+    drop(read_only);
+}
