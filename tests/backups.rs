@@ -204,3 +204,100 @@ fn a_failing_bgsave_fails_the_backup_with_the_servers_reason_and_leaves_nothing(
     assert_eq!(a["backup"]["failures"], 1);
     drop(read_only);
 }
+
+fn dbsize(port: u16) -> u64 {
+    let mut conn = redis(port, None).unwrap();
+    redis::cmd("DBSIZE").query(&mut conn).unwrap()
+}
+
+#[test]
+fn restores_seed_an_empty_instance_refuse_a_wrong_checksum_and_never_overwrite_data() {
+    let mut h = Harness::new();
+    h.use_api_token();
+    h.append_agent_toml("[backup]\nfetch_token_file = \"api.token\"\n");
+    let (port_a, port_b) = (free_port(), free_port());
+    h.manifest("a", port_a, "");
+    h.start_agent();
+    let pid_a = h.wait_ready("a");
+    fill(port_a, 500);
+    h.manifest("a", port_a, "backup_epoch = 1\n");
+    h.signal_agent(SIGHUP);
+    let backup = wait_backup(&h, "a", 1);
+    let (id, sha) = (backup["id"].as_str().unwrap(), backup["sha256"].as_str().unwrap());
+    let url = format!("http://127.0.0.1:{}/v1/instances/a/backups/{id}", h.api_addr().1);
+
+    // A wrong checksum: refused, reported, nothing started.
+    let wrong = "0".repeat(64);
+    h.manifest(
+        "b",
+        port_b,
+        &format!("restore_from = {{ url = \"{url}\", sha256 = \"{wrong}\" }}\n"),
+    );
+    h.signal_agent(SIGHUP);
+    let failed = h.wait_for_value("b's restore to fail", BACKUP_WAIT, |h| {
+        let r = h.instance("b")["restore"].clone();
+        r["error"].as_str().map(str::to_string)
+    });
+    assert!(
+        failed.contains(&format!("SHA-256 {sha}")) && failed.contains("refused"),
+        "{failed}"
+    );
+    assert!(!failed.contains(API_TOKEN));
+    let b = h.instance("b");
+    assert_eq!(b["pid"], Value::Null, "{b}");
+    assert!(!pong(port_b, None));
+    assert!(count_events(&h, "b", "restore-failed") >= 1);
+    assert!(!h.instance_dir("b").join("data/dump.rdb").exists());
+
+    // The right one: b starts with a's keys.
+    h.manifest(
+        "b",
+        port_b,
+        &format!("restore_from = {{ url = \"{url}\", sha256 = \"{sha}\" }}\n"),
+    );
+    h.signal_agent(SIGHUP);
+    h.wait_ready("b");
+    assert_eq!(dbsize(port_b), 500);
+    let mut conn = redis(port_b, None).unwrap();
+    assert_eq!(
+        redis::cmd("GET").arg("key:7").query::<String>(&mut conn).unwrap(),
+        "value-7"
+    );
+    let restored = h.instance("b")["restore"].clone();
+    assert_eq!(restored["sha256"], sha, "{restored}");
+    assert_eq!(restored["error"], Value::Null);
+    assert_eq!(restored["set_aside"], Value::Null);
+    assert!(restored["source"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("/backups/{id}")));
+
+    // restore_from alone never overwrites data: a keeps what it has.
+    let mut conn = redis(port_a, None).unwrap();
+    redis::cmd("SET").arg("after").arg("1").query::<()>(&mut conn).unwrap();
+    h.manifest("a", port_a, &format!("backup_epoch = 1\nrestore_from = \"{id}\"\n"));
+    h.signal_agent(SIGHUP);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(h.instance("a")["pid"], pid_a);
+    assert_eq!(dbsize(port_a), 501);
+
+    // A raised restore_epoch does: a stops, its data goes aside, the backup comes back.
+    h.manifest(
+        "a",
+        port_a,
+        &format!("backup_epoch = 1\nrestore_from = \"{id}\"\nrestore_epoch = 1\n"),
+    );
+    h.signal_agent(SIGHUP);
+    let new_pid = h.wait_restarted("a", pid_a);
+    assert_ne!(new_pid, pid_a);
+    assert_eq!(dbsize(port_a), 500);
+    let restored = h.instance("a")["restore"].clone();
+    let aside = PathBuf::from(restored["set_aside"].as_str().unwrap_or_else(|| panic!("{restored}")));
+    assert!(aside.join("dump.rdb").is_file(), "{}", aside.display());
+    assert_eq!(restored["epoch"], 1);
+    assert_eq!(count_events(&h, "a", "restored"), 1);
+    // Answered once: the next SIGHUP restarts nothing.
+    h.signal_agent(SIGHUP);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(h.instance("a")["pid"], new_pid);
+}

@@ -1,1 +1,268 @@
-//! Placing a backup in an instance's data directory before its start.
+//! Placing a backup in an instance's data directory before its start. The backup is
+//! first *staged* beside the data directory — copied from this host's backups, or
+//! downloaded — and its SHA-256 checked against what was asked for (and an RDB checked
+//! by `redis-check-rdb`); only then is anything in the data directory touched. Data
+//! already there is never overwritten: an explicit restore (`restore_epoch`) moves it
+//! aside first, and it is kept.
+//!
+//! `instance_dir/restore.json` keeps the last successful restore, so that a raised
+//! `restore_epoch` is answered once, also across agent restarts.
+
+use super::copy;
+use super::store::{remove_any, Store};
+use super::verify;
+use crate::atomic_file::{self, Durability};
+use crate::config::AgentConfig;
+use crate::engine::{BackupShape, Engine};
+use crate::process::unix_now;
+use crate::spec::RestoreSource;
+use crate::status::RestoreOutcome;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+/// The file that keeps the last restore.
+pub const RESTORE_FILE: &str = "restore.json";
+/// Where a backup is staged, in the instance directory.
+const STAGED: &str = ".restore-staged";
+/// Limit for connecting to the server that holds a backup, and for each read.
+const FETCH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const FETCH_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The last successful restore of the instance in `instance_dir`, if any.
+pub fn last(instance_dir: &Path) -> Option<RestoreOutcome> {
+    let text = std::fs::read(instance_dir.join(RESTORE_FILE)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+fn remember(instance_dir: &Path, outcome: &RestoreOutcome) -> Result<(), String> {
+    let text = serde_json::to_vec_pretty(outcome).map_err(|e| e.to_string())?;
+    atomic_file::write(&instance_dir.join(RESTORE_FILE), &text, 0o600, Durability::Durable).map_err(|e| e.to_string())
+}
+
+/// What one restore needs.
+pub struct Request<'a> {
+    pub name: &'a str,
+    pub engine: &'static dyn Engine,
+    pub source: &'a RestoreSource,
+    pub instance_dir: PathBuf,
+    pub data_dir: PathBuf,
+    /// Where the backup goes: the file or directory the server loads at its start.
+    pub target: PathBuf,
+    pub epoch: u64,
+    /// Data is there and the restore was asked for explicitly: it is moved aside.
+    pub set_aside: bool,
+}
+
+/// Stages, checks and places the backup; returns what was done (also remembered in
+/// `restore.json`).
+pub async fn restore(config: &AgentConfig, request: &Request<'_>) -> Result<RestoreOutcome, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let deadline = Instant::now() + config.backup.timeout;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(&request.instance_dir)
+        .map_err(|e| format!("cannot create {}: {e}", request.instance_dir.display()))?;
+    let staged = request.instance_dir.join(STAGED);
+    let _ = remove_any(&staged);
+    let result = stage_and_place(config, request, &staged, deadline).await;
+    let _ = remove_any(&staged);
+    result
+}
+
+async fn stage_and_place(
+    config: &AgentConfig,
+    request: &Request<'_>,
+    staged: &Path,
+    deadline: Instant,
+) -> Result<RestoreOutcome, String> {
+    let shape = request.engine.backup_shape();
+    let (bytes, sha256) = match request.source {
+        RestoreSource::Local { id } => stage_local(config, request.name, id, shape, staged).await?,
+        RestoreSource::Remote { url, sha256 } => {
+            if shape == BackupShape::Directory {
+                return Err(format!(
+                    "{} backups are directories, which are restored only from this host's backups",
+                    request.engine.kind()
+                ));
+            }
+            fetch(config, url, sha256, staged, deadline).await?
+        }
+    };
+    if let BackupShape::File { extension: "rdb" } = shape {
+        verify::check_rdb(&config.backup.check_rdb, staged, verify::timeout_for(bytes)).await?;
+    }
+    let (staged, data_dir, target) = (staged.to_path_buf(), request.data_dir.clone(), request.target.clone());
+    let aside = request
+        .set_aside
+        .then(|| request.instance_dir.join(format!("data.before-restore-{}", unix_now())));
+    let aside_shown = aside.as_ref().map(|p| p.display().to_string());
+    let placed = tokio::task::spawn_blocking(move || place(&staged, &data_dir, &target, aside.as_deref())).await;
+    placed.map_err(|e| format!("cannot place the backup: {e}"))??;
+    let outcome = RestoreOutcome {
+        at: unix_now(),
+        source: request.source.to_string(),
+        sha256,
+        bytes,
+        epoch: request.epoch,
+        set_aside: aside_shown,
+        error: None,
+    };
+    remember(&request.instance_dir, &outcome)?;
+    Ok(outcome)
+}
+
+/// Copies backup `id` of instance `name` on this host to `staged`, checking it still
+/// has the checksum it was taken with.
+async fn stage_local(
+    config: &AgentConfig,
+    name: &str,
+    id: &str,
+    shape: BackupShape,
+    staged: &Path,
+) -> Result<(u64, String), String> {
+    let store = Store::new(config.backups_of(name));
+    let (id, staged) = (id.to_string(), staged.to_path_buf());
+    let work = tokio::task::spawn_blocking(move || -> Result<(u64, String), String> {
+        let meta = store.get(&id).map_err(|e| e.to_string())?.ok_or_else(|| {
+            format!(
+                "there is no backup {id:?} of this instance in {} (restore_from names a backup id on this host)",
+                store.dir().display()
+            )
+        })?;
+        let progress = AtomicU64::new(0);
+        let source = store.data_path(&meta);
+        let (bytes, sha256) = match shape {
+            BackupShape::File { .. } => copy::copy_file(&source, &staged, &progress).map_err(|e| e.to_string())?,
+            BackupShape::Directory => {
+                let files = copy::tree(&source, &staged, &progress).map_err(|e| e.to_string())?;
+                let text = super::store::manifest_text(&files);
+                (
+                    files.iter().map(|f| f.bytes).sum(),
+                    copy::hex(&Sha256::digest(text.as_bytes())),
+                )
+            }
+        };
+        if sha256 != meta.info.sha256 {
+            return Err(format!(
+                "backup {id} in {} no longer has the SHA-256 it was taken with ({sha256}, was {}): it was changed or damaged on disk",
+                store.dir().display(),
+                meta.info.sha256
+            ));
+        }
+        Ok((bytes, sha256))
+    });
+    work.await.map_err(|e| format!("cannot copy the backup: {e}"))?
+}
+
+/// Downloads `url` to `staged`, hashing on the way; refuses anything but exactly the
+/// bytes with `sha256`.
+async fn fetch(
+    config: &AgentConfig,
+    url: &reqwest::Url,
+    sha256: &str,
+    staged: &Path,
+    deadline: Instant,
+) -> Result<(u64, String), String> {
+    let shown = RestoreSource::Remote {
+        url: url.clone(),
+        sha256: sha256.to_string(),
+    }
+    .to_string();
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(FETCH_CONNECT_TIMEOUT)
+        .read_timeout(FETCH_READ_TIMEOUT)
+        .user_agent(concat!("ker-agent/", env!("CARGO_PKG_VERSION")))
+        // A redirect could take the token elsewhere.
+        .redirect(reqwest::redirect::Policy::none());
+    if url.scheme() == "http" {
+        builder = builder.tls_certs_only(Vec::new());
+    }
+    let client = builder
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client for {shown}: {e}"))?;
+    let mut request = client.get(url.clone());
+    if let Some(path) = &config.backup.fetch_token_file {
+        let token = crate::secret_file::read(path, "the backup fetch token ([backup] fetch_token_file)")
+            .map_err(|e| e.to_string())?;
+        request = request.bearer_auth(token.trim());
+    }
+    let mut response = request.send().await.map_err(|e| format!("cannot fetch {shown}: {e}"))?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        let body: String = body.chars().take(300).collect();
+        return Err(format!("{shown} answered {status}: {}", body.trim()));
+    }
+    if let Some(served) = response
+        .headers()
+        .get(crate::api::SHA256_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        if !served.eq_ignore_ascii_case(sha256) {
+            return Err(format!(
+                "{shown} serves a backup with SHA-256 {served}, and restore_from asks for {sha256}: refused"
+            ));
+        }
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(staged)
+        .map_err(|e| format!("cannot create {}: {e}", staged.display()))?;
+    let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let chunk = match tokio::time::timeout(remaining, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => chunk,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => return Err(format!("the download of {shown} failed after {bytes} bytes: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "the download of {shown} did not complete within {}s ([backup] timeout)",
+                    config.backup.timeout.as_secs()
+                ))
+            }
+        };
+        hasher.update(&chunk);
+        bytes += chunk.len() as u64;
+        // Small writes into the page cache; the file is synced once, at the end.
+        file.write_all(&chunk)
+            .map_err(|e| format!("cannot write {}: {e}", staged.display()))?;
+    }
+    let got = copy::hex(&hasher.finalize());
+    if got != sha256 {
+        return Err(format!(
+            "the {bytes} bytes from {shown} have SHA-256 {got}, and restore_from asks for {sha256}: refused"
+        ));
+    }
+    file.sync_all()
+        .map_err(|e| format!("cannot sync {}: {e}", staged.display()))?;
+    Ok((bytes, got))
+}
+
+/// Moves the data directory aside (when `aside` is given) and renames the staged
+/// backup to `target` inside a data directory that exists.
+fn place(staged: &Path, data_dir: &Path, target: &Path, aside: Option<&Path>) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(aside) = aside {
+        std::fs::rename(data_dir, aside)
+            .map_err(|e| format!("cannot move {} aside to {}: {e}", data_dir.display(), aside.display()))?;
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    std::fs::rename(staged, target).map_err(|e| format!("cannot place the backup at {}: {e}", target.display()))?;
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("cannot sync {}: {e}", data_dir.display()))
+}

@@ -683,10 +683,10 @@ impl Harness {
         .unwrap();
     }
 
-    /// Adds top-level lines and sections to agent.toml (before the agent starts).
-    pub fn append_agent_toml(&self, text: &str) {
+    /// Adds sections to the end of agent.toml (before the agent starts).
+    pub fn append_agent_toml(&self, sections: &str) {
         let config = std::fs::read_to_string(self.config_path()).unwrap();
-        std::fs::write(self.config_path(), format!("{text}\n{config}")).unwrap();
+        std::fs::write(self.config_path(), format!("{config}\n{sections}\n")).unwrap();
     }
 
     /// The agent's address for [`http_bytes`].

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 mod publish;
 mod reconfigure;
+mod restore;
 mod start;
 mod stop;
 
@@ -137,6 +138,7 @@ pub struct Worker {
     drift: Option<String>,
     stopping: Option<Stopping>,
     reconciled: bool,
+    /// The config hash (and restore source) of the spec last wanted running.
     last_desired_hash: Option<String>,
     /// The process the instance's monitor watches (set while running and ready).
     monitor: watch::Sender<Option<MonitorTarget>>,
@@ -261,6 +263,7 @@ impl Worker {
             self.ctx.backups.clone(),
         ));
         let initial = self.specs.borrow().clone();
+        self.load_restore().await;
         self.adopt(initial.as_ref()).await;
         loop {
             if self.shutdown.is_cancelled() {
@@ -271,18 +274,28 @@ impl Worker {
                 self.identity = Some((spec.engine, spec.version.clone(), spec.port));
             }
             let desired = desired_of(spec.as_deref());
-            if let Desired::Running { config_hash } = &desired {
+            if let (Desired::Running { config_hash }, Some(spec)) = (&desired, &spec) {
                 // A changed spec gets a fresh start instead of waiting out a back-off
-                // earned by the old one (which may be exactly what was fixed).
-                if self.last_desired_hash.as_ref().is_some_and(|h| h != config_hash) {
+                // earned by the old one (which may be exactly what was fixed); so does
+                // another source to restore from.
+                let starts_from = format!("{config_hash} {:?}", spec.backup.restore_from);
+                if self.last_desired_hash.as_ref().is_some_and(|h| *h != starts_from) {
                     self.restart_not_before = None;
                     self.crashes.reset();
                 }
-                self.last_desired_hash = Some(config_hash.clone());
+                self.last_desired_hash = Some(starts_from);
             }
             if self.unverified.is_some() && self.process.is_none() {
                 // Maybe the agent can read the process now (or it is gone).
                 self.adopt(spec.as_ref()).await;
+            }
+            if let (Some(spec), Some(_)) = (&spec, &self.process) {
+                if let Some(why) = self.restore_asked(spec) {
+                    if self.stop(plan::StopReason::Restart(vec![why]), Some(spec)).await {
+                        continue;
+                    }
+                    return;
+                }
             }
             let now = Instant::now();
             let blocked = self.unverified.is_some() || self.check_ports(spec.as_deref(), &desired, now).await;

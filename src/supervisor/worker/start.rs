@@ -159,7 +159,7 @@ impl Worker {
     }
 
     pub(super) async fn start(&mut self, spec: &Arc<InstanceSpec>) {
-        let config = &self.ctx.config;
+        let config = self.ctx.config.clone();
         let Some(engine) = engine::for_kind(spec.engine) else {
             return self.start_failed(format!("engine {} is not supported", spec.engine));
         };
@@ -171,6 +171,9 @@ impl Worker {
         };
         let after_crash = self.restart_pending;
         let layout = self.layout(engine);
+        if let Err(error) = self.restore_before_start(spec, engine, &layout).await {
+            return self.start_failed(format!("restore: {error}"));
+        }
         let address = engine
             .client_address(&config.instances.bind)
             .map(|ip| Target::address(ip, spec.port));
