@@ -8,6 +8,7 @@
 pub mod api;
 pub mod atomic_file;
 pub mod backup;
+pub mod blocking;
 pub mod cli;
 pub mod config;
 pub mod controller;

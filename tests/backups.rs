@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::mount::Mount;
 use common::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -39,6 +40,14 @@ fn wait_backup(h: &Harness, name: &str, epoch: u64) -> Value {
     })
 }
 
+/// Declares `name` on `port` with `backup_epoch = epoch` (and `extra`), reloads, and
+/// waits for the backup.
+fn backup_now(h: &Harness, name: &str, port: u16, epoch: u64, extra: &str) -> Value {
+    h.manifest(name, port, &format!("backup_epoch = {epoch}\n{extra}"));
+    h.signal_agent(SIGHUP);
+    wait_backup(h, name, epoch)
+}
+
 fn backup_dir(h: &Harness, name: &str) -> PathBuf {
     h.path().join("data/backups").join(name)
 }
@@ -66,9 +75,7 @@ fn a_requested_backup_is_checked_listed_served_and_the_schedule_keeps_two() {
     h.wait_ready("a");
     fill(port, 1000);
 
-    h.manifest("a", port, "backup_epoch = 1\n");
-    h.signal_agent(SIGHUP);
-    let backup = wait_backup(&h, "a", 1);
+    let backup = backup_now(&h, "a", port, 1, "");
     assert_eq!(backup["keys"], 1000, "{backup}");
     let id = backup["id"].as_str().unwrap().to_string();
     let file = backup_dir(&h, "a").join(format!("{id}.rdb"));
@@ -135,42 +142,6 @@ fn a_requested_backup_is_checked_listed_served_and_the_schedule_keeps_two() {
     assert_eq!(h.instance("a")["backups"].as_array().map(Vec::len), Some(2));
 }
 
-/// Mounts `dir` read-only over itself until dropped.
-struct ReadOnly(PathBuf);
-
-impl ReadOnly {
-    fn mount(dir: &Path) -> ReadOnly {
-        let run = |args: &[&str]| {
-            let status = std::process::Command::new("mount")
-                .args(args)
-                .arg(dir)
-                .arg(dir)
-                .status()
-                .unwrap();
-            assert!(
-                status.success(),
-                "mount {args:?} {} (the test runs as root)",
-                dir.display()
-            );
-        };
-        run(&["--bind"]);
-        let guard = ReadOnly(dir.to_path_buf());
-        let status = std::process::Command::new("mount")
-            .args(["-o", "remount,ro,bind"])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        guard
-    }
-}
-
-impl Drop for ReadOnly {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_failing_bgsave_fails_the_backup_with_the_servers_reason_and_leaves_nothing() {
     let mut h = Harness::new();
@@ -179,7 +150,7 @@ fn a_failing_bgsave_fails_the_backup_with_the_servers_reason_and_leaves_nothing(
     // working directory, which a later mount would not cover.
     let data = h.instance_dir("a").join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let read_only = ReadOnly::mount(&data);
+    let read_only = Mount::read_only(&data);
     h.manifest("a", port, "");
     h.start_agent();
     h.wait_ready("a");
@@ -220,9 +191,7 @@ fn restores_seed_an_empty_instance_refuse_a_wrong_checksum_and_never_overwrite_d
     h.start_agent();
     let pid_a = h.wait_ready("a");
     fill(port_a, 500);
-    h.manifest("a", port_a, "backup_epoch = 1\n");
-    h.signal_agent(SIGHUP);
-    let backup = wait_backup(&h, "a", 1);
+    let backup = backup_now(&h, "a", port_a, 1, "");
     let (id, sha) = (backup["id"].as_str().unwrap(), backup["sha256"].as_str().unwrap());
     let url = format!("http://127.0.0.1:{}/v1/instances/a/backups/{id}", h.api_addr().1);
 
@@ -300,4 +269,100 @@ fn restores_seed_an_empty_instance_refuse_a_wrong_checksum_and_never_overwrite_d
     h.signal_agent(SIGHUP);
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(h.instance("a")["pid"], new_pid);
+}
+
+/// The sequence number of `name`'s first event of `kind`.
+fn first_seq(h: &Harness, name: &str, kind: &str) -> u64 {
+    let (_, body) = h.http_get(&format!("/v1/instances/{name}")).unwrap();
+    let detail: Value = serde_json::from_str(&body).unwrap();
+    let events = detail["events"].as_array().cloned().unwrap_or_default();
+    let found = events
+        .iter()
+        .find(|e| e["kind"] == kind)
+        .and_then(|e| e["seq"].as_u64());
+    found.unwrap_or_else(|| panic!("no {kind} event of {name}: {events:?}"))
+}
+
+#[test]
+fn the_node_runs_no_more_backups_at_once_than_max_concurrent() {
+    let mut h = Harness::new();
+    h.append_agent_toml("[backup]\nmax_concurrent = 1\n");
+    let (port_a, port_b) = (free_port(), free_port());
+    h.manifest("a", port_a, "");
+    h.manifest("b", port_b, "");
+    h.start_agent();
+    h.wait_ready("a");
+    h.wait_ready("b");
+    fill(port_a, 20_000);
+    fill(port_b, 20_000);
+    h.manifest("a", port_a, "backup_epoch = 1\n");
+    h.manifest("b", port_b, "backup_epoch = 1\n");
+    h.signal_agent(SIGHUP);
+    wait_backup(&h, "a", 1);
+    wait_backup(&h, "b", 1);
+    // One slot: whichever went second started only after the first was kept.
+    let (a_started, a_done) = (
+        first_seq(&h, "a", "backup-started"),
+        first_seq(&h, "a", "backup-succeeded"),
+    );
+    let (b_started, b_done) = (
+        first_seq(&h, "b", "backup-started"),
+        first_seq(&h, "b", "backup-succeeded"),
+    );
+    assert!(
+        a_done < b_started || b_done < a_started,
+        "a: started {a_started}, kept {a_done}; b: started {b_started}, kept {b_done}"
+    );
+}
+
+fn info_field(port: u16, section: &str, key: &str) -> String {
+    let mut conn = redis(port, None).unwrap();
+    let info: String = redis::cmd("INFO").arg(section).query(&mut conn).unwrap();
+    let line = info.lines().find_map(|l| l.strip_prefix(&format!("{key}:")));
+    line.unwrap_or_else(|| panic!("no {key} in {info}")).trim().to_string()
+}
+
+#[test]
+fn a_backup_that_would_not_fit_is_refused_before_the_server_forks() {
+    let mut h = Harness::new();
+    let port = free_port();
+    // A 2.5 MB data directory: room for one 1.5 MB snapshot, not for a second beside
+    // it (Redis writes the new one before it replaces the old).
+    let data = h.instance_dir("a").join("data");
+    let _tmpfs = Mount::tmpfs(&data, "2500k");
+    h.manifest("a", port, "");
+    h.start_agent();
+    h.wait_ready("a");
+    let mut conn = redis(port, None).unwrap();
+    let mut pipe = redis::pipe();
+    for i in 0..1500 {
+        // Hashes do not compress: about 1 KB per key in the RDB.
+        let value: String = (0..16).map(|j| sha256_hex(format!("{i}.{j}").as_bytes())).collect();
+        pipe.cmd("SET").arg(format!("key:{i}")).arg(value).ignore();
+    }
+    pipe.query::<()>(&mut conn).unwrap();
+    let first = backup_now(&h, "a", port, 1, "");
+    assert!(first["bytes"].as_u64() > Some(1_400_000), "{first}");
+    let saves = info_field(port, "persistence", "rdb_saves");
+
+    h.manifest("a", port, "backup_epoch = 2\n");
+    h.signal_agent(SIGHUP);
+    let failure = h.wait_for_value("the second backup to be refused", BACKUP_WAIT, |h| {
+        let failure = h.instance("a")["backup"]["last_failure"].clone();
+        failure["error"].as_str().map(str::to_string)
+    });
+    assert!(failure.contains("free on the filesystem of"), "{failure}");
+    assert!(failure.contains(&data.display().to_string()), "{failure}");
+    assert!(
+        failure.contains("the server writes a new snapshot beside the old one"),
+        "{failure}"
+    );
+    assert_eq!(
+        info_field(port, "persistence", "rdb_saves"),
+        saves,
+        "the server was asked to save"
+    );
+    let files = files_in(&backup_dir(&h, "a"));
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(h.instance("a")["backups"].as_array().map(Vec::len), Some(1));
 }

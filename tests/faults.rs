@@ -8,12 +8,12 @@
 mod common;
 
 use common::controller::{controlled, document, Controller, Fault, NODE, TOKEN};
+use common::mount::Mount;
 use common::*;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,71 +65,6 @@ impl Bystander {
         tally.check(now["ready"] == true, || format!("the bystander is not ready: {now}"));
         tally.check(pong(self.port, None), || "the bystander does not answer PING".into());
     }
-}
-
-fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A mount the test made; on drop, the processes inside are killed and it is
-/// unmounted (lazily, should one be slow to go).
-struct Mount(PathBuf);
-
-impl Mount {
-    fn tmpfs(at: &Path, size: &str) -> Mount {
-        assert_eq!(
-            unsafe_free_euid(),
-            0,
-            "the fault tests mount file systems: run them as root"
-        );
-        std::fs::create_dir_all(at).unwrap();
-        run(
-            "mount",
-            &[
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size}"),
-                "tmpfs",
-                &at.to_string_lossy(),
-            ],
-        );
-        Mount(at.to_path_buf())
-    }
-
-    /// `at` bind-mounted on itself read-only.
-    fn read_only(at: &Path) -> Mount {
-        let p = at.to_string_lossy();
-        run("mount", &["--bind", &p, &p]);
-        run("mount", &["-o", "remount,bind,ro", &p]);
-        Mount(at.to_path_buf())
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        // Servers still inside (a failed test) would lose their path to the harness,
-        // which finds what to kill by working directory: they go first.
-        kill_processes_mentioning(&self.0);
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// The effective user id, from /proc (no unsafe code in tests).
-fn unsafe_free_euid() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|u| u.parse().ok())
-        .unwrap()
 }
 
 /// Fills the file system holding `dir` until a write fails with ENOSPC.

@@ -7,7 +7,6 @@
 
 use super::{authorize, error, ApiState, Refusal};
 use crate::backup::store::{Metadata, Store};
-use crate::engine::EngineKind;
 use crate::status::BackupInfo;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -31,20 +30,10 @@ fn store(state: &ApiState, name: &str) -> Result<Store, Refusal> {
 /// Lists `store` off the runtime.
 async fn list(store: Store) -> Result<Vec<Metadata>, Refusal> {
     let dir = store.dir().display().to_string();
-    match tokio::time::timeout(super::DISK_TIMEOUT, tokio::task::spawn_blocking(move || store.list())).await {
-        Ok(Ok(Ok(list))) => Ok(list),
-        Ok(Ok(Err(e))) => Err(Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-        Ok(Err(e)) => Err(Refusal(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot list {dir}: {e}"),
-        )),
-        Err(_) => Err(Refusal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "cannot list {dir}: no answer from the disk within {}s",
-                super::DISK_TIMEOUT.as_secs()
-            ),
-        )),
+    match crate::blocking::run(&format!("list {dir}"), move || store.list()).await {
+        Ok(Ok(list)) => Ok(list),
+        Ok(Err(e)) => Err(Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(e) => Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, e)),
     }
 }
 
@@ -96,15 +85,6 @@ pub async fn get_backup(
             format!("instance {name:?} has no backup {id:?} on this node"),
         );
     };
-    if meta.engine != EngineKind::Redis {
-        return error(
-            StatusCode::NOT_IMPLEMENTED,
-            format!(
-                "backup {id:?} is a {} directory backup; only RDB backups are served",
-                meta.engine
-            ),
-        );
-    }
     let path = store.data_path(&meta);
     let file = match tokio::fs::File::open(&path).await {
         Ok(file) => file,
@@ -115,6 +95,15 @@ pub async fn get_backup(
             )
         }
     };
+    if file.metadata().await.is_ok_and(|m| m.is_dir()) {
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            format!(
+                "backup {id:?} is a directory ({} backup); only file backups (RDB) are served",
+                meta.engine
+            ),
+        );
+    }
     let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
     (
         [

@@ -21,9 +21,6 @@ use axum::{Json, Router};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// Limit for the file work of a request (listing a backup directory).
-const DISK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// How many recent events `/v1/instances/{name}` shows.
 const INSTANCE_EVENTS: usize = 50;
 

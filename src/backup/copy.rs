@@ -44,19 +44,7 @@ pub fn file(source: &Path, to: &Path, progress: &AtomicU64) -> Result<(u64, Stri
 /// The size and SHA-256 of a file.
 pub fn hash_file(path: &Path, progress: &AtomicU64) -> Result<(u64, String), CopyError> {
     let mut input = File::open(path).map_err(fail("open", path))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0; CHUNK];
-    let mut total = 0u64;
-    loop {
-        let n = input.read(&mut buffer).map_err(fail("read", path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        total += n as u64;
-        progress.fetch_add(n as u64, Ordering::Relaxed);
-    }
-    Ok((total, hex(&hasher.finalize())))
+    pump(&mut input, path, None, progress)
 }
 
 /// Copies a file to `to` (created, mode 0640), hashing it on the way, and syncs it.
@@ -69,21 +57,34 @@ pub fn copy_file(source: &Path, to: &Path, progress: &AtomicU64) -> Result<(u64,
         .mode(0o640)
         .open(to)
         .map_err(fail("create", to))?;
+    let done = pump(&mut input, source, Some((&mut output, to)), progress)?;
+    output.sync_all().map_err(fail("sync", to))?;
+    Ok(done)
+}
+
+/// Reads `input` (at `path`) to its end, hashing it and writing it to `output` if
+/// given; returns its size and SHA-256. `progress` counts the bytes read.
+fn pump(
+    input: &mut File,
+    path: &Path,
+    mut output: Option<(&mut File, &Path)>,
+    progress: &AtomicU64,
+) -> Result<(u64, String), CopyError> {
     let mut hasher = Sha256::new();
     let mut buffer = vec![0; CHUNK];
     let mut total = 0u64;
     loop {
-        let n = input.read(&mut buffer).map_err(fail("read", source))?;
+        let n = input.read(&mut buffer).map_err(fail("read", path))?;
         if n == 0 {
-            break;
+            return Ok((total, hex(&hasher.finalize())));
         }
         hasher.update(&buffer[..n]);
-        output.write_all(&buffer[..n]).map_err(fail("write", to))?;
+        if let Some((file, to)) = output.as_mut() {
+            file.write_all(&buffer[..n]).map_err(fail("write", to))?;
+        }
         total += n as u64;
         progress.fetch_add(n as u64, Ordering::Relaxed);
     }
-    output.sync_all().map_err(fail("sync", to))?;
-    Ok((total, hex(&hasher.finalize())))
 }
 
 /// Copies the directory tree `source` to `to` (regular files and directories only: a

@@ -74,36 +74,45 @@ pub async fn run(
     mut targets: watch::Receiver<Option<MonitorTarget>>,
     ctx: Arc<BackupContext>,
 ) {
+    // At an agent's start, a thousand first listings would compete with the adoptions
+    // and readiness probes still under way; nothing can be backed up before then.
+    ctx.board.wait_ready(ctx.config.monitoring.metrics_interval).await;
     let store = Store::new(ctx.config.backups_of(&name));
-    let mut kept = match list_and_clean(&store).await {
+    let kept = match list_and_clean(&store).await {
         Ok(kept) => kept,
         Err(error) => {
             tracing::warn!(instance = %name, %error, "Cannot read the backup directory; starting with none listed.");
             Vec::new()
         }
     };
-    let first_at = unix_now() + FIRST_SPREAD.mul_f64(fastrand::f64()).as_secs();
-    let mut status = BackupStatus {
-        activity: BackupActivity::Idle,
-        progress_bytes: None,
-        requested_epoch: 0,
-        completed_epoch: completed_epoch(&kept),
-        next_at: None,
-        last_failure: None,
-        failures: 0,
-        newest: kept.first().map(|m| m.info.clone()),
+    let mut keeper = Keeper {
+        ctx,
+        name,
+        store,
+        kept,
+        status: BackupStatus {
+            activity: BackupActivity::Idle,
+            progress_bytes: None,
+            requested_epoch: 0,
+            completed_epoch: 0,
+            next_at: None,
+            last_failure: None,
+            failures: 0,
+        },
     };
+    let first_at = unix_now() + FIRST_SPREAD.mul_f64(fastrand::f64()).as_secs();
     let mut retry: Option<(Instant, Duration)> = None;
     loop {
         let Some(spec) = specs.borrow_and_update().clone() else {
             return;
         };
-        let schedule = spec.backup.schedule.over(ctx.config.instances.backup);
+        let schedule = spec.backup.schedule.over(keeper.ctx.config.instances.backup);
+        let status = &mut keeper.status;
         status.requested_epoch = spec.backup.backup_epoch;
-        status.completed_epoch = completed_epoch(&kept);
+        status.completed_epoch = keeper.kept.iter().map(|m| m.epoch).max().unwrap_or(0);
         status.next_at = schedule
             .interval
-            .map(|every| kept.first().map_or(first_at, |m| m.info.at + every.as_secs()));
+            .map(|every| keeper.kept.first().map_or(first_at, |m| m.info.at + every.as_secs()));
         let now = unix_now();
         let why = due(&spec, status.next_at, status.completed_epoch, now);
         let target = targets.borrow_and_update().clone();
@@ -113,45 +122,37 @@ pub async fn run(
             _ => BackupActivity::Idle,
         };
         status.progress_bytes = None;
-        publish(&ctx, &name, &status, &kept);
+        keeper.publish();
 
         if let (Some(why), Some(target), None) = (&why, &target, retry_wait) {
-            let outcome = backup_once(&ctx, &name, &spec, target, &store, &kept, why, &mut status).await;
-            match outcome {
-                Some(Ok(meta)) => {
+            match keeper.backup_once(&spec, target, why).await {
+                Ok(meta) => {
                     retry = None;
-                    status.last_failure = None;
-                    kept = after_success(&ctx, &name, &store, meta, schedule.keep).await;
-                    status.newest = kept.first().map(|m| m.info.clone());
+                    keeper.status.last_failure = None;
+                    keeper.after_success(meta, schedule.keep).await;
                 }
-                Some(Err(error)) => {
+                Err(error) => {
                     let delay = retry.map_or(RETRY_FIRST, |(_, d)| (d * 2).min(RETRY_MAX));
                     retry = Some((Instant::now() + delay, delay));
-                    status.failures += 1;
-                    status.last_failure = Some(BackupFailure {
+                    keeper.status.failures += 1;
+                    keeper.status.last_failure = Some(BackupFailure {
                         at: unix_now(),
                         error: error.clone(),
                         retry_at: unix_now() + delay.as_secs(),
                     });
-                    ctx.events.emit(&name, Event::BackupFailed { error, retry_in: delay });
+                    keeper.emit(Event::BackupFailed { error, retry_in: delay });
                 }
-                // The worker is gone.
-                None => return,
             }
             continue;
         }
 
         // Nothing to do now: wait for a new spec, a process that becomes ready (or
         // goes), the schedule or the retry.
-        let wake_at = [
-            retry_wait,
-            status
-                .next_at
-                .map(|at| Instant::now() + Duration::from_secs(at.saturating_sub(now))),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
+        let scheduled = keeper
+            .status
+            .next_at
+            .map(|at| Instant::now() + Duration::from_secs(at.saturating_sub(now)));
+        let wake_at = [retry_wait, scheduled].into_iter().flatten().min();
         let timer = async {
             match wake_at {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -166,89 +167,101 @@ pub async fn run(
     }
 }
 
-/// One backup with its queueing and progress; `None` when the worker went away
-/// while it waited for a slot.
-#[allow(clippy::too_many_arguments)]
-async fn backup_once(
-    ctx: &BackupContext,
-    name: &str,
-    spec: &InstanceSpec,
-    target: &MonitorTarget,
-    store: &Store,
-    kept: &[Metadata],
-    why: &str,
-    status: &mut BackupStatus,
-) -> Option<Result<Metadata, String>> {
-    status.activity = BackupActivity::Queued;
-    publish(ctx, name, status, kept);
-    let _slot = ctx.slots.clone().acquire_owned().await.ok()?;
-    ctx.events.emit(name, Event::BackupStarted { why: why.to_string() });
-    let engine: &'static dyn Engine = target.engine;
-    let layout = engine::layout(
-        engine,
-        &ctx.config.instances_dir(),
-        &ctx.config.instances.log_dir,
-        name,
-        &ctx.config.instances.bind,
-    );
-    let restore_path = engine.restore_path(spec, &layout.data_dir);
-    let on_disk = std::fs::metadata(&restore_path)
-        .ok()
-        .filter(|m| m.is_file())
-        .map(|m| m.len());
-    let job = take::Job {
-        engine,
-        target: target.target.clone(),
-        data_dir: layout.data_dir,
-        log_file: layout.log_file,
-        store: store.clone(),
-        epoch: spec.backup.backup_epoch,
-        settings: ctx.config.backup.clone(),
-        last_bytes: on_disk.max(kept.first().map(|m| m.info.bytes)),
-    };
-    let progress = take::Progress::default();
-    let work = take::take(&job, &progress);
-    tokio::pin!(work);
-    let mut ticks = tokio::time::interval(PROGRESS_EVERY);
-    loop {
-        tokio::select! {
-            result = &mut work => return Some(result),
-            _ = ticks.tick() => {
-                status.activity = progress.activity().unwrap_or(BackupActivity::Saving);
-                let bytes = progress.bytes.load(std::sync::atomic::Ordering::Relaxed);
-                status.progress_bytes = (bytes > 0).then_some(bytes);
-                publish(ctx, name, status, kept);
+/// One instance's backups, as its keeper tracks them.
+struct Keeper {
+    ctx: Arc<BackupContext>,
+    name: String,
+    store: Store,
+    /// What `store` holds, newest first.
+    kept: Vec<Metadata>,
+    status: BackupStatus,
+}
+
+impl Keeper {
+    fn emit(&self, event: Event) {
+        self.ctx.events.emit(&self.name, event);
+    }
+
+    fn publish(&self) {
+        let infos: Vec<BackupInfo> = self.kept.iter().map(|m| m.info.clone()).collect();
+        self.ctx.board.set_backups(&self.name, self.status.clone(), infos);
+    }
+
+    /// One backup, with its wait for a slot and its progress in the status. (A backup
+    /// queued for an instance that is going away fails once its turn comes: the
+    /// process no longer answers.)
+    async fn backup_once(
+        &mut self,
+        spec: &InstanceSpec,
+        target: &MonitorTarget,
+        why: &str,
+    ) -> Result<Metadata, String> {
+        self.status.activity = BackupActivity::Queued;
+        self.publish();
+        let slots = self.ctx.slots.clone();
+        // The semaphore is never closed.
+        let _slot = slots.acquire_owned().await.map_err(|e| e.to_string())?;
+        self.emit(Event::BackupStarted { why: why.to_string() });
+        let engine: &'static dyn Engine = target.engine;
+        let config = &self.ctx.config;
+        let layout = engine::layout(
+            engine,
+            &config.instances_dir(),
+            &config.instances.log_dir,
+            &self.name,
+            &config.instances.bind,
+        );
+        let job = take::Job {
+            engine,
+            target: target.target.clone(),
+            snapshot_file: engine.restore_path(spec, &layout.data_dir),
+            data_dir: layout.data_dir,
+            log_file: layout.log_file,
+            store: self.store.clone(),
+            epoch: spec.backup.backup_epoch,
+            settings: config.backup.clone(),
+            last_bytes: self.kept.first().map(|m| m.info.bytes),
+        };
+        let progress = take::Progress::default();
+        let work = take::take(&job, &progress);
+        tokio::pin!(work);
+        let mut ticks = tokio::time::interval(PROGRESS_EVERY);
+        loop {
+            tokio::select! {
+                result = &mut work => return result,
+                _ = ticks.tick() => {
+                    self.status.activity = progress.activity().unwrap_or(BackupActivity::Saving);
+                    let bytes = progress.bytes.load(std::sync::atomic::Ordering::Relaxed);
+                    self.status.progress_bytes = (bytes > 0).then_some(bytes);
+                    self.publish();
+                }
             }
         }
     }
-}
 
-/// Announces a kept backup, applies the retention and lists what is kept now.
-async fn after_success(ctx: &BackupContext, name: &str, store: &Store, meta: Metadata, keep: u32) -> Vec<Metadata> {
-    ctx.events.emit(
-        name,
-        Event::BackupSucceeded {
+    /// Announces a kept backup and applies the retention.
+    async fn after_success(&mut self, meta: Metadata, keep: u32) {
+        self.emit(Event::BackupSucceeded {
             id: meta.info.id.clone(),
             bytes: meta.info.bytes,
             keys: meta.info.keys,
             took: Duration::from_millis(meta.info.duration_ms),
-        },
-    );
-    let pruning = store.clone();
-    match tokio::task::spawn_blocking(move || pruning.prune(keep)).await {
-        Ok(Ok(deleted)) => {
-            for id in deleted {
-                ctx.events.emit(name, Event::BackupPruned { id });
+        });
+        let store = self.store.clone();
+        let pruned = tokio::task::spawn_blocking(move || store.prune(keep).map_err(|e| e.to_string()))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        match pruned {
+            Ok((kept, deleted)) => {
+                self.kept = kept;
+                for id in deleted {
+                    self.emit(Event::BackupPruned { id });
+                }
             }
-        }
-        Ok(Err(error)) => tracing::warn!(instance = %name, %error, "Cannot delete an old backup."),
-        Err(error) => tracing::warn!(instance = %name, %error, "Cannot delete an old backup."),
-    }
-    match list_and_clean(store).await {
-        Ok(kept) => kept,
-        Err(error) => {
-            tracing::warn!(instance = %name, %error, "Cannot list the backups.");
-            vec![meta]
+            Err(error) => {
+                tracing::warn!(instance = %self.name, %error, "Cannot apply the backup retention.");
+                self.kept.insert(0, meta);
+            }
         }
     }
 }
@@ -262,15 +275,6 @@ async fn list_and_clean(store: &Store) -> Result<Vec<Metadata>, String> {
     })
     .await
     .map_err(|e| e.to_string())?
-}
-
-fn completed_epoch(kept: &[Metadata]) -> u64 {
-    kept.iter().map(|m| m.epoch).max().unwrap_or(0)
-}
-
-fn publish(ctx: &BackupContext, name: &str, status: &BackupStatus, kept: &[Metadata]) {
-    let infos: Vec<BackupInfo> = kept.iter().map(|m| m.info.clone()).collect();
-    ctx.board.set_backups(name, status.clone(), infos);
 }
 
 #[cfg(test)]

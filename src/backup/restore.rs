@@ -5,8 +5,9 @@
 //! already there is never overwritten: an explicit restore (`restore_epoch`) moves it
 //! aside first, and it is kept.
 //!
-//! `instance_dir/restore.json` keeps the last successful restore, so that a raised
-//! `restore_epoch` is answered once, also across agent restarts.
+//! `instance_dir/restore.json` keeps the last restore (or failed attempt), which the
+//! worker writes, so that a raised `restore_epoch` is answered once, also across
+//! agent restarts.
 
 use super::copy;
 use super::store::{remove_any, Store};
@@ -18,10 +19,10 @@ use crate::process::unix_now;
 use crate::spec::RestoreSource;
 use crate::status::RestoreOutcome;
 use sha2::{Digest, Sha256};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 
 /// The file that keeps the last restore.
 pub const RESTORE_FILE: &str = "restore.json";
@@ -31,13 +32,14 @@ const STAGED: &str = ".restore-staged";
 const FETCH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const FETCH_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The last successful restore of the instance in `instance_dir`, if any.
+/// The last restore of the instance in `instance_dir`, if any.
 pub fn last(instance_dir: &Path) -> Option<RestoreOutcome> {
     let text = std::fs::read(instance_dir.join(RESTORE_FILE)).ok()?;
     serde_json::from_slice(&text).ok()
 }
 
-fn remember(instance_dir: &Path, outcome: &RestoreOutcome) -> Result<(), String> {
+/// Keeps `outcome` as the last restore (blocking file work).
+pub fn remember(instance_dir: &Path, outcome: &RestoreOutcome) -> Result<(), String> {
     let text = serde_json::to_vec_pretty(outcome).map_err(|e| e.to_string())?;
     atomic_file::write(&instance_dir.join(RESTORE_FILE), &text, 0o600, Durability::Durable).map_err(|e| e.to_string())
 }
@@ -56,20 +58,27 @@ pub struct Request<'a> {
     pub set_aside: bool,
 }
 
-/// Stages, checks and places the backup; returns what was done (also remembered in
-/// `restore.json`).
+/// Stages, checks and places the backup; returns what was done.
 pub async fn restore(config: &AgentConfig, request: &Request<'_>) -> Result<RestoreOutcome, String> {
-    use std::os::unix::fs::DirBuilderExt;
     let deadline = Instant::now() + config.backup.timeout;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o750)
-        .create(&request.instance_dir)
-        .map_err(|e| format!("cannot create {}: {e}", request.instance_dir.display()))?;
     let staged = request.instance_dir.join(STAGED);
-    let _ = remove_any(&staged);
+    let (dir, leftover) = (request.instance_dir.clone(), staged.clone());
+    let prepared = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        // What an interrupted restore staged.
+        remove_any(&leftover).map_err(|e| e.to_string())
+    });
+    prepared
+        .await
+        .map_err(|e| format!("cannot prepare the restore: {e}"))??;
     let result = stage_and_place(config, request, &staged, deadline).await;
-    let _ = remove_any(&staged);
+    let leftover = staged.clone();
+    let _ = tokio::task::spawn_blocking(move || remove_any(&leftover)).await;
     result
 }
 
@@ -111,7 +120,6 @@ async fn stage_and_place(
         set_aside: aside_shown,
         error: None,
     };
-    remember(&request.instance_dir, &outcome)?;
     Ok(outcome)
 }
 
@@ -208,10 +216,11 @@ async fn fetch(
             ));
         }
     }
-    let mut file = std::fs::OpenOptions::new()
+    let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(staged)
+        .await
         .map_err(|e| format!("cannot create {}: {e}", staged.display()))?;
     let mut hasher = Sha256::new();
     let mut bytes = 0u64;
@@ -230,8 +239,9 @@ async fn fetch(
         };
         hasher.update(&chunk);
         bytes += chunk.len() as u64;
-        // Small writes into the page cache; the file is synced once, at the end.
+        // Into the page cache; the file is synced once, at the end.
         file.write_all(&chunk)
+            .await
             .map_err(|e| format!("cannot write {}: {e}", staged.display()))?;
     }
     let got = copy::hex(&hasher.finalize());
@@ -241,6 +251,7 @@ async fn fetch(
         ));
     }
     file.sync_all()
+        .await
         .map_err(|e| format!("cannot sync {}: {e}", staged.display()))?;
     Ok((bytes, got))
 }

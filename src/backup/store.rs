@@ -200,20 +200,20 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes all but the newest `keep` backups (at least one is always kept), and
-    /// returns the ids deleted. The description goes first: a crash in between leaves
-    /// data without one, which [`Store::clean`] removes.
-    pub fn prune(&self, keep: u32) -> Result<Vec<String>, StoreError> {
-        let kept = self.list()?;
+    /// Deletes all but the newest `keep` backups (at least one is always kept); returns
+    /// the ones kept and the ids deleted. The description goes first: a crash in
+    /// between leaves data without one, which [`Store::clean`] removes.
+    pub fn prune(&self, keep: u32) -> Result<(Vec<Metadata>, Vec<String>), StoreError> {
+        let mut kept = self.list()?;
         let keep = usize::try_from(keep.max(1)).unwrap_or(usize::MAX);
         let mut deleted = Vec::new();
-        for meta in kept.iter().skip(keep) {
+        for meta in kept.split_off(keep.min(kept.len())) {
             let json = self.dir.join(format!("{}.json", meta.info.id));
             std::fs::remove_file(&json).map_err(io_error("delete", &json))?;
             remove_any(&self.dir.join(&meta.data))?;
-            deleted.push(meta.info.id.clone());
+            deleted.push(meta.info.id);
         }
-        Ok(deleted)
+        Ok((kept, deleted))
     }
 
     /// Removes what an interrupted backup left: data being built, and data without a
@@ -303,10 +303,12 @@ mod tests {
         let ids: Vec<String> = [100, 300, 200].iter().map(|at| add(&store, *at)).collect();
         let listed: Vec<String> = store.list().unwrap().into_iter().map(|m| m.info.id).collect();
         assert_eq!(listed, [ids[1].clone(), ids[2].clone(), ids[0].clone()]);
-        assert_eq!(store.prune(2).unwrap(), [ids[0].clone()]);
-        assert_eq!(store.prune(0).unwrap(), [ids[2].clone()]);
-        assert_eq!(store.list().unwrap().len(), 1);
-        assert!(store.prune(0).unwrap().is_empty());
+        assert_eq!(store.prune(2).unwrap().1, [ids[0].clone()]);
+        let (kept, deleted) = store.prune(0).unwrap();
+        assert_eq!(deleted, [ids[2].clone()]);
+        assert_eq!(kept, store.list().unwrap());
+        assert_eq!(kept.len(), 1);
+        assert!(store.prune(0).unwrap().1.is_empty());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 

@@ -42,11 +42,14 @@ pub struct Job {
     pub engine: &'static dyn Engine,
     pub target: Target,
     pub data_dir: PathBuf,
+    /// Where the server keeps its last snapshot (a file for Redis): its size is the
+    /// space a new one needs.
+    pub snapshot_file: PathBuf,
     pub log_file: PathBuf,
     pub store: Store,
     pub epoch: u64,
     pub settings: BackupConfig,
-    /// The size of the instance's last snapshot, when known: the space a new one needs.
+    /// The size of the newest kept backup, when there is one.
     pub last_bytes: Option<u64>,
 }
 
@@ -54,7 +57,7 @@ pub struct Job {
 pub async fn take(job: &Job, progress: &Progress) -> Result<Metadata, String> {
     let began = Instant::now();
     let deadline = began + job.settings.timeout;
-    check_space(job).await?;
+    let log_offset = prepare(job).await?;
     let mut session = Session::open(&job.target).await.map_err(|e| e.to_string())?;
     session.verify_pid(job.target.pid).await.map_err(|e| e.to_string())?;
 
@@ -64,19 +67,23 @@ pub async fn take(job: &Job, progress: &Progress) -> Result<Metadata, String> {
         .persistence(&mut session, &job.data_dir)
         .await
         .map_err(|e| e.to_string())?;
-    let log_offset = std::fs::metadata(&job.log_file).map_or(0, |m| m.len());
     let requested_at = unix_now();
     let start = job
         .engine
         .start_snapshot(&mut session)
         .await
         .map_err(|e| e.to_string())?;
-    let saved = follow(job, &mut session, start, &before, requested_at, deadline)
-        .await
-        .map_err(|e| match server_reason(&job.log_file, log_offset) {
-            Some(reason) => format!("{e}; the server's log says: {reason}"),
-            None => e,
-        })?;
+    let saved = match follow(job, &mut session, start, &before, requested_at, deadline).await {
+        Ok(saved) => saved,
+        Err(e) => {
+            let log_file = job.log_file.clone();
+            let reason = crate::blocking::run("read the server's log", move || server_reason(&log_file, log_offset));
+            return Err(match reason.await.ok().flatten() {
+                Some(reason) => format!("{e}; the server's log says: {reason}"),
+                None => e,
+            });
+        }
+    };
     let source = job
         .engine
         .snapshot_path(&mut session, &job.data_dir)
@@ -85,20 +92,22 @@ pub async fn take(job: &Job, progress: &Progress) -> Result<Metadata, String> {
 
     progress.set(BackupActivity::Copying);
     let shape = job.engine.backup_shape();
-    job.store.create().map_err(|e| e.to_string())?;
     let fallback_at = saved
         .last_save_time
         .saturating_sub(saved.last_duration_sec.unwrap_or(0));
-    let id = job.store.new_id(fallback_at);
+    let store = job.store.clone();
+    let id = crate::blocking::run("name the backup", move || store.new_id(fallback_at)).await?;
     let partial = job.store.partial_path(&id, shape);
-    let result = copy_and_check(job, &mut session, &saved, &source, &partial, shape, progress, deadline).await;
-    let (bytes, sha256, files, facts) = match result {
-        Ok(done) => done,
-        Err(e) => {
-            let _ = super::store::remove_any(&partial);
-            return Err(e);
-        }
-    };
+    let (bytes, sha256, files, facts) =
+        match copy_and_check(job, &mut session, &saved, &source, &partial, progress, deadline).await {
+            Ok(done) => done,
+            Err(e) => {
+                let partial = partial.clone();
+                let _ =
+                    crate::blocking::run("remove a partial backup", move || super::store::remove_any(&partial)).await;
+                return Err(e);
+            }
+        };
     let meta = Metadata {
         info: BackupInfo {
             id: id.clone(),
@@ -114,31 +123,32 @@ pub async fn take(job: &Job, progress: &Progress) -> Result<Metadata, String> {
         data: Store::data_name(&id, shape),
         files,
     };
-    let store = job.store.clone();
-    let committed = meta.clone();
-    let partial_path = partial.clone();
-    let commit = tokio::task::spawn_blocking(move || store.commit(&partial_path, &committed)).await;
-    match commit {
-        Ok(Ok(())) => Ok(meta),
-        Ok(Err(e)) => {
+    let (store, committed) = (job.store.clone(), meta.clone());
+    let commit = crate::blocking::run("commit the backup", move || {
+        let result = store.commit(&partial, &committed);
+        if result.is_err() {
             let _ = super::store::remove_any(&partial);
-            Err(e.to_string())
         }
-        Err(e) => Err(format!("cannot commit backup {id}: {e}")),
-    }
+        result.map_err(|e| e.to_string())
+    });
+    commit.await??;
+    Ok(meta)
 }
 
-/// Refuses to start when the snapshot would not fit: the server writes a whole new
-/// one beside the old in the data directory, and a backup directory on another
-/// filesystem needs a copy of it.
-async fn check_space(job: &Job) -> Result<(), String> {
-    let Some(needed) = job.last_bytes.filter(|b| *b > 0) else {
-        return Ok(());
-    };
-    let data_dir = job.data_dir.clone();
-    let backup_dir = job.store.dir().to_path_buf();
-    let checked = tokio::task::spawn_blocking(move || -> Result<(), String> {
+/// Before the server is asked for anything: refuses when the snapshot would not fit
+/// (the server writes a whole new one beside the old in the data directory, and a
+/// backup directory on another filesystem needs a copy of it), creates the backup
+/// directory, and returns where the server's log ends now.
+async fn prepare(job: &Job) -> Result<u64, String> {
+    let (data_dir, snapshot_file, log_file) = (job.data_dir.clone(), job.snapshot_file.clone(), job.log_file.clone());
+    let (store, last_bytes) = (job.store.clone(), job.last_bytes);
+    let prepared = crate::blocking::run("prepare the backup", move || -> Result<u64, String> {
         use std::os::unix::fs::MetadataExt;
+        let on_disk = std::fs::metadata(&snapshot_file)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
+        let needed = on_disk.max(last_bytes).unwrap_or(0);
         let free = |path: &Path| {
             crate::sys::statvfs(path)
                 .map(|s| s.available_bytes)
@@ -161,6 +171,7 @@ async fn check_space(job: &Job) -> Result<(), String> {
             ));
         }
         // The backup directory may not exist yet: its nearest existing parent decides.
+        let backup_dir = store.dir();
         let existing = backup_dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
         let device = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
         if device(existing) != device(&data_dir) {
@@ -169,10 +180,10 @@ async fn check_space(job: &Job) -> Result<(), String> {
                 return Err(short(existing, backup_free, "the backup directory needs a copy of it"));
             }
         }
-        Ok(())
-    })
-    .await;
-    checked.unwrap_or_else(|e| Err(format!("cannot check free space: {e}")))
+        store.create().map_err(|e| e.to_string())?;
+        Ok(std::fs::metadata(&log_file).map_or(0, |m| m.len()))
+    });
+    prepared.await?
 }
 
 /// Follows the snapshot until it is complete, and returns the persistence state that
@@ -185,8 +196,8 @@ async fn follow(
     requested_at: u64,
     deadline: Instant,
 ) -> Result<Persistence, String> {
-    // A snapshot still to begin (scheduled behind an AOF rewrite) must be seen running
-    // before its end can be told from the previous one's.
+    // A snapshot still to begin (scheduled behind an AOF rewrite) must be seen running,
+    // or its save time seen to move, before its end can be told from the last one's.
     let mut seen_running = start != SnapshotStart::Scheduled;
     let mut delay = POLL_FIRST;
     loop {
@@ -200,16 +211,17 @@ async fn follow(
         if now.in_progress {
             seen_running = true;
         } else {
-            let completed_since = now.last_save_time >= requested_at
-                && (now.last_save_time != before.last_save_time || seen_running || !before.in_progress);
-            if now.last_ok && completed_since {
+            let saved =
+                now.last_save_time >= requested_at && (seen_running || now.last_save_time != before.last_save_time);
+            if saved && now.last_ok {
                 return Ok(now);
             }
-            if seen_running && !now.last_ok {
-                return Err("the server's background save failed".into());
-            }
-            if seen_running && !completed_since && start != SnapshotStart::Scheduled {
-                return Err("the server's background save ended without writing a snapshot".into());
+            if seen_running {
+                return Err(if now.last_ok {
+                    "the server's background save ended without writing a snapshot".into()
+                } else {
+                    "the server's background save failed".into()
+                });
             }
         }
         if Instant::now() >= deadline {
@@ -224,17 +236,16 @@ async fn follow(
 type Copied = (u64, String, Vec<super::store::FileSum>, Option<verify::RdbFacts>);
 
 /// Copies the snapshot to `partial` and checks it.
-#[allow(clippy::too_many_arguments)]
 async fn copy_and_check(
     job: &Job,
     session: &mut Session,
     saved: &Persistence,
     source: &Path,
     partial: &Path,
-    shape: BackupShape,
     progress: &Progress,
     deadline: Instant,
 ) -> Result<Copied, String> {
+    let shape = job.engine.backup_shape();
     let copy_progress = Arc::new(AtomicU64::new(0));
     let (from, to, counter) = (source.to_path_buf(), partial.to_path_buf(), copy_progress.clone());
     let mut work = tokio::task::spawn_blocking(move || match shape {
@@ -254,8 +265,9 @@ async fn copy_and_check(
             _ = tokio::time::sleep(Duration::from_millis(250)) => {
                 progress.bytes.store(copy_progress.load(Ordering::Relaxed), Ordering::Relaxed);
                 if Instant::now() >= deadline {
-                    // The blocking copy cannot be stopped; the caller removes what it
-                    // wrote, and it fails on the missing directory.
+                    // The blocking copy cannot be stopped: the caller removes what it
+                    // has written (a file goes on into an unlinked inode; a tree's next
+                    // file fails on its missing directory).
                     return Err(format!("the copy did not complete within {}s ([backup] timeout)", job.settings.timeout.as_secs()));
                 }
             }

@@ -53,6 +53,25 @@ impl Default for BackupSchedule {
     }
 }
 
+/// A schedule table (`[instances.backup]` of agent.toml, a spec's `[backup]`): each
+/// field it sets overrides the one below it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScheduleOverride {
+    /// `Some(None)`: no schedule (`interval = "0s"`), whatever is below.
+    pub interval: Option<Option<Duration>>,
+    pub keep: Option<u32>,
+}
+
+impl ScheduleOverride {
+    /// The schedule that applies over `below`.
+    pub fn over(&self, below: BackupSchedule) -> BackupSchedule {
+        BackupSchedule {
+            interval: self.interval.unwrap_or(below.interval),
+            keep: self.keep.unwrap_or(below.keep),
+        }
+    }
+}
+
 /// Parses `[backup]`.
 pub fn parse_backup(table: &Map<String, Value>, c: &mut Checker, resolve: &dyn Fn(String) -> PathBuf) -> BackupConfig {
     let fields = c.table(
@@ -84,13 +103,8 @@ pub fn parse_backup(table: &Map<String, Value>, c: &mut Checker, resolve: &dyn F
     config
 }
 
-/// Parses a schedule table (`[instances.backup]` of agent.toml or `[backup]` of a
-/// spec): the fields it sets. An interval of `0s` means no schedule.
-pub fn parse_schedule(
-    table: &Map<String, Value>,
-    path: &str,
-    c: &mut Checker,
-) -> (Option<Option<Duration>>, Option<u32>) {
+/// Parses a schedule table at `path`. An interval of `0s` means no schedule.
+pub fn parse_schedule(table: &Map<String, Value>, path: &str, c: &mut Checker) -> ScheduleOverride {
     let fields = c.table(table, path, &["interval", "keep"]);
     let interval = c.duration(&fields, "interval").map(|d| (!d.is_zero()).then_some(d));
     let keep = c.unsigned(&fields, "keep").and_then(|n| match u32::try_from(n) {
@@ -103,5 +117,5 @@ pub fn parse_schedule(
             None
         }
     });
-    (interval, keep)
+    ScheduleOverride { interval, keep }
 }

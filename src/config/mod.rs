@@ -5,7 +5,7 @@
 
 mod backup;
 
-pub use backup::{parse_schedule as parse_backup_schedule, BackupConfig, BackupSchedule};
+pub use backup::{parse_schedule as parse_backup_schedule, BackupConfig, BackupSchedule, ScheduleOverride};
 
 use crate::engine::EngineKind;
 use crate::problem::{Checker, Problem};
@@ -409,13 +409,7 @@ impl AgentConfig {
                 &["bind", "log_dir", "stop_timeout", "password_grace", "backup"],
             );
             if let Some(table) = c.subtable(&fields, "backup") {
-                let (interval, keep) = backup::parse_schedule(table, "instances.backup", &mut c);
-                if let Some(interval) = interval {
-                    instances.backup.interval = interval;
-                }
-                if let Some(keep) = keep {
-                    instances.backup.keep = keep;
-                }
+                instances.backup = backup::parse_schedule(table, "instances.backup", &mut c).over(instances.backup);
             }
             if let Some(list) = c.string_list(&fields, "bind") {
                 let mut bind = Vec::new();

@@ -16,7 +16,7 @@
 use crate::engine::{DbKeys, ObservedRole, ReplicaLink, ServerStats};
 use crate::monitoring::health::HealthStatus;
 use crate::procfs::ProcessMetrics;
-use crate::status::{AgentView, BackupActivity, BackupStatus, Phase};
+use crate::status::{AgentView, BackupView, Phase};
 use std::sync::LazyLock;
 
 /// A family's type.
@@ -625,72 +625,61 @@ static BACKUP: LazyLock<[String; 5]> = LazyLock::new(|| {
     ]
 });
 
-/// Appends the backup families for every instance's keeper in `statuses` (nothing
-/// when there are none).
-pub fn append_backups(out: &mut String, statuses: &[(String, BackupStatus)]) {
-    if statuses.is_empty() {
+/// Appends the backup families for every instance's keeper in `views` (nothing when
+/// there are none).
+pub fn append_backups(out: &mut String, views: &[BackupView]) {
+    if views.is_empty() {
         return;
     }
     let [success, size, duration, failures, running] = &*BACKUP;
-    let newest = |s: &BackupStatus| s.newest.clone();
+    let newest = || views.iter().filter_map(|v| Some((v.name.as_str(), v.newest.as_ref()?)));
     out.push_str(success);
-    for (name, s) in statuses {
-        if let Some(b) = newest(s) {
-            write_line(
-                out,
-                "ker_agent_backup_last_success_timestamp_seconds",
-                "",
-                &[("name", name)],
-                Value::Integer(b.at),
-            );
-        }
+    for (name, b) in newest() {
+        let at = Value::Integer(b.at);
+        write_line(
+            out,
+            "ker_agent_backup_last_success_timestamp_seconds",
+            "",
+            &[("name", name)],
+            at,
+        );
     }
     out.push_str(size);
-    for (name, s) in statuses {
-        if let Some(b) = newest(s) {
-            write_line(
-                out,
-                "ker_agent_backup_last_size_bytes",
-                "",
-                &[("name", name)],
-                Value::Integer(b.bytes),
-            );
-        }
+    for (name, b) in newest() {
+        write_line(
+            out,
+            "ker_agent_backup_last_size_bytes",
+            "",
+            &[("name", name)],
+            Value::Integer(b.bytes),
+        );
     }
     out.push_str(duration);
-    for (name, s) in statuses {
-        if let Some(b) = newest(s) {
-            let seconds = Value::Float(b.duration_ms as f64 / 1000.0);
-            write_line(
-                out,
-                "ker_agent_backup_last_duration_seconds",
-                "",
-                &[("name", name)],
-                seconds,
-            );
-        }
+    for (name, b) in newest() {
+        let seconds = Value::Float(b.duration_ms as f64 / 1000.0);
+        write_line(
+            out,
+            "ker_agent_backup_last_duration_seconds",
+            "",
+            &[("name", name)],
+            seconds,
+        );
     }
     out.push_str(failures);
-    for (name, s) in statuses {
-        let n = Value::Integer(s.failures);
+    for v in views {
+        let n = Value::Integer(v.failures);
         write_line(
             out,
             "ker_agent_backup_failures",
             Kind::Counter.suffix(),
-            &[("name", name)],
+            &[("name", &v.name)],
             n,
         );
     }
     out.push_str(running);
-    for (name, s) in statuses {
-        let busy = !matches!(s.activity, BackupActivity::Idle | BackupActivity::Pending);
-        write_line(
-            out,
-            "ker_agent_backup_in_progress",
-            "",
-            &[("name", name)],
-            Value::Integer(u64::from(busy)),
-        );
+    for v in views {
+        let busy = Value::Integer(u64::from(v.busy));
+        write_line(out, "ker_agent_backup_in_progress", "", &[("name", &v.name)], busy);
     }
 }
 

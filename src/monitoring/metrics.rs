@@ -126,7 +126,7 @@ impl Endpoint {
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut head, &self.registry);
         exposition::append_statuses(&mut head, &views);
         drop(views);
-        exposition::append_backups(&mut head, &self.board.backup_statuses());
+        exposition::append_backups(&mut head, &self.board.backup_views());
         let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).take();
         let mut out = match last.and_then(|text| Arc::try_unwrap(text).ok()) {
             Some(mut out) => {

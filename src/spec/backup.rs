@@ -4,11 +4,10 @@
 //! None of them is part of the config hash: asking for a backup or a restore never
 //! changes what the server runs with.
 
-use crate::config::BackupSchedule;
+use crate::config::ScheduleOverride;
 use crate::problem::{Checker, Fields};
 use serde_json::Value;
 use std::fmt;
-use std::time::Duration;
 
 /// Where a restore takes its data from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,24 +45,6 @@ impl RestoreSource {
     }
 }
 
-/// A spec's `[backup]`: each field overrides `[instances.backup]` of agent.toml.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ScheduleOverride {
-    /// `Some(None)`: the spec turns a node-wide schedule off (`interval = "0s"`).
-    pub interval: Option<Option<Duration>>,
-    pub keep: Option<u32>,
-}
-
-impl ScheduleOverride {
-    /// The schedule that applies, over the node's default.
-    pub fn over(&self, node: BackupSchedule) -> BackupSchedule {
-        BackupSchedule {
-            interval: self.interval.unwrap_or(node.interval),
-            keep: self.keep.unwrap_or(node.keep),
-        }
-    }
-}
-
 /// The backup and restore fields of one spec.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BackupFields {
@@ -83,8 +64,7 @@ pub fn parse(f: &Fields<'_>, c: &mut Checker) -> BackupFields {
         ..BackupFields::default()
     };
     if let Some(table) = c.subtable(f, "backup") {
-        let (interval, keep) = crate::config::parse_backup_schedule(table, &f.path("backup"), c);
-        fields.schedule = ScheduleOverride { interval, keep };
+        fields.schedule = crate::config::parse_backup_schedule(table, &f.path("backup"), c);
     }
     fields.restore_from = restore_source(f, c);
     fields

@@ -5,7 +5,7 @@
 
 mod backup;
 
-pub use backup::{valid_backup_id, BackupFields, RestoreSource, ScheduleOverride};
+pub use backup::{valid_backup_id, BackupFields, RestoreSource};
 
 use crate::config::AgentConfig;
 use crate::engine::{self, EngineKind};

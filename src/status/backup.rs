@@ -57,8 +57,15 @@ pub struct BackupStatus {
     pub last_failure: Option<BackupFailure>,
     /// Failed backups since the agent started.
     pub failures: u64,
-    /// The last backup's duration and size: `/metrics` reads them from here.
-    #[serde(skip)]
+}
+
+/// What `/metrics` shows of an instance's backups, copied at each scrape.
+#[derive(Debug, Clone)]
+pub struct BackupView {
+    pub name: String,
+    /// A backup is queued or running.
+    pub busy: bool,
+    pub failures: u64,
     pub newest: Option<BackupInfo>,
 }
 

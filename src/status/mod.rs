@@ -5,7 +5,7 @@
 use crate::engine::{EngineKind, ObservedRole};
 mod backup;
 
-pub use backup::{BackupActivity, BackupFailure, BackupInfo, BackupStatus, RestoreOutcome};
+pub use backup::{BackupActivity, BackupFailure, BackupInfo, BackupStatus, BackupView, RestoreOutcome};
 
 use crate::monitoring::health::HealthStatus;
 use crate::process::{unix_now, unix_now_millis, Exit};
@@ -534,9 +534,16 @@ impl StatusBoard {
     }
 
     /// Every keeper's state, by name, for `/metrics`.
-    pub fn backup_statuses(&self) -> Vec<(String, BackupStatus)> {
+    pub fn backup_views(&self) -> Vec<BackupView> {
         let map = self.backups.lock().unwrap_or_else(|p| p.into_inner());
-        map.iter().map(|(name, b)| (name.clone(), b.status.clone())).collect()
+        map.iter()
+            .map(|(name, b)| BackupView {
+                name: name.clone(),
+                busy: !matches!(b.status.activity, BackupActivity::Idle | BackupActivity::Pending),
+                failures: b.status.failures,
+                newest: b.kept.first().cloned(),
+            })
+            .collect()
     }
 
     /// The monitor's last verdict on `name`.

@@ -24,6 +24,9 @@ pub struct Live {
     /// Why the differences from the desired spec need a restart (see
     /// `changes::diff`); empty when they can all be applied live.
     pub restart: Vec<String>,
+    /// Restarts asked for whatever the config (a raised `restore_epoch`: the data is
+    /// placed while the process is down), each with why; answered once, by a start.
+    pub asked: Vec<String>,
     /// Whether the process answers, so that live changes can be applied.
     pub ready: bool,
     /// After a failed attempt to apply live changes: not before this.
@@ -88,6 +91,9 @@ pub fn reconcile(desired: &Desired, observed: &Observed, now: Instant) -> Action
         (Desired::Removed, None) => Action::Finish,
         (Desired::Stopped, Some(_)) => Action::Stop(StopReason::StateStopped),
         (Desired::Stopped, None) => Action::Idle,
+        (Desired::Running { .. }, Some(live)) if !live.asked.is_empty() => {
+            Action::Stop(StopReason::Restart(live.asked.clone()))
+        }
         (Desired::Running { config_hash }, Some(live)) if live.config_hash == *config_hash => Action::Idle,
         (Desired::Running { .. }, Some(live)) if !live.restart.is_empty() => {
             Action::Stop(StopReason::Restart(live.restart.clone()))
@@ -169,6 +175,7 @@ mod tests {
         Live {
             config_hash: hash.into(),
             restart: Vec::new(),
+            asked: Vec::new(),
             ready: true,
             reconfigure_not_before: None,
         }
@@ -221,6 +228,18 @@ mod tests {
         assert_eq!(reconcile(&running("a"), &o, later), Action::Conflict);
         o.blocked = false;
         assert_eq!(reconcile(&running("a"), &o, later), Action::Start);
+
+        // A restart asked for (a restore) comes first, even with nothing else to do;
+        // a stopped or removed instance just stops.
+        let mut o = observed(Some("a"));
+        o.running.as_mut().unwrap().asked = vec!["restore_epoch 1 asked for".into()];
+        let asked = Action::Stop(StopReason::Restart(vec!["restore_epoch 1 asked for".into()]));
+        assert_eq!(reconcile(&running("a"), &o, now), asked);
+        assert_eq!(reconcile(&running("b"), &o, now), asked);
+        assert_eq!(
+            reconcile(&Desired::Stopped, &o, now),
+            Action::Stop(StopReason::StateStopped)
+        );
     }
 
     #[test]
@@ -274,16 +293,17 @@ mod tests {
         #[test]
         fn converges_and_is_idempotent(
             desired in desired_strategy(),
-            running in proptest::option::of(("[ab]", any::<bool>())),
+            running in proptest::option::of(("[ab]", any::<bool>(), any::<bool>())),
             backoff_ms in proptest::option::of(0u64..5000),
             blocked: bool,
         ) {
             let mut now = Instant::now();
             let mut o = Observed {
                 // A process that needs a restart for the spec it runs with, or that
-                // can take the other spec live.
-                running: running.map(|(hash, needs_restart)| Live {
+                // can take the other spec live; one may also be asked to restart.
+                running: running.map(|(hash, needs_restart, asked)| Live {
                     restart: if needs_restart { vec!["databases".into()] } else { Vec::new() },
+                    asked: if asked { vec!["restore_epoch 1 asked for".into()] } else { Vec::new() },
                     ..live(&hash)
                 }),
                 restart_not_before: backoff_ms.map(|ms| now + Duration::from_millis(ms)),

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod controller;
+pub mod mount;
 pub mod netns;
 pub mod openapi;
 pub mod tls;

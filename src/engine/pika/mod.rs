@@ -356,7 +356,7 @@ impl Engine for PikaEngine {
         session: &'a mut Session,
         data_dir: &'a std::path::Path,
     ) -> BoxFuture<'a, Result<std::path::PathBuf, ClientError>> {
-        Box::pin(async move { snapshot::snapshot_path(session, data_dir) })
+        Box::pin(snapshot::snapshot_path(session, data_dir))
     }
 
     /// The databases of a dump go where Pika keeps its databases (`db-path`).

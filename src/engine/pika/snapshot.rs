@@ -38,7 +38,12 @@ pub async fn persistence(session: &mut Session, data_dir: &Path) -> Result<Persi
     let in_progress = info_field(&text, "is_bgsaving")
         .ok_or_else(|| session.unexpected("INFO", "no is_bgsaving in INFO".into()))?
         .starts_with("Yes");
-    let last_save_time = latest_dump(&data_dir.join(DUMP_DIR)).map_or(0, |(_, at)| at);
+    let dumps = data_dir.join(DUMP_DIR);
+    let latest = crate::blocking::run("look at Pika's dumps", move || latest_dump(&dumps));
+    let last_save_time = latest
+        .await
+        .map_err(|reason| session.unexpected("INFO", reason))?
+        .map_or(0, |(_, at)| at);
     Ok(Persistence {
         in_progress,
         last_ok: true,
@@ -48,11 +53,15 @@ pub async fn persistence(session: &mut Session, data_dir: &Path) -> Result<Persi
     })
 }
 
-pub fn snapshot_path(session: &Session, data_dir: &Path) -> Result<PathBuf, ClientError> {
+pub async fn snapshot_path(session: &Session, data_dir: &Path) -> Result<PathBuf, ClientError> {
     let dumps = data_dir.join(DUMP_DIR);
-    latest_dump(&dumps)
+    let shown = dumps.display().to_string();
+    let latest = crate::blocking::run("look at Pika's dumps", move || latest_dump(&dumps));
+    latest
+        .await
+        .map_err(|reason| session.unexpected("BGSAVE", reason))?
         .map(|(path, _)| path)
-        .ok_or_else(|| session.unexpected("BGSAVE", format!("no complete dump in {}", dumps.display())))
+        .ok_or_else(|| session.unexpected("BGSAVE", format!("no complete dump in {shown}")))
 }
 
 /// The newest dump under `dumps` that is complete (has its `info` files), with the

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::blocking::{run as blocking, DISK_TIMEOUT};
+
 mod publish;
 mod reconfigure;
 mod restore;
@@ -39,8 +41,6 @@ const CONFLICT_RECHECK_FIRST: Duration = Duration::from_millis(50);
 const CONFLICT_RECHECK_MAX: Duration = Duration::from_secs(2);
 /// Limit for connecting to an instance and for each reply.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
-/// Limit for file work (directories, config, record, /proc scans).
-const DISK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Readiness probes start this fast (redis-server answers ~7 ms after exec)…
 const PROBE_FIRST: Duration = Duration::from_millis(2);
 /// …and slow down to this while a server is not answering or loading.
@@ -162,8 +162,10 @@ pub struct Worker {
     /// in milliseconds since the Unix epoch: a health probe from before says nothing
     /// about what it runs with now.
     changed_at_ms: u64,
-    /// The last restore of the instance's data (from `restore.json`).
+    /// The last restore of the instance's data, or the last failed attempt (from
+    /// `restore.json`, read once a spec names a `restore_from`).
     restore: Option<crate::status::RestoreOutcome>,
+    restore_loaded: bool,
 }
 
 impl Worker {
@@ -214,6 +216,7 @@ impl Worker {
             uncorrected: Default::default(),
             changed_at_ms: 0,
             restore: None,
+            restore_loaded: false,
         }
     }
 
@@ -263,7 +266,6 @@ impl Worker {
             self.ctx.backups.clone(),
         ));
         let initial = self.specs.borrow().clone();
-        self.load_restore().await;
         self.adopt(initial.as_ref()).await;
         loop {
             if self.shutdown.is_cancelled() {
@@ -289,13 +291,8 @@ impl Worker {
                 // Maybe the agent can read the process now (or it is gone).
                 self.adopt(spec.as_ref()).await;
             }
-            if let (Some(spec), Some(_)) = (&spec, &self.process) {
-                if let Some(why) = self.restore_asked(spec) {
-                    if self.stop(plan::StopReason::Restart(vec![why]), Some(spec)).await {
-                        continue;
-                    }
-                    return;
-                }
+            if spec.as_ref().is_some_and(|s| s.backup.restore_from.is_some()) && !self.restore_loaded {
+                self.load_restore().await;
             }
             let now = Instant::now();
             let blocked = self.unverified.is_some() || self.check_ports(spec.as_deref(), &desired, now).await;
@@ -520,18 +517,5 @@ fn desired_of(spec: Option<&InstanceSpec>) -> Desired {
         Some(spec) => Desired::Running {
             config_hash: spec.config_hash(),
         },
-    }
-}
-
-/// Runs file or /proc work off the runtime's threads, with a time limit. The error
-/// says what could not be done.
-async fn blocking<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
-    match tokio::time::timeout(DISK_TIMEOUT, tokio::task::spawn_blocking(work)).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(join)) => Err(format!("cannot {what}: {join}")),
-        Err(_) => Err(format!(
-            "cannot {what}: no answer within {}s (hung disk?)",
-            DISK_TIMEOUT.as_secs()
-        )),
     }
 }

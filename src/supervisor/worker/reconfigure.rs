@@ -39,6 +39,7 @@ impl Worker {
         Some(Live {
             config_hash: record.config_hash.clone(),
             restart,
+            asked: spec.and_then(|spec| self.restore_asked(spec)).into_iter().collect(),
             ready: self.ready,
             reconfigure_not_before: self.reconfigure_not_before,
         })

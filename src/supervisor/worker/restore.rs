@@ -16,6 +16,19 @@ impl Worker {
         if let Ok(last) = blocking("read the last restore", move || restore::last(&dir)).await {
             self.restore = last;
         }
+        self.restore_loaded = true;
+    }
+
+    /// Keeps `outcome` as the instance's last restore, in memory and on disk: a restore
+    /// over data that is asked for by an epoch is answered once, also across agent
+    /// restarts, whether it worked or not.
+    async fn remember_restore(&mut self, outcome: RestoreOutcome) {
+        let (dir, kept) = (self.instance_dir(), outcome.clone());
+        let written = blocking("write restore.json", move || restore::remember(&dir, &kept)).await;
+        if let Err(error) = written.and_then(|r| r) {
+            tracing::warn!(instance = %self.name, %error, "Cannot keep the last restore; a raised restore_epoch may be answered again after an agent restart.");
+        }
+        self.restore = Some(outcome);
     }
 
     /// A raised `restore_epoch` the last restore has not answered: why the running
@@ -62,7 +75,7 @@ impl Worker {
                     source: outcome.source.clone(),
                     set_aside: outcome.set_aside.clone(),
                 });
-                self.restore = Some(outcome);
+                self.remember_restore(outcome).await;
                 Ok(())
             }
             Err(error) => {
@@ -80,17 +93,16 @@ impl Worker {
                     error: Some(error.clone()),
                 };
                 if found.is_empty() {
-                    // Nothing to start on: the start fails and is tried again.
-                    self.restore = Some(RestoreOutcome {
-                        epoch: self.restore.as_ref().map_or(0, |r| r.epoch),
-                        ..failed
-                    });
+                    // Nothing to start on: the start fails and is tried again, and the
+                    // epoch stays unanswered.
+                    let epoch = self.restore.as_ref().map_or(0, |r| r.epoch);
+                    self.remember_restore(RestoreOutcome { epoch, ..failed }).await;
                     Err(error)
                 } else {
                     // The data is still in place (nothing is moved before the backup
                     // is staged and checked): the instance starts on it, and this
                     // epoch is not asked for again.
-                    self.restore = Some(failed);
+                    self.remember_restore(failed).await;
                     Ok(())
                 }
             }
