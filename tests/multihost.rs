@@ -1,5 +1,7 @@
 //! Several hosts (network namespaces with their own addresses): a test controller on
-//! one, an agent on each of two others, and Redis replication across them, over HTTPS.
+//! one, an agent on each of two others, and Redis replication across them, over HTTPS;
+//! and a backup taken on one host seeding an instance on another through the agents'
+//! APIs.
 
 mod common;
 
@@ -89,5 +91,90 @@ fn a_master_on_host_a_replicates_to_a_replica_on_host_b() {
     for (h, node) in hosts.iter().zip(["host-0", "host-1"]) {
         let reports = serde_json::to_string(&controller.reports(node)).unwrap();
         assert_secrets_hidden(h, &[PW], &[("the reports", reports)]);
+    }
+}
+
+/// A password-protected connection to an instance on a network host (a server bound
+/// to a host address accepts others only with a password).
+fn connect(ip: std::net::Ipv4Addr, port: u16, password: &str) -> redis::Connection {
+    let client = redis::Client::open(format!("redis://:{password}@{ip}:{port}/")).unwrap();
+    client.get_connection_with_timeout(Duration::from_secs(2)).unwrap()
+}
+
+#[test]
+fn host_b_seeds_an_instance_from_a_backup_served_by_host_a() {
+    const PW: &str = "seed-pw-51c0";
+    const WAIT: Duration = Duration::from_secs(30);
+    let mut net = Network::new(2);
+    net.attach_test_process();
+    let mut hosts: Vec<Harness> = (0..2).map(|_| Harness::new()).collect();
+    for (i, h) in hosts.iter_mut().enumerate() {
+        h.place_in(&net, i, &format!("host-{i}"));
+        // Both agents share one API token here: B sends it to A from its own copy.
+        h.use_api_token();
+        h.append_agent_toml("[backup]\nfetch_token_file = \"api.token\"\n");
+    }
+    let port = 6379; // every host has its own port space
+    let (ip_a, ip_b) = (net.host_ip(0), net.host_ip(1));
+    hosts[0].manifest("main", port, &format!("password = \"{PW}\"\n"));
+    hosts[0].start_agent();
+    hosts[0].wait_ready("main");
+    let mut conn = connect(ip_a, port, PW);
+    let mut pipe = redis::pipe();
+    for i in 0..300 {
+        pipe.cmd("SET")
+            .arg(format!("key:{i}"))
+            .arg(format!("from-a-{i}"))
+            .ignore();
+    }
+    pipe.query::<()>(&mut conn).unwrap();
+    hosts[0].manifest("main", port, &format!("password = \"{PW}\"\nbackup_epoch = 1\n"));
+    hosts[0].signal_agent(SIGHUP);
+    let backup = hosts[0].wait_for_value("host A's backup", WAIT, |h| {
+        let i = h.instance("main");
+        (i["backup"]["completed_epoch"] == 1).then(|| i["backups"][0].clone())
+    });
+    assert_eq!(backup["keys"], 300, "{backup}");
+    let (id, sha) = (backup["id"].as_str().unwrap(), backup["sha256"].as_str().unwrap());
+    let url = format!("http://{ip_a}:{}/v1/instances/main/backups/{id}", hosts[0].api_port);
+
+    // A wrong checksum: B refuses, says so, and starts nothing.
+    let wrong = "f".repeat(64);
+    let seed = |sha: &str| format!("password = \"{PW}\"\nrestore_from = {{ url = \"{url}\", sha256 = \"{sha}\" }}\n");
+    hosts[1].manifest("copy", port, &seed(&wrong));
+    hosts[1].start_agent();
+    let failed = hosts[1].wait_for_value("host B's restore to fail", WAIT, |h| {
+        h.instance("copy")["restore"]["error"].as_str().map(str::to_string)
+    });
+    assert!(failed.contains(sha) && failed.contains("refused"), "{failed}");
+    assert!(
+        failed.contains(&ip_a.to_string()),
+        "the error names the source: {failed}"
+    );
+    let copy = hosts[1].instance("copy");
+    assert_eq!(copy["pid"], serde_json::Value::Null, "{copy}");
+    assert!(count_events(&hosts[1], "copy", "restore-failed") >= 1);
+    assert!(!hosts[1].instance_dir("copy").join("data/dump.rdb").exists());
+    assert!(
+        !net.can_connect(1, std::net::SocketAddrV4::new(ip_b, port)),
+        "nothing listens on host B's port"
+    );
+
+    // The right one: B fetches A's backup across the link and answers with A's keys.
+    hosts[1].manifest("copy", port, &seed(sha));
+    hosts[1].signal_agent(SIGHUP);
+    hosts[1].wait_ready("copy");
+    let mut replica = connect(ip_b, port, PW);
+    assert_eq!(redis::cmd("DBSIZE").query::<u64>(&mut replica).unwrap(), 300);
+    assert_eq!(
+        redis::cmd("GET").arg("key:299").query::<String>(&mut replica).unwrap(),
+        "from-a-299"
+    );
+    let restored = hosts[1].instance("copy")["restore"].clone();
+    assert_eq!(restored["sha256"], sha, "{restored}");
+    assert_eq!(restored["error"], serde_json::Value::Null, "{restored}");
+    assert_eq!(count_events(&hosts[1], "copy", "restored"), 1);
+    for h in &hosts {
+        assert_secrets_hidden(h, &[PW, API_TOKEN], &[]);
     }
 }
