@@ -15,29 +15,11 @@ use std::time::Duration;
 const BACKUP_WAIT: Duration = Duration::from_secs(30);
 
 fn fill(port: u16, keys: usize) {
-    let mut conn = redis(port, None).unwrap();
-    let mut pipe = redis::pipe();
-    for i in 0..keys {
-        pipe.cmd("SET")
-            .arg(format!("key:{i}"))
-            .arg(format!("value-{i}"))
-            .ignore();
-    }
-    pipe.query::<()>(&mut conn).unwrap();
+    fill_keys(&mut redis(port, None).unwrap(), keys, "value-");
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The newest backup listed in the status, once there is one that answers `epoch`.
-fn wait_backup(h: &Harness, name: &str, epoch: u64) -> Value {
-    h.wait_for_value(&format!("a backup of {name} for epoch {epoch}"), BACKUP_WAIT, |h| {
-        let i = h.instance(name);
-        (i["backup"]["completed_epoch"].as_u64() >= Some(epoch))
-            .then(|| i["backups"][0].clone())
-            .filter(|b| !b.is_null())
-    })
 }
 
 /// Declares `name` on `port` with `backup_epoch = epoch` (and `extra`), reloads, and
@@ -45,7 +27,7 @@ fn wait_backup(h: &Harness, name: &str, epoch: u64) -> Value {
 fn backup_now(h: &Harness, name: &str, port: u16, epoch: u64, extra: &str) -> Value {
     h.manifest(name, port, &format!("backup_epoch = {epoch}\n{extra}"));
     h.signal_agent(SIGHUP);
-    wait_backup(h, name, epoch)
+    wait_backup(h, name, epoch, BACKUP_WAIT)
 }
 
 fn backup_dir(h: &Harness, name: &str) -> PathBuf {
@@ -298,8 +280,8 @@ fn the_node_runs_no_more_backups_at_once_than_max_concurrent() {
     h.manifest("a", port_a, "backup_epoch = 1\n");
     h.manifest("b", port_b, "backup_epoch = 1\n");
     h.signal_agent(SIGHUP);
-    wait_backup(&h, "a", 1);
-    wait_backup(&h, "b", 1);
+    wait_backup(&h, "a", 1, BACKUP_WAIT);
+    wait_backup(&h, "b", 1, BACKUP_WAIT);
     // One slot: whichever went second started only after the first was kept.
     let (a_started, a_done) = (
         first_seq(&h, "a", "backup-started"),

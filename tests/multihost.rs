@@ -119,21 +119,10 @@ fn host_b_seeds_an_instance_from_a_backup_served_by_host_a() {
     hosts[0].manifest("main", port, &format!("password = \"{PW}\"\n"));
     hosts[0].start_agent();
     hosts[0].wait_ready("main");
-    let mut conn = connect(ip_a, port, PW);
-    let mut pipe = redis::pipe();
-    for i in 0..300 {
-        pipe.cmd("SET")
-            .arg(format!("key:{i}"))
-            .arg(format!("from-a-{i}"))
-            .ignore();
-    }
-    pipe.query::<()>(&mut conn).unwrap();
+    fill_keys(&mut connect(ip_a, port, PW), 300, "from-a-");
     hosts[0].manifest("main", port, &format!("password = \"{PW}\"\nbackup_epoch = 1\n"));
     hosts[0].signal_agent(SIGHUP);
-    let backup = hosts[0].wait_for_value("host A's backup", WAIT, |h| {
-        let i = h.instance("main");
-        (i["backup"]["completed_epoch"] == 1).then(|| i["backups"][0].clone())
-    });
+    let backup = wait_backup(&hosts[0], "main", 1, WAIT);
     assert_eq!(backup["keys"], 300, "{backup}");
     let (id, sha) = (backup["id"].as_str().unwrap(), backup["sha256"].as_str().unwrap());
     let url = format!("http://{ip_a}:{}/v1/instances/main/backups/{id}", hosts[0].api_port);
@@ -177,4 +166,68 @@ fn host_b_seeds_an_instance_from_a_backup_served_by_host_a() {
     for h in &hosts {
         assert_secrets_hidden(h, &[PW, API_TOKEN], &[]);
     }
+}
+
+#[test]
+#[cfg_attr(not(pika), ignore = "needs a pika binary: none in PIKA_BIN or on PATH")]
+fn host_b_seeds_a_pika_instance_from_a_dump_served_by_host_a() {
+    use common::pika::*;
+    const WAIT: Duration = Duration::from_secs(60);
+    let mut net = Network::new(2);
+    net.attach_test_process();
+    let mut hosts: Vec<Harness> = (0..2).map(|_| harness()).collect();
+    for (i, h) in hosts.iter_mut().enumerate() {
+        h.place_in(&net, i, &format!("host-{i}"));
+        h.use_api_token();
+        h.append_agent_toml("[backup]\nfetch_token_file = \"api.token\"\n");
+    }
+    let port = 9221; // every host has its own port space
+    let (ip_a, ip_b) = (net.host_ip(0), net.host_ip(1));
+    pika_manifest(&hosts[0], "main", port, "", "");
+    hosts[0].start_agent();
+    wait_pika_ready(&hosts[0], "main");
+    let client = |ip| redis::Client::open(format!("redis://{ip}:{port}/")).unwrap();
+    let mut conn = client(ip_a)
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .unwrap();
+    fill_keys(&mut conn, 300, "from-a-");
+    pika_manifest(&hosts[0], "main", port, "backup_epoch = 1", "");
+    hosts[0].signal_agent(SIGHUP);
+    let backup = wait_backup(&hosts[0], "main", 1, WAIT);
+    let (id, sha) = (backup["id"].as_str().unwrap(), backup["sha256"].as_str().unwrap());
+    let url = format!("http://{ip_a}:{}/v1/instances/main/backups/{id}", hosts[0].api_port);
+
+    pika_manifest(
+        &hosts[1],
+        "copy",
+        port,
+        &format!("restore_from = {{ url = \"{url}\", sha256 = \"{}\" }}", "e".repeat(64)),
+        "",
+    );
+    hosts[1].start_agent();
+    let failed = hosts[1].wait_for_value("host B's restore to fail", WAIT, |h| {
+        h.instance("copy")["restore"]["error"].as_str().map(str::to_string)
+    });
+    assert!(failed.contains(sha) && failed.contains("refused"), "{failed}");
+    assert_eq!(hosts[1].instance("copy")["pid"], serde_json::Value::Null);
+
+    pika_manifest(
+        &hosts[1],
+        "copy",
+        port,
+        &format!("restore_from = {{ url = \"{url}\", sha256 = \"{sha}\" }}"),
+        "",
+    );
+    hosts[1].signal_agent(SIGHUP);
+    wait_pika_ready(&hosts[1], "copy");
+    let mut copy = client(ip_b)
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut copy).unwrap();
+    assert_eq!(keys.len(), 300);
+    assert_eq!(
+        redis::cmd("GET").arg("key:299").query::<String>(&mut copy).unwrap(),
+        "from-a-299"
+    );
+    assert_eq!(hosts[1].instance("copy")["restore"]["sha256"], sha);
 }

@@ -10,6 +10,7 @@
 mod common;
 
 use common::controller::{controlled, document, Controller, NODE};
+use common::pika::*;
 use common::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -17,52 +18,6 @@ use std::time::{Duration, Instant};
 const SIGHUP: i32 = 1;
 const SIGKILL: i32 = 9;
 const SIGTERM: i32 = 15;
-
-/// Pika looks at a stop request every 5 s and takes 8–15 s to exit.
-const PIKA_STOP: Duration = Duration::from_secs(40);
-/// Pika answers within about 100 ms of its start when its database is small.
-const PIKA_START: Duration = Duration::from_secs(20);
-
-fn pika_bin() -> String {
-    // Found by build.rs: PIKA_BIN, else `pika` on PATH.
-    let bin = option_env!("KER_AGENT_TEST_PIKA_BIN").unwrap_or_default();
-    assert!(
-        std::path::Path::new(bin).is_file(),
-        "PIKA_BIN={bin:?} is not a file: point it at a pika 4.x binary"
-    );
-    bin.to_string()
-}
-
-fn pika_versions() -> String {
-    format!("\n[engines.pika.versions]\n\"4.0\" = \"{}\"\n", pika_bin())
-}
-
-/// A harness whose agent.toml allows Pika "4.0" and checks for drift every second.
-fn harness() -> Harness {
-    Harness::with_agent_toml(
-        "",
-        &format!("{}\n[monitoring]\ndrift_interval = \"1s\"\n", pika_versions()),
-    )
-}
-
-/// Declares Pika instance `name` on `port` with a small `maxclients` (Pika needs
-/// `maxclients + 5000` open files), top-level keys `top` and `[config]` keys `config`.
-fn pika_manifest(h: &Harness, name: &str, port: u16, top: &str, config: &str) {
-    h.write_manifest(
-        name,
-        &format!(
-            "name = \"{name}\"\nengine = \"pika\"\nversion = \"4.0\"\nport = {port}\n{top}\n[config]\nmaxclients = 1000\n{config}\n"
-        ),
-    );
-}
-
-fn wait_pika_ready(h: &Harness, name: &str) -> u32 {
-    h.wait_for(&format!("{name} running and ready"), PIKA_START, |h| {
-        let i = h.instance(name);
-        i["phase"] == "running" && i["ready"] == true
-    });
-    h.instance(name)["pid"].as_u64().expect("pid") as u32
-}
 
 /// The addresses listening on TCP `port`, from `/proc/net/tcp` (IPv4).
 fn listen_addresses(port: u16) -> Vec<String> {
@@ -81,18 +36,6 @@ fn listen_addresses(port: u16) -> Vec<String> {
             Some(std::net::Ipv4Addr::from(ip.swap_bytes()).to_string())
         })
         .collect()
-}
-
-fn set(port: u16, password: Option<&str>, key: &str, value: &str) {
-    let mut conn = redis(port, password).unwrap();
-    redis::cmd("SET").arg(key).arg(value).query::<()>(&mut conn).unwrap();
-}
-
-fn get(port: u16, password: Option<&str>, key: &str) -> Option<String> {
-    redis(port, password)
-        .and_then(|mut c| redis::cmd("GET").arg(key).query::<Option<String>>(&mut c))
-        .ok()
-        .flatten()
 }
 
 fn kill_9(pid: u32) {

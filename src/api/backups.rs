@@ -1,6 +1,7 @@
 //! `GET /v1/instances/{name}/backups` (the list, newest first) and
 //! `GET /v1/instances/{name}/backups/{id}` (the backup's bytes, streamed, with its
-//! SHA-256 in `X-Backup-Sha256`): how another host's agent fetches a backup to
+//! SHA-256 in `X-Backup-Sha256`; a directory backup as a tar stream, see
+//! `backup::archive`): how another host's agent fetches a backup to
 //! restore from, without shell access. Both need the API token: a backup holds every
 //! key of the instance. Read from the backup directory itself, so that the backups of
 //! an instance no longer declared here can still be fetched.
@@ -86,6 +87,9 @@ pub async fn get_backup(
         );
     };
     let path = store.data_path(&meta);
+    if !meta.files.is_empty() {
+        return serve_tree(&name, path, meta);
+    }
     let file = match tokio::fs::File::open(&path).await {
         Ok(file) => file,
         Err(e) => {
@@ -97,11 +101,8 @@ pub async fn get_backup(
     };
     if file.metadata().await.is_ok_and(|m| m.is_dir()) {
         return error(
-            StatusCode::NOT_IMPLEMENTED,
-            format!(
-                "backup {id:?} is a directory ({} backup); only file backups (RDB) are served",
-                meta.engine
-            ),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("backup {id:?} at {} is a directory without a manifest", path.display()),
         );
     }
     let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
@@ -112,6 +113,52 @@ pub async fn get_backup(
             (header::HeaderName::from_static(SHA256_HEADER), meta.info.sha256.clone()),
         ],
         body,
+    )
+        .into_response()
+}
+
+/// Streams a directory backup as a tar archive, written on the blocking pool into a
+/// pipe whose other end is the body. A failure while writing ends the body with an
+/// error, so the client sees a broken transfer rather than a short archive.
+fn serve_tree(name: &str, dir: std::path::PathBuf, meta: Metadata) -> Response {
+    let pipe = tokio::net::unix::pipe::pipe().and_then(|(sender, receiver)| Ok((sender.into_blocking_fd()?, receiver)));
+    let (writer, reader) = match pipe {
+        Ok(pair) => pair,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot make a pipe to send {}: {e}", dir.display()),
+            )
+        }
+    };
+    let (instance, id) = (name.to_string(), meta.info.id.clone());
+    let files = meta.files;
+    let writing = tokio::task::spawn_blocking(move || {
+        crate::backup::archive::write(
+            &dir,
+            &files,
+            std::io::BufWriter::with_capacity(256 * 1024, std::fs::File::from(writer)),
+        )
+    });
+    let end = futures_util::stream::once(async move {
+        let failure = match writing.await {
+            Ok(Ok(())) => return None,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(message = "Sending a backup failed.", %instance, %id, error = %failure);
+        Some(Err(std::io::Error::other(failure)))
+    });
+    let body = futures_util::StreamExt::chain(
+        tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024),
+        futures_util::StreamExt::filter_map(end, futures_util::future::ready),
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-tar".to_string()),
+            (header::HeaderName::from_static(SHA256_HEADER), meta.info.sha256),
+        ],
+        axum::body::Body::from_stream(body),
     )
         .into_response()
 }

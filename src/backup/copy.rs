@@ -1,8 +1,10 @@
 //! Copying a snapshot out of a data directory, hashing it on the way (blocking file
 //! work, run on the blocking pool). A file on the same filesystem is hard-linked:
-//! the server replaces its snapshot by renaming a new one over it and never writes
-//! into the old one, so the link keeps exactly the snapshot that was taken, and costs
-//! no space or copying. Otherwise, and for directories, the bytes are copied.
+//! the server never writes into a snapshot it has finished (Redis renames a new RDB
+//! over the old one; Pika replaces a whole dump directory, whose files are RocksDB's
+//! immutable tables or fresh copies), so the link keeps exactly the snapshot that was
+//! taken, and costs no space or copying. Otherwise the bytes are copied. A restore
+//! always copies: the server appends to some of the files it loads.
 
 use super::store::FileSum;
 use sha2::{Digest, Sha256};
@@ -49,15 +51,26 @@ pub fn hash_file(path: &Path, progress: &AtomicU64) -> Result<(u64, String), Cop
 
 /// Copies a file to `to` (created, mode 0640), hashing it on the way, and syncs it.
 pub fn copy_file(source: &Path, to: &Path, progress: &AtomicU64) -> Result<(u64, String), CopyError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let mut input = File::open(source).map_err(fail("open", source))?;
+    write_new(&mut input, source, to, progress)
+}
+
+/// Writes what `input` (read from `from`, named in errors) holds to the new file `to`
+/// (mode 0640), hashing it on the way, and syncs it; returns its size and SHA-256.
+pub fn write_new(
+    input: &mut impl Read,
+    from: &Path,
+    to: &Path,
+    progress: &AtomicU64,
+) -> Result<(u64, String), CopyError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut output = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o640)
         .open(to)
         .map_err(fail("create", to))?;
-    let done = pump(&mut input, source, Some((&mut output, to)), progress)?;
+    let done = pump(input, from, Some((&mut output, to)), progress)?;
     output.sync_all().map_err(fail("sync", to))?;
     Ok(done)
 }
@@ -65,7 +78,7 @@ pub fn copy_file(source: &Path, to: &Path, progress: &AtomicU64) -> Result<(u64,
 /// Reads `input` (at `path`) to its end, hashing it and writing it to `output` if
 /// given; returns its size and SHA-256. `progress` counts the bytes read.
 fn pump(
-    input: &mut File,
+    input: &mut impl Read,
     path: &Path,
     mut output: Option<(&mut File, &Path)>,
     progress: &AtomicU64,
@@ -87,12 +100,21 @@ fn pump(
     }
 }
 
-/// Copies the directory tree `source` to `to` (regular files and directories only: a
+/// How the files of a tree are placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Hard-linked where the filesystem allows, else copied (out of a snapshot).
+    LinkOrCopy,
+    /// Always copied (into a data directory).
+    Copy,
+}
+
+/// Places the directory tree `source` at `to` (regular files and directories only: a
 /// snapshot has nothing else, and a link could lead out of it), with every file's
 /// size and SHA-256.
-pub fn tree(source: &Path, to: &Path, progress: &AtomicU64) -> Result<Vec<FileSum>, CopyError> {
+pub fn tree(source: &Path, to: &Path, placement: Placement, progress: &AtomicU64) -> Result<Vec<FileSum>, CopyError> {
     let mut sums = Vec::new();
-    copy_tree(source, to, "", progress, &mut sums)?;
+    copy_tree(source, to, "", placement, progress, &mut sums)?;
     Ok(sums)
 }
 
@@ -100,6 +122,7 @@ fn copy_tree(
     source: &Path,
     to: &Path,
     prefix: &str,
+    placement: Placement,
     progress: &AtomicU64,
     sums: &mut Vec<FileSum>,
 ) -> Result<(), CopyError> {
@@ -121,9 +144,12 @@ fn copy_tree(
             format!("{prefix}/{name}")
         };
         if kind.is_dir() {
-            copy_tree(&path, &to.join(&name), &relative, progress, sums)?;
+            copy_tree(&path, &to.join(&name), &relative, placement, progress, sums)?;
         } else if kind.is_file() {
-            let (bytes, sha256) = copy_file(&path, &to.join(&name), progress)?;
+            let (bytes, sha256) = match placement {
+                Placement::LinkOrCopy => file(&path, &to.join(&name), progress)?,
+                Placement::Copy => copy_file(&path, &to.join(&name), progress)?,
+            };
             sums.push(FileSum {
                 path: relative,
                 bytes,
@@ -147,6 +173,7 @@ pub fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::store::manifest_text;
     use super::*;
 
     #[test]
@@ -175,14 +202,20 @@ mod tests {
         std::fs::write(source.join("db0/info"), b"0s\n").unwrap();
         std::fs::write(source.join("db0/0/CURRENT"), b"MANIFEST-000005\n").unwrap();
         let progress = AtomicU64::new(0);
-        let mut sums = tree(&source, &dir.path().join("copy"), &progress).unwrap();
+        let mut sums = tree(&source, &dir.path().join("copy"), Placement::Copy, &progress).unwrap();
         sums.sort_by(|a, b| a.path.cmp(&b.path));
         let paths: Vec<&str> = sums.iter().map(|s| s.path.as_str()).collect();
         assert_eq!(paths, ["db0/0/CURRENT", "db0/info"]);
         assert_eq!(std::fs::read(dir.path().join("copy/db0/info")).unwrap(), b"0s\n");
+        let linked = tree(&source, &dir.path().join("linked"), Placement::LinkOrCopy, &progress).unwrap();
+        assert_eq!(manifest_text(&linked), manifest_text(&sums));
+        use std::os::unix::fs::MetadataExt;
+        let inode = |p: &str| std::fs::metadata(dir.path().join(p)).unwrap().ino();
+        assert_eq!(inode("linked/db0/info"), inode("dump/db0/info"));
+        assert_ne!(inode("copy/db0/info"), inode("dump/db0/info"));
 
         std::os::unix::fs::symlink("/etc/passwd", source.join("db0/link")).unwrap();
-        let error = tree(&source, &dir.path().join("copy2"), &progress).unwrap_err();
+        let error = tree(&source, &dir.path().join("copy2"), Placement::Copy, &progress).unwrap_err();
         assert!(error.to_string().contains("neither a file nor a directory"), "{error}");
     }
 }

@@ -10,6 +10,7 @@
 //! verified copy, `copy` and `verify` its file work and its check; `restore` places a
 //! backup in an empty data directory, `fetch` brings one from another host.
 
+pub mod archive;
 mod copy;
 pub mod restore;
 pub mod store;

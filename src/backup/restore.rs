@@ -9,8 +9,9 @@
 //! worker writes, so that a raised `restore_epoch` is answered once, also across
 //! agent restarts.
 
+use super::archive;
 use super::copy;
-use super::store::{remove_any, Store};
+use super::store::{manifest_sha256, remove_any, Store};
 use super::verify;
 use crate::atomic_file::{self, Durability};
 use crate::config::AgentConfig;
@@ -91,15 +92,7 @@ async fn stage_and_place(
     let shape = request.engine.backup_shape();
     let (bytes, sha256) = match request.source {
         RestoreSource::Local { id } => stage_local(config, request.name, id, shape, staged).await?,
-        RestoreSource::Remote { url, sha256 } => {
-            if shape == BackupShape::Directory {
-                return Err(format!(
-                    "{} backups are directories, which are restored only from this host's backups",
-                    request.engine.kind()
-                ));
-            }
-            fetch(config, url, sha256, staged, deadline).await?
-        }
+        RestoreSource::Remote { url, sha256 } => fetch(config, url, sha256, shape, staged, deadline).await?,
     };
     if let BackupShape::File { extension: "rdb" } = shape {
         verify::check_rdb(&config.backup.check_rdb, staged, verify::timeout_for(bytes)).await?;
@@ -146,12 +139,9 @@ async fn stage_local(
         let (bytes, sha256) = match shape {
             BackupShape::File { .. } => copy::copy_file(&source, &staged, &progress).map_err(|e| e.to_string())?,
             BackupShape::Directory => {
-                let files = copy::tree(&source, &staged, &progress).map_err(|e| e.to_string())?;
-                let text = super::store::manifest_text(&files);
-                (
-                    files.iter().map(|f| f.bytes).sum(),
-                    copy::hex(&Sha256::digest(text.as_bytes())),
-                )
+                let files =
+                    copy::tree(&source, &staged, copy::Placement::Copy, &progress).map_err(|e| e.to_string())?;
+                (files.iter().map(|f| f.bytes).sum(), manifest_sha256(&files))
             }
         };
         if sha256 != meta.info.sha256 {
@@ -166,12 +156,14 @@ async fn stage_local(
     work.await.map_err(|e| format!("cannot copy the backup: {e}"))?
 }
 
-/// Downloads `url` to `staged`, hashing on the way; refuses anything but exactly the
-/// bytes with `sha256`.
+/// Downloads `url` to `staged`, hashing on the way: a file backup as it comes, a
+/// directory backup from its tar stream (see [`archive`]). Refuses anything but
+/// exactly the backup with `sha256`.
 async fn fetch(
     config: &AgentConfig,
     url: &reqwest::Url,
     sha256: &str,
+    shape: BackupShape,
     staged: &Path,
     deadline: Instant,
 ) -> Result<(u64, String), String> {
@@ -180,6 +172,27 @@ async fn fetch(
         sha256: sha256.to_string(),
     }
     .to_string();
+    let response = open(config, url, sha256, &shown).await?;
+    let (bytes, got) = match shape {
+        BackupShape::File { .. } => download_file(config, response, &shown, staged, deadline).await?,
+        BackupShape::Directory => download_tree(config, response, &shown, staged, deadline).await?,
+    };
+    if got != sha256 {
+        return Err(format!(
+            "the {bytes} bytes from {shown} have SHA-256 {got}, and restore_from asks for {sha256}: refused"
+        ));
+    }
+    Ok((bytes, got))
+}
+
+/// Sends the request (with the fetch token) and checks the answer's status and the
+/// checksum it announces.
+async fn open(
+    config: &AgentConfig,
+    url: &reqwest::Url,
+    sha256: &str,
+    shown: &str,
+) -> Result<reqwest::Response, String> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(FETCH_CONNECT_TIMEOUT)
         .read_timeout(FETCH_READ_TIMEOUT)
@@ -198,7 +211,7 @@ async fn fetch(
             .map_err(|e| e.to_string())?;
         request = request.bearer_auth(token.trim());
     }
-    let mut response = request.send().await.map_err(|e| format!("cannot fetch {shown}: {e}"))?;
+    let response = request.send().await.map_err(|e| format!("cannot fetch {shown}: {e}"))?;
     let status = response.status();
     if !status.is_success() {
         let body = response.text().await.unwrap_or_default();
@@ -216,6 +229,36 @@ async fn fetch(
             ));
         }
     }
+    Ok(response)
+}
+
+/// The next chunk of the body, within the deadline; `None` at its end.
+async fn next_chunk(
+    config: &AgentConfig,
+    response: &mut reqwest::Response,
+    shown: &str,
+    bytes: u64,
+    deadline: Instant,
+) -> Result<Option<bytes::Bytes>, String> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(remaining, response.chunk()).await {
+        Ok(Ok(chunk)) => Ok(chunk),
+        Ok(Err(e)) => Err(format!("the download of {shown} failed after {bytes} bytes: {e}")),
+        Err(_) => Err(format!(
+            "the download of {shown} did not complete within {}s ([backup] timeout)",
+            config.backup.timeout.as_secs()
+        )),
+    }
+}
+
+/// Writes the body to the file `staged`; returns its size and SHA-256.
+async fn download_file(
+    config: &AgentConfig,
+    mut response: reqwest::Response,
+    shown: &str,
+    staged: &Path,
+    deadline: Instant,
+) -> Result<(u64, String), String> {
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -224,19 +267,7 @@ async fn fetch(
         .map_err(|e| format!("cannot create {}: {e}", staged.display()))?;
     let mut hasher = Sha256::new();
     let mut bytes = 0u64;
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let chunk = match tokio::time::timeout(remaining, response.chunk()).await {
-            Ok(Ok(Some(chunk))) => chunk,
-            Ok(Ok(None)) => break,
-            Ok(Err(e)) => return Err(format!("the download of {shown} failed after {bytes} bytes: {e}")),
-            Err(_) => {
-                return Err(format!(
-                    "the download of {shown} did not complete within {}s ([backup] timeout)",
-                    config.backup.timeout.as_secs()
-                ))
-            }
-        };
+    while let Some(chunk) = next_chunk(config, &mut response, shown, bytes, deadline).await? {
         hasher.update(&chunk);
         bytes += chunk.len() as u64;
         // Into the page cache; the file is synced once, at the end.
@@ -244,16 +275,57 @@ async fn fetch(
             .await
             .map_err(|e| format!("cannot write {}: {e}", staged.display()))?;
     }
-    let got = copy::hex(&hasher.finalize());
-    if got != sha256 {
-        return Err(format!(
-            "the {bytes} bytes from {shown} have SHA-256 {got}, and restore_from asks for {sha256}: refused"
-        ));
-    }
     file.sync_all()
         .await
         .map_err(|e| format!("cannot sync {}: {e}", staged.display()))?;
-    Ok((bytes, got))
+    Ok((bytes, copy::hex(&hasher.finalize())))
+}
+
+/// Unpacks the body, a tar stream, into the directory `staged` as it comes: the
+/// bytes go through a pipe to the unpacker on the blocking pool, so that neither the
+/// archive nor the backup is ever held in memory. Returns the files' total size and
+/// the SHA-256 of their manifest.
+async fn download_tree(
+    config: &AgentConfig,
+    mut response: reqwest::Response,
+    shown: &str,
+    staged: &Path,
+    deadline: Instant,
+) -> Result<(u64, String), String> {
+    let (mut sender, receiver) =
+        tokio::net::unix::pipe::pipe().map_err(|e| format!("cannot make a pipe for the download of {shown}: {e}"))?;
+    let reader = receiver
+        .into_blocking_fd()
+        .map_err(|e| format!("cannot make a pipe for the download of {shown}: {e}"))?;
+    let into = staged.to_path_buf();
+    let unpacker =
+        tokio::task::spawn_blocking(move || archive::unpack(std::fs::File::from(reader), &into, &AtomicU64::new(0)));
+    let mut received = 0u64;
+    let mut sent = Ok(());
+    loop {
+        match next_chunk(config, &mut response, shown, received, deadline).await {
+            Ok(Some(chunk)) => {
+                received += chunk.len() as u64;
+                // Fails only when the unpacker stopped: its error says why.
+                if sender.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                sent = Err(e);
+                break;
+            }
+        }
+    }
+    // The end of the stream for the unpacker, also after a failure: it then stops.
+    drop(sender);
+    let unpacked = unpacker
+        .await
+        .map_err(|e| format!("the unpacking of {shown} failed: {e}"))?;
+    sent?;
+    let files = unpacked.map_err(|e| format!("the backup from {shown} cannot be unpacked: {e}"))?;
+    Ok((files.iter().map(|f| f.bytes).sum(), manifest_sha256(&files)))
 }
 
 /// Moves the data directory aside (when `aside` is given) and renames the staged

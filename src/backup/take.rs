@@ -4,7 +4,7 @@
 //! leaves nothing behind but its reason.
 
 use super::copy;
-use super::store::{manifest_text, Metadata, Store};
+use super::store::{manifest_sha256, Metadata, Store};
 use super::verify;
 use crate::config::BackupConfig;
 use crate::engine::{BackupShape, Engine, Persistence, Session, SnapshotStart, Target};
@@ -250,13 +250,9 @@ async fn copy_and_check(
     let (from, to, counter) = (source.to_path_buf(), partial.to_path_buf(), copy_progress.clone());
     let mut work = tokio::task::spawn_blocking(move || match shape {
         BackupShape::File { .. } => copy::file(&from, &to, &counter).map(|(bytes, sha)| (bytes, sha, Vec::new())),
-        BackupShape::Directory => copy::tree(&from, &to, &counter).map(|files| {
+        BackupShape::Directory => copy::tree(&from, &to, copy::Placement::LinkOrCopy, &counter).map(|files| {
             let bytes = files.iter().map(|f| f.bytes).sum();
-            let sha = {
-                use sha2::Digest;
-                copy::hex(&sha2::Sha256::digest(manifest_text(&files).as_bytes()))
-            };
-            (bytes, sha, files)
+            (bytes, manifest_sha256(&files), files)
         }),
     });
     let copied = loop {

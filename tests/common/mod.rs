@@ -18,6 +18,7 @@ pub mod controller;
 pub mod mount;
 pub mod netns;
 pub mod openapi;
+pub mod pika;
 pub mod tls;
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_ker-agent");
@@ -727,4 +728,26 @@ pub fn http_bytes(addr: (std::net::IpAddr, u16), path: &str, headers: &[(&str, &
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     Ok((code, headers, response[split + 4..].to_vec()))
+}
+
+/// Sets `key:<i>` to `<value_prefix><i>` for i in 0..keys, in one pipeline.
+pub fn fill_keys(conn: &mut redis::Connection, keys: usize, value_prefix: &str) {
+    let mut pipe = redis::pipe();
+    for i in 0..keys {
+        pipe.cmd("SET")
+            .arg(format!("key:{i}"))
+            .arg(format!("{value_prefix}{i}"))
+            .ignore();
+    }
+    pipe.query::<()>(conn).unwrap();
+}
+
+/// The newest backup of `name` in the status, once one answers `backup_epoch = epoch`.
+pub fn wait_backup(h: &Harness, name: &str, epoch: u64, timeout: Duration) -> Value {
+    h.wait_for_value(&format!("a backup of {name} for epoch {epoch}"), timeout, |h| {
+        let i = h.instance(name);
+        (i["backup"]["completed_epoch"].as_u64() >= Some(epoch))
+            .then(|| i["backups"][0].clone())
+            .filter(|b| !b.is_null())
+    })
 }
