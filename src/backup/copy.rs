@@ -36,10 +36,22 @@ fn fail<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> Cop
 /// Places `source` (a file) at `to`, linked or copied, and returns its size and
 /// SHA-256. `progress` counts the bytes read.
 pub fn file(source: &Path, to: &Path, progress: &AtomicU64) -> Result<(u64, String), CopyError> {
-    match std::fs::hard_link(source, to) {
-        Ok(()) => hash_file(to, progress),
-        // Another filesystem, or one without links: copy.
-        Err(_) => copy_file(source, to, progress),
+    match link(source, to) {
+        Some(_) => hash_file(to, progress),
+        None => copy_file(source, to, progress),
+    }
+}
+
+/// Hard-links `source` at `to`; returns its size, or `None` when it cannot be linked
+/// (another filesystem, or one without links), and it must be copied instead.
+pub fn link(source: &Path, to: &Path) -> Option<u64> {
+    std::fs::hard_link(source, to).ok()?;
+    match std::fs::metadata(to) {
+        Ok(m) => Some(m.len()),
+        Err(_) => {
+            let _ = std::fs::remove_file(to);
+            None
+        }
     }
 }
 

@@ -77,9 +77,11 @@ pub async fn run(
 ) {
     // At an agent's start, a thousand first listings would compete with the adoptions
     // and readiness probes still under way; nothing can be backed up before then.
-    ctx.board.wait_ready(ctx.config.monitoring.metrics_interval).await;
+    Box::pin(ctx.board.wait_ready(ctx.config.monitoring.metrics_interval)).await;
     let store = Store::new(ctx.config.backups_of(&name));
-    let kept = match list_and_clean(&store).await {
+    // The futures of the rare steps are boxed: the keeper of an instance that is
+    // never backed up then holds only its loop (a thousand keepers idle in it).
+    let kept = match Box::pin(list_and_clean(&store)).await {
         Ok(kept) => kept,
         Err(error) => {
             tracing::warn!(instance = %name, %error, "Cannot read the backup directory; starting with none listed.");
@@ -104,56 +106,16 @@ pub async fn run(
     let first_at = unix_now() + FIRST_SPREAD.mul_f64(fastrand::f64()).as_secs();
     let mut retry: Option<(Instant, Duration)> = None;
     loop {
-        let Some(spec) = specs.borrow_and_update().clone() else {
-            return;
-        };
-        let schedule = spec.backup.schedule.over(keeper.ctx.config.instances.backup);
-        let status = &mut keeper.status;
-        status.requested_epoch = spec.backup.backup_epoch;
-        status.completed_epoch = keeper.kept.iter().map(|m| m.epoch).max().unwrap_or(0);
-        status.next_at = schedule
-            .interval
-            .map(|every| keeper.kept.first().map_or(first_at, |m| m.info.at + every.as_secs()));
-        let now = unix_now();
-        let why = due(&spec, status.next_at, status.completed_epoch, now);
-        let target = targets.borrow_and_update().clone();
-        let retry_wait = retry.map(|(at, _)| at).filter(|at| *at > Instant::now());
-        status.activity = match (&why, &target) {
-            (Some(_), None) => BackupActivity::Pending,
-            _ => BackupActivity::Idle,
-        };
-        status.progress_bytes = None;
-        keeper.publish();
-
-        if let (Some(why), Some(target), None) = (&why, &target, retry_wait) {
-            match keeper.backup_once(&spec, target, why).await {
-                Ok(meta) => {
-                    retry = None;
-                    keeper.status.last_failure = None;
-                    keeper.after_success(meta, schedule.keep).await;
-                }
-                Err(error) => {
-                    let delay = retry.map_or(RETRY_FIRST, |(_, d)| (d * 2).min(RETRY_MAX));
-                    retry = Some((Instant::now() + delay, delay));
-                    keeper.status.failures += 1;
-                    keeper.status.last_failure = Some(BackupFailure {
-                        at: unix_now(),
-                        error: error.clone(),
-                        retry_at: unix_now() + delay.as_secs(),
-                    });
-                    keeper.emit(Event::BackupFailed { error, retry_in: delay });
-                }
+        // Only the wake-up time is held across the wait: a thousand keepers of
+        // instances that are never backed up sit in it.
+        let wake_at = match keeper.next_step(&mut specs, &mut targets, retry, first_at) {
+            Step::Stop => return,
+            Step::Backup { spec, target, why } => {
+                Box::pin(keeper.backup_and_record(spec, target, why, &mut retry)).await;
+                continue;
             }
-            continue;
-        }
-
-        // Nothing to do now: wait for a new spec, a process that becomes ready (or
-        // goes), the schedule or the retry.
-        let scheduled = keeper
-            .status
-            .next_at
-            .map(|at| Instant::now() + Duration::from_secs(at.saturating_sub(now)));
-        let wake_at = [retry_wait, scheduled].into_iter().flatten().min();
+            Step::Wait { until } => until,
+        };
         let timer = async {
             match wake_at {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -168,6 +130,20 @@ pub async fn run(
     }
 }
 
+/// What a keeper does next.
+enum Step {
+    /// The instance is no longer declared.
+    Stop,
+    Backup {
+        spec: Arc<InstanceSpec>,
+        target: MonitorTarget,
+        why: String,
+    },
+    /// Nothing to do before a new spec, a process that becomes ready (or goes), or
+    /// this time (the schedule or the retry).
+    Wait { until: Option<Instant> },
+}
+
 /// One instance's backups, as its keeper tracks them.
 struct Keeper {
     ctx: Arc<BackupContext>,
@@ -179,6 +155,77 @@ struct Keeper {
 }
 
 impl Keeper {
+    /// Looks at the spec, the process and the time, and publishes where the backups
+    /// stand.
+    fn next_step(
+        &mut self,
+        specs: &mut watch::Receiver<Option<Arc<InstanceSpec>>>,
+        targets: &mut watch::Receiver<Option<MonitorTarget>>,
+        retry: Option<(Instant, Duration)>,
+        first_at: u64,
+    ) -> Step {
+        let Some(spec) = specs.borrow_and_update().clone() else {
+            return Step::Stop;
+        };
+        let schedule = spec.backup.schedule.over(self.ctx.config.instances.backup);
+        let status = &mut self.status;
+        status.requested_epoch = spec.backup.backup_epoch;
+        status.completed_epoch = self.kept.iter().map(|m| m.epoch).max().unwrap_or(0);
+        status.next_at = schedule
+            .interval
+            .map(|every| self.kept.first().map_or(first_at, |m| m.info.at + every.as_secs()));
+        let now = unix_now();
+        let why = due(&spec, status.next_at, status.completed_epoch, now);
+        let target = targets.borrow_and_update().clone();
+        let retry_wait = retry.map(|(at, _)| at).filter(|at| *at > Instant::now());
+        status.activity = match (&why, &target) {
+            (Some(_), None) => BackupActivity::Pending,
+            _ => BackupActivity::Idle,
+        };
+        status.progress_bytes = None;
+        self.publish();
+        if let (Some(why), Some(target), None) = (why, target, retry_wait) {
+            return Step::Backup { spec, target, why };
+        }
+        let scheduled = self
+            .status
+            .next_at
+            .map(|at| Instant::now() + Duration::from_secs(at.saturating_sub(now)));
+        Step::Wait {
+            until: [retry_wait, scheduled].into_iter().flatten().min(),
+        }
+    }
+
+    /// One backup and what follows it: the retention after a success, the back-off
+    /// after a failure.
+    async fn backup_and_record(
+        &mut self,
+        spec: Arc<InstanceSpec>,
+        target: MonitorTarget,
+        why: String,
+        retry: &mut Option<(Instant, Duration)>,
+    ) {
+        let keep = spec.backup.schedule.over(self.ctx.config.instances.backup).keep;
+        match self.backup_once(&spec, &target, &why).await {
+            Ok(meta) => {
+                *retry = None;
+                self.status.last_failure = None;
+                self.after_success(meta, keep).await;
+            }
+            Err(error) => {
+                let delay = retry.map_or(RETRY_FIRST, |(_, d)| (d * 2).min(RETRY_MAX));
+                *retry = Some((Instant::now() + delay, delay));
+                self.status.failures += 1;
+                self.status.last_failure = Some(BackupFailure {
+                    at: unix_now(),
+                    error: error.clone(),
+                    retry_at: unix_now() + delay.as_secs(),
+                });
+                self.emit(Event::BackupFailed { error, retry_in: delay });
+            }
+        }
+    }
+
     fn emit(&self, event: Event) {
         self.ctx.events.emit(&self.name, event);
     }
@@ -213,6 +260,7 @@ impl Keeper {
             &config.instances.bind,
         );
         let job = take::Job {
+            name: self.name.clone(),
             engine,
             target: target.target.clone(),
             snapshot_file: engine.restore_path(spec, &layout.data_dir),
@@ -292,5 +340,19 @@ mod tests {
         assert_eq!(due(&spec, None, 1, 100).as_deref(), Some("backup_epoch 2 asked for"));
         assert_eq!(due(&spec, None, 2, 100), None);
         assert_eq!(due(&spec, None, 3, 100), None);
+    }
+
+    /// Every instance has a keeper, and most sit idle in its loop: the rare steps are
+    /// boxed so that the loop stays small (3.6 KB before; 0.8 KB at this writing).
+    #[test]
+    fn an_idle_keeper_is_small() {
+        let (_specs_tx, specs) = watch::channel(None);
+        let (_targets_tx, targets) = watch::channel(None);
+        let config = Arc::new(crate::spec::tests::test_config());
+        let events = Arc::new(EventLog::new(10));
+        let ctx = Arc::new(BackupContext::new(config, StatusBoard::default(), events));
+        let keeper = run("a".into(), specs, targets, ctx);
+        let size = std::mem::size_of_val(&keeper);
+        assert!(size <= 1024, "a keeper's future is {size} bytes");
     }
 }

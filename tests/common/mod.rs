@@ -607,6 +607,18 @@ pub fn listener_pid(port: u16) -> Option<u32> {
 /// A redis-server started by the test, not by an agent, in `dir`; returns once it
 /// answers PING.
 pub fn foreign_redis(dir: &Path, port: u16, password: Option<&str>) -> Child {
+    let child = spawn_foreign_redis(dir, port, password);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !pong(port, password) {
+        assert!(Instant::now() < deadline, "the test's own redis-server did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+/// Starts a redis-server of the test's own in `dir` (no saves, no AOF), without
+/// waiting for it.
+pub fn spawn_foreign_redis(dir: &Path, port: u16, password: Option<&str>) -> Child {
     let mut command = Command::new(redis_server());
     command
         .args([
@@ -625,13 +637,7 @@ pub fn foreign_redis(dir: &Path, port: u16, password: Option<&str>) -> Child {
     if let Some(password) = password {
         command.args(["--requirepass", password]);
     }
-    let child = command.spawn().expect("start redis-server");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !pong(port, password) {
-        assert!(Instant::now() < deadline, "the test's own redis-server did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child
+    command.spawn().expect("start redis-server")
 }
 
 /// A number from the environment (benchmark knobs), or `default`.

@@ -69,7 +69,8 @@ impl Worker {
             epoch: spec.backup.restore_epoch,
             set_aside: !found.is_empty(),
         };
-        match restore::restore(&self.ctx.config, &request).await {
+        // Boxed: a download's future is large, and a worker waits in it rarely.
+        match Box::pin(restore::restore(&self.ctx.config, &request)).await {
             Ok(outcome) => {
                 self.emit(Event::Restored {
                     source: outcome.source.clone(),
