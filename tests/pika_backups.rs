@@ -92,6 +92,35 @@ fn a_pika_dump_is_backed_up_with_its_manifest_and_seeds_a_new_instance() {
     assert!(failed.contains("refused"), "{failed}");
     assert_eq!(h.instance("b")["pid"], Value::Null);
     assert!(!h.instance_dir("b").join("data/db/db0").exists());
+
+    // A backup changed on the server's disk (same size, one byte): the header still
+    // announces the right checksum, so it is the manifest of what was unpacked that
+    // refuses it; nothing starts and nothing staged is left. (`db0/info` is a copy
+    // Pika wrote for its dump, not linked to a live table.)
+    let info = dir.join("db0/info");
+    let original = std::fs::read(&info).unwrap();
+    let mut changed = original.clone();
+    changed[0] ^= 1;
+    std::fs::write(&info, &changed).unwrap();
+    let sha = backup["sha256"].as_str().unwrap();
+    pika_manifest(&h, "b", port_b, &seed(sha), "");
+    h.signal_agent(SIGHUP);
+    let failed = h.wait_for_value("b's restore of a changed dump to fail", BACKUP_WAIT, |h| {
+        h.instance("b")["restore"]["error"]
+            .as_str()
+            .filter(|e| e.contains("have SHA-256"))
+            .map(str::to_string)
+    });
+    assert!(
+        failed.contains(&format!("restore_from asks for {sha}: refused")),
+        "{failed}"
+    );
+    assert_eq!(h.instance("b")["pid"], Value::Null);
+    assert!(!h.instance_dir("b").join("data/db/db0").exists());
+    assert!(!h.instance_dir("b").join(".restore-staged").exists());
+    std::fs::write(&info, &original).unwrap();
+
+    // The backup whole again: b is seeded (the same spec, on its next attempt).
     pika_manifest(&h, "b", port_b, &seed(backup["sha256"].as_str().unwrap()), "");
     h.signal_agent(SIGHUP);
     wait_pika_ready(&h, "b");

@@ -17,6 +17,16 @@ use axum::Json;
 
 /// The header that carries a backup's SHA-256 (lower-case hex).
 pub const SHA256_HEADER: &str = "x-backup-sha256";
+/// The header that carries a backup's size in bytes (of its files, for a directory
+/// backup, whose tar stream has no length ahead): a fetching agent refuses more, and
+/// checks that it fits first.
+pub const BYTES_HEADER: &str = "x-backup-bytes";
+
+/// Directory backups sent at once. Each holds a blocking thread while its client
+/// reads (the tar is written into a pipe), and a client that stops reading holds it
+/// until it goes: a few at most, so that the agent's file work always has threads.
+const TREE_SENDS: usize = 4;
+static TREE_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(TREE_SENDS);
 
 fn store(state: &ApiState, name: &str) -> Result<Store, Refusal> {
     if !crate::spec::valid_name(name) {
@@ -87,7 +97,8 @@ pub async fn get_backup(
         );
     };
     let path = store.data_path(&meta);
-    if !meta.files.is_empty() {
+    let shape = crate::engine::for_kind(meta.engine).map(|e| e.backup_shape());
+    if shape == Some(crate::engine::BackupShape::Directory) {
         return serve_tree(&name, path, meta);
     }
     let file = match tokio::fs::File::open(&path).await {
@@ -121,6 +132,12 @@ pub async fn get_backup(
 /// pipe whose other end is the body. A failure while writing ends the body with an
 /// error, so the client sees a broken transfer rather than a short archive.
 fn serve_tree(name: &str, dir: std::path::PathBuf, meta: Metadata) -> Response {
+    let Ok(slot) = TREE_SLOTS.try_acquire() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{TREE_SENDS} directory backups are being sent already; try again later"),
+        );
+    };
     let pipe = tokio::net::unix::pipe::pipe().and_then(|(sender, receiver)| Ok((sender.into_blocking_fd()?, receiver)));
     let (writer, reader) = match pipe {
         Ok(pair) => pair,
@@ -134,6 +151,7 @@ fn serve_tree(name: &str, dir: std::path::PathBuf, meta: Metadata) -> Response {
     let (instance, id) = (name.to_string(), meta.info.id.clone());
     let files = meta.files;
     let writing = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         crate::backup::archive::write(
             &dir,
             &files,
@@ -156,6 +174,10 @@ fn serve_tree(name: &str, dir: std::path::PathBuf, meta: Metadata) -> Response {
     (
         [
             (header::CONTENT_TYPE, "application/x-tar".to_string()),
+            (
+                header::HeaderName::from_static(BYTES_HEADER),
+                meta.info.bytes.to_string(),
+            ),
             (header::HeaderName::from_static(SHA256_HEADER), meta.info.sha256),
         ],
         axum::body::Body::from_stream(body),

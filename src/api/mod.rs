@@ -4,7 +4,7 @@
 
 mod backups;
 
-pub use backups::SHA256_HEADER;
+pub use backups::{BYTES_HEADER, SHA256_HEADER};
 
 use crate::desired::{DocumentSource, MAX_DOCUMENT_BYTES};
 use crate::events::{EventEntry, EventLog};

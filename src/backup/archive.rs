@@ -1,17 +1,25 @@
 //! A directory backup (Pika's dump) as one stream, to serve it to another host and to
-//! unpack it there: a tar (ustar) of its files, in the order of its manifest. The
-//! archive carries no checksum of its own: the receiving side hashes every file it
-//! unpacks and compares the manifest of what it got with the SHA-256 it was asked
-//! for, so any change on the way, and anything missing or added, is refused.
+//! unpack it there: a tar of its files, in the order of its manifest. The archive
+//! carries no checksum of its own: the receiving side hashes every file it unpacks and
+//! compares the manifest of what it got with the SHA-256 it was asked for, so any
+//! change on the way, and any file missing or added, is refused. (Directories are not
+//! in the manifest: an empty one is neither sent nor checked.)
 //!
-//! Unpacking takes regular files and directories only, at relative paths that stay
-//! inside the target: an archive from elsewhere can neither link nor write out of it.
+//! Unpacking takes plain entries only — regular files and directories, at relative
+//! paths of at most 100 bytes without control characters, that stay inside the target
+//! — so an archive from elsewhere can neither link nor write out of it, nor make the
+//! agent read a long-name or extended header of any size into memory. A name with a
+//! line break could forge lines of the manifest; none is taken or sent.
 
 use super::copy;
 use super::store::FileSum;
 use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The longest path an entry may have: a plain tar header's name field.
+const MAX_PATH: usize = 100;
 
 /// A failed step of writing or unpacking an archive, naming the path or the entry.
 #[derive(Debug, thiserror::Error)]
@@ -35,9 +43,31 @@ pub enum ArchiveError {
 
 /// Writes the files of the backup in `dir` (its manifest's `files`) to `out` as a tar
 /// stream, with fixed owner, mode and time, so that one backup is always the same
-/// bytes.
+/// bytes. After a failure nothing more is written — not even the end-of-archive
+/// marker — so a reader sees a broken archive, never a shorter one.
 pub fn write(dir: &Path, files: &[FileSum], out: impl Write) -> Result<(), ArchiveError> {
-    let mut builder = tar::Builder::new(out);
+    let blown = Arc::new(AtomicBool::new(false));
+    let mut builder = tar::Builder::new(Fused {
+        inner: out,
+        blown: blown.clone(),
+    });
+    let sink = |source| ArchiveError::Io {
+        what: "send",
+        path: dir.to_path_buf(),
+        source,
+    };
+    let result = append_all(&mut builder, dir, files).and_then(|()| {
+        builder.finish().map_err(sink)?;
+        builder.get_mut().flush().map_err(sink)
+    });
+    if result.is_err() {
+        // The builder, dropped next, would finish the archive.
+        blown.store(true, Ordering::Relaxed);
+    }
+    result
+}
+
+fn append_all<W: Write>(builder: &mut tar::Builder<W>, dir: &Path, files: &[FileSum]) -> Result<(), ArchiveError> {
     let mut sorted: Vec<&FileSum> = files.iter().collect();
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
     let sink = |source| ArchiveError::Io {
@@ -46,6 +76,12 @@ pub fn write(dir: &Path, files: &[FileSum], out: impl Write) -> Result<(), Archi
         source,
     };
     for file in sorted {
+        if inside(&file.path).is_none() {
+            return Err(ArchiveError::Refused {
+                entry: file.path.clone(),
+                why: "not a plain relative path of at most 100 bytes",
+            });
+        }
         let path = dir.join(&file.path);
         let input = std::fs::File::open(&path).map_err(|source| ArchiveError::Io {
             what: "open",
@@ -72,12 +108,56 @@ pub fn write(dir: &Path, files: &[FileSum], out: impl Write) -> Result<(), Archi
         header.set_mode(0o640);
         header.set_mtime(0);
         header.set_entry_type(tar::EntryType::Regular);
-        // Reads exactly the size in the header, whatever happens to the file.
-        builder
-            .append_data(&mut header, &file.path, input.take(file.bytes))
-            .map_err(sink)?;
+        let exact = Exact {
+            inner: input.take(file.bytes),
+            left: file.bytes,
+        };
+        builder.append_data(&mut header, &file.path, exact).map_err(sink)?;
     }
-    builder.into_inner().and_then(|mut out| out.flush()).map_err(sink)
+    Ok(())
+}
+
+/// A writer that refuses every write once `blown` is set.
+struct Fused<W> {
+    inner: W,
+    blown: Arc<AtomicBool>,
+}
+
+impl<W: Write> Write for Fused<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.blown.load(Ordering::Relaxed) {
+            return Err(io::Error::other("the archive was abandoned"));
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.blown.load(Ordering::Relaxed) {
+            return Err(io::Error::other("the archive was abandoned"));
+        }
+        self.inner.flush()
+    }
+}
+
+/// A reader of exactly `left` bytes: a file that ends early (it shrank after its
+/// size was read) is an error, not a shorter entry that would shift the archive.
+struct Exact<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && self.left > 0 && !buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the file ended {} bytes short of its size", self.left),
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 /// Unpacks the tar stream `input` into the new directory `into` (which must not
@@ -86,18 +166,20 @@ pub fn unpack(input: impl Read, into: &Path, progress: &AtomicU64) -> Result<Vec
     create_dir(into)?;
     let mut archive = tar::Archive::new(input);
     let mut files = Vec::new();
-    for entry in archive.entries().map_err(ArchiveError::Read)? {
+    // Raw: long names and extended headers come as entries of their own (refused
+    // below) instead of being read whole, whatever size their header claims.
+    for entry in archive.entries().map_err(ArchiveError::Read)?.raw(true) {
         let mut entry = entry.map_err(ArchiveError::Read)?;
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let refuse = |why| ArchiveError::Refused {
             entry: raw.clone(),
             why,
         };
-        let relative = inside(&raw).ok_or_else(|| refuse("not a relative path inside the backup"))?;
+        let relative = inside(&raw).ok_or_else(|| refuse("not a plain relative path of at most 100 bytes"))?;
         let path = into.join(&relative);
         match entry.header().entry_type() {
             tar::EntryType::Directory => create_dirs(into, &relative)?,
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
+            tar::EntryType::Regular => {
                 if let Some(parent) = relative.parent() {
                     create_dirs(into, parent)?;
                 }
@@ -114,12 +196,14 @@ pub fn unpack(input: impl Read, into: &Path, progress: &AtomicU64) -> Result<Vec
     Ok(files)
 }
 
-/// `raw` as a path of normal components only (no root, `.`, `..` or empty name).
+/// `raw` as a path of normal components only (no root, `.`, `..` or empty name), at
+/// most 100 bytes, without control characters.
 fn inside(raw: &str) -> Option<PathBuf> {
     let trimmed = raw.trim_end_matches('/');
     let path = Path::new(trimmed);
     let normal = !trimmed.is_empty()
-        && !trimmed.contains('\0')
+        && trimmed.len() <= MAX_PATH
+        && !trimmed.chars().any(char::is_control)
         && path.components().all(|c| matches!(c, Component::Normal(_)))
         && !trimmed.split('/').any(|part| part.is_empty() || part == ".");
     normal.then(|| path.to_path_buf())
@@ -210,6 +294,35 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_send_never_ends_the_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = dump(dir.path());
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        // The last file is gone: what was sent before it must not read as a whole
+        // archive of fewer files.
+        std::fs::remove_file(dir.path().join("backup").join(&files[2].path)).unwrap();
+        let mut bytes = Vec::new();
+        assert!(write(&dir.path().join("backup"), &files, &mut bytes).is_err());
+        // No end-of-archive marker (two zero blocks) after the last whole entry.
+        assert!(
+            !bytes.is_empty() && !bytes.ends_with(&[0u8; 1024]),
+            "{} bytes",
+            bytes.len()
+        );
+    }
+
+    #[test]
+    fn a_file_that_ends_early_is_an_error() {
+        let mut exact = Exact {
+            inner: &b"abc"[..],
+            left: 5,
+        };
+        let mut out = Vec::new();
+        let error = exact.read_to_end(&mut out).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
     fn a_truncated_archive_fails() {
         let dir = tempfile::tempdir().unwrap();
         let files = dump(dir.path());
@@ -255,6 +368,9 @@ mod tests {
             ("db0/link", tar::EntryType::Symlink, Some("/etc/passwd")),
             ("db0/hard", tar::EntryType::Link, Some("/etc/passwd")),
             ("db0/fifo", tar::EntryType::Fifo, None),
+            ("db0/x\n0000  1  db0/y", tar::EntryType::Regular, None),
+            ("././@LongLink", tar::EntryType::GNULongName, None),
+            ("pax", tar::EntryType::XHeader, None),
         ];
         for (i, (path, kind, link)) in cases.into_iter().enumerate() {
             let into = dir.path().join(format!("out{i}"));
@@ -276,7 +392,10 @@ mod tests {
     fn only_normal_relative_paths_are_inside() {
         assert_eq!(inside("db0/0/CURRENT"), Some(PathBuf::from("db0/0/CURRENT")));
         assert_eq!(inside("db0/"), Some(PathBuf::from("db0")));
-        for bad in ["", "/", "/a", "../a", "a/../b", "./a", "a//b", "a/./b", ".."] {
+        let long = "d/".repeat(50) + "x";
+        for bad in [
+            "", "/", "/a", "../a", "a/../b", "./a", "a//b", "a/./b", "..", "a\nb", "a\rb", "a\0b", &long,
+        ] {
             assert_eq!(inside(bad), None, "{bad:?}");
         }
     }

@@ -21,7 +21,8 @@ use crate::spec::RestoreSource;
 use crate::status::RestoreOutcome;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
@@ -173,9 +174,18 @@ async fn fetch(
     }
     .to_string();
     let response = open(config, url, sha256, &shown).await?;
+    // What the source says the backup holds: more is refused, and it must fit.
+    let announced = response
+        .headers()
+        .get(crate::api::BYTES_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .or(response.content_length());
+    if let Some(bytes) = announced {
+        check_room(staged, bytes, &shown).await?;
+    }
     let (bytes, got) = match shape {
-        BackupShape::File { .. } => download_file(config, response, &shown, staged, deadline).await?,
-        BackupShape::Directory => download_tree(config, response, &shown, staged, deadline).await?,
+        BackupShape::File { .. } => download_file(config, response, &shown, staged, announced, deadline).await?,
+        BackupShape::Directory => download_tree(config, response, &shown, staged, announced, deadline).await?,
     };
     if got != sha256 {
         return Err(format!(
@@ -183,6 +193,29 @@ async fn fetch(
         ));
     }
     Ok((bytes, got))
+}
+
+/// Refuses a download of `bytes` that would not fit beside the instance's data.
+async fn check_room(staged: &Path, bytes: u64, shown: &str) -> Result<(), String> {
+    let dir = staged.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let shown_dir = dir.display().to_string();
+    let free = crate::blocking::run("look at the free space", move || crate::sys::statvfs(&dir))
+        .await?
+        .map_err(|e| format!("cannot statvfs {shown_dir}: {e}"))?
+        .available_bytes;
+    if free < bytes {
+        return Err(format!(
+            "{shown} holds {}, and only {} is free on the filesystem of {shown_dir}",
+            crate::units::format_bytes(bytes),
+            crate::units::format_bytes(free)
+        ));
+    }
+    Ok(())
+}
+
+/// More bytes than the source announced: refused as soon as they arrive.
+fn too_many(shown: &str, announced: u64) -> String {
+    format!("{shown} sends more than the {announced} bytes it announced: refused")
 }
 
 /// Sends the request (with the fetch token) and checks the answer's status and the
@@ -257,6 +290,7 @@ async fn download_file(
     mut response: reqwest::Response,
     shown: &str,
     staged: &Path,
+    announced: Option<u64>,
     deadline: Instant,
 ) -> Result<(u64, String), String> {
     let mut file = tokio::fs::OpenOptions::new()
@@ -270,6 +304,9 @@ async fn download_file(
     while let Some(chunk) = next_chunk(config, &mut response, shown, bytes, deadline).await? {
         hasher.update(&chunk);
         bytes += chunk.len() as u64;
+        if announced.is_some_and(|limit| bytes > limit) {
+            return Err(too_many(shown, announced.unwrap_or_default()));
+        }
         // Into the page cache; the file is synced once, at the end.
         file.write_all(&chunk)
             .await
@@ -290,6 +327,7 @@ async fn download_tree(
     mut response: reqwest::Response,
     shown: &str,
     staged: &Path,
+    announced: Option<u64>,
     deadline: Instant,
 ) -> Result<(u64, String), String> {
     let (mut sender, receiver) =
@@ -298,17 +336,35 @@ async fn download_tree(
         .into_blocking_fd()
         .map_err(|e| format!("cannot make a pipe for the download of {shown}: {e}"))?;
     let into = staged.to_path_buf();
-    let unpacker =
-        tokio::task::spawn_blocking(move || archive::unpack(std::fs::File::from(reader), &into, &AtomicU64::new(0)));
+    let unpacked_bytes = Arc::new(AtomicU64::new(0));
+    let counter = unpacked_bytes.clone();
+    let mut unpacker =
+        tokio::task::spawn_blocking(move || archive::unpack(std::fs::File::from(reader), &into, &counter));
+    let timed_out = || {
+        format!(
+            "the download of {shown} did not complete within {}s ([backup] timeout)",
+            config.backup.timeout.as_secs()
+        )
+    };
     let mut received = 0u64;
     let mut sent = Ok(());
     loop {
         match next_chunk(config, &mut response, shown, received, deadline).await {
             Ok(Some(chunk)) => {
                 received += chunk.len() as u64;
-                // Fails only when the unpacker stopped: its error says why.
-                if sender.write_all(&chunk).await.is_err() {
+                if announced.is_some_and(|limit| unpacked_bytes.load(Ordering::Relaxed) > limit) {
+                    sent = Err(too_many(shown, announced.unwrap_or_default()));
                     break;
+                }
+                // Fails only when the unpacker stopped (its error says why); waits
+                // while it is behind, within the deadline.
+                match tokio::time::timeout_at(deadline.into(), sender.write_all(&chunk)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        sent = Err(timed_out());
+                        break;
+                    }
                 }
             }
             Ok(None) => break,
@@ -318,14 +374,20 @@ async fn download_tree(
             }
         }
     }
-    // The end of the stream for the unpacker, also after a failure: it then stops.
+    // The end of the stream for the unpacker, also after a failure: it then stops at
+    // its next read.
     drop(sender);
-    let unpacked = unpacker
-        .await
-        .map_err(|e| format!("the unpacking of {shown} failed: {e}"))?;
+    let unpacked = match tokio::time::timeout_at(deadline.into(), &mut unpacker).await {
+        Ok(joined) => joined.map_err(|e| format!("the unpacking of {shown} failed: {e}"))?,
+        Err(_) => return Err(timed_out()),
+    };
     sent?;
     let files = unpacked.map_err(|e| format!("the backup from {shown} cannot be unpacked: {e}"))?;
-    Ok((files.iter().map(|f| f.bytes).sum(), manifest_sha256(&files)))
+    let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+    if announced.is_some_and(|limit| bytes > limit) {
+        return Err(too_many(shown, announced.unwrap_or_default()));
+    }
+    Ok((bytes, manifest_sha256(&files)))
 }
 
 /// Moves the data directory aside (when `aside` is given) and renames the staged

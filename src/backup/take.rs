@@ -282,15 +282,16 @@ async fn copy_and_check(
         }),
     });
     let hashing = wait_copy(job, work, &copy_progress, progress, deadline);
-    let (hashed, early_check) = match linked_bytes.filter(|_| rdb) {
+    // The first failure of the two ends the other (the checker is killed when its
+    // future is dropped).
+    let ((bytes, sha256, files), early_check) = match linked_bytes.filter(|_| rdb) {
         Some(bytes) => {
-            let check = verify::check_rdb(&job.settings.check_rdb, partial, verify::timeout_for(bytes));
-            let (hashed, checked) = tokio::join!(hashing, check);
+            let check = verify::check_rdb(&job.settings.check_rdb, partial, check_timeout(bytes, deadline));
+            let (hashed, checked) = tokio::try_join!(hashing, check)?;
             (hashed, Some(checked))
         }
-        None => (hashing.await, None),
+        None => (hashing.await?, None),
     };
-    let (bytes, sha256, files) = hashed?;
     if let BackupShape::Directory = shape {
         // A directory is copied file by file: a save that began meanwhile may have
         // replaced some of them.
@@ -305,11 +306,17 @@ async fn copy_and_check(
     }
     progress.set(BackupActivity::Verifying);
     let facts = match early_check {
-        Some(checked) => Some(checked?),
-        None if rdb => Some(verify::check_rdb(&job.settings.check_rdb, partial, verify::timeout_for(bytes)).await?),
+        Some(checked) => Some(checked),
+        None if rdb => Some(verify::check_rdb(&job.settings.check_rdb, partial, check_timeout(bytes, deadline)).await?),
         None => None,
     };
     Ok((bytes, sha256, files, facts))
+}
+
+/// How long checking `bytes` may take: the checker's own limit, within what is left of
+/// the backup's.
+fn check_timeout(bytes: u64, deadline: Instant) -> Duration {
+    verify::timeout_for(bytes).min(deadline.saturating_duration_since(Instant::now()))
 }
 
 /// Waits for the copy (or hash) on the blocking pool, publishing its progress.

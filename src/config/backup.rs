@@ -13,6 +13,10 @@ pub const DEFAULT_KEEP: u32 = 7;
 pub const DEFAULT_MAX_CONCURRENT: u32 = 2;
 /// How long one backup may take, from the request to the verified copy.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Bounds that keep every time computed from them far from overflowing (a backup
+/// longer than a week is stuck; a schedule rarer than yearly is none).
+const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
+const MAX_INTERVAL: Duration = Duration::from_secs(366 * 86_400);
 pub const DEFAULT_CHECK_RDB: &str = "/usr/bin/redis-check-rdb";
 
 /// `[backup]`: node-wide settings.
@@ -94,8 +98,8 @@ pub fn parse_backup(table: &Map<String, Value>, c: &mut Checker, resolve: &dyn F
     }
     config.fetch_token_file = c.string(&fields, "fetch_token_file").map(resolve);
     if let Some(timeout) = c.duration(&fields, "timeout") {
-        if timeout.is_zero() {
-            c.problem(fields.path("timeout"), "must be more than 0s");
+        if timeout.is_zero() || timeout > MAX_TIMEOUT {
+            c.problem(fields.path("timeout"), "must be more than 0s and at most 7d");
         } else {
             config.timeout = timeout;
         }
@@ -106,7 +110,13 @@ pub fn parse_backup(table: &Map<String, Value>, c: &mut Checker, resolve: &dyn F
 /// Parses a schedule table at `path`. An interval of `0s` means no schedule.
 pub fn parse_schedule(table: &Map<String, Value>, path: &str, c: &mut Checker) -> ScheduleOverride {
     let fields = c.table(table, path, &["interval", "keep"]);
-    let interval = c.duration(&fields, "interval").map(|d| (!d.is_zero()).then_some(d));
+    let interval = c.duration(&fields, "interval").and_then(|d| {
+        if d > MAX_INTERVAL {
+            c.problem(fields.path("interval"), "must be at most 366d");
+            return None;
+        }
+        Some((!d.is_zero()).then_some(d))
+    });
     let keep = c.unsigned(&fields, "keep").and_then(|n| match u32::try_from(n) {
         Ok(n) if (1..=10_000).contains(&n) => Some(n),
         _ => {

@@ -643,6 +643,8 @@ mod tests {
             [instances]
             stop_timeout = "soon"
             bind = ["nowhere"]
+            [backup]
+            timeout = "500000000000y"
             "#,
         ));
         let expect = [
@@ -651,6 +653,7 @@ mod tests {
             "agent.toml: api.listen: \"localhost\" is not an address:port",
             "agent.toml: instances.stop_timeout: \"soon\" is not a duration",
             "agent.toml: instances.bind[0]: \"nowhere\" is not an IP address",
+            "agent.toml: backup.timeout: must be more than 0s and at most 7d",
         ];
         crate::problem::assert_problems(&problems, &expect);
     }

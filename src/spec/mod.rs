@@ -668,7 +668,7 @@ pub(crate) mod tests {
         );
 
         let problems = parse(
-            "name = \"a\"\nversion = \"7.0\"\nport = 7000\nrestore_from = \"../x\"\n[backup]\nkeep = 0\nevery = 1\n",
+            "name = \"a\"\nversion = \"7.0\"\nport = 7000\nrestore_from = \"../x\"\n[backup]\nkeep = 0\nevery = 1\ninterval = \"500000000000y\"\n",
         )
         .unwrap_err();
         crate::problem::assert_problems(
@@ -677,6 +677,7 @@ pub(crate) mod tests {
                 "a.toml: restore_from: \"../x\" is not a backup id",
                 "a.toml: backup.keep: 0 is not between 1 and 10000",
                 "a.toml: backup.every: unknown key",
+                "a.toml: backup.interval: must be at most 366d",
             ],
         );
         let problems =
