@@ -6,6 +6,7 @@
 //! and calls it with a shutdown token.
 
 pub mod api;
+pub mod artifacts;
 pub mod atomic_file;
 pub mod backup;
 pub mod blocking;
