@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod desired;
+pub mod digest;
 pub mod engine;
 pub mod events;
 #[doc(hidden)]

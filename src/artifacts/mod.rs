@@ -5,9 +5,10 @@
 //! trusts. The controller names versions, never paths or binaries: nothing from the
 //! store is used before its signature and every checksum are verified.
 //!
-//! So far this holds the checks (`manifest`, `signature`); fetching, unpacking and
-//! the instance's wait for its build are not wired in yet, and `[artifacts]` is not
-//! read.
+//! So far this holds the checks (`manifest`, `signature`) and the placing of a
+//! downloaded build (`install`); the fetching and the instance's wait for its build
+//! are not wired in yet, and `[artifacts]` is not read.
 
+pub mod install;
 pub mod manifest;
 pub mod signature;

@@ -7,6 +7,7 @@
 //! always copies: the server appends to some of the files it loads.
 
 use super::store::FileSum;
+use crate::digest::hex;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -173,61 +174,4 @@ fn copy_tree(
     }
     File::open(to).and_then(|d| d.sync_all()).map_err(fail("sync", to))?;
     Ok(())
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::store::manifest_text;
-    use super::*;
-
-    #[test]
-    fn a_file_is_linked_or_copied_with_its_checksum() {
-        let dir = tempfile::tempdir().unwrap();
-        let source = dir.path().join("dump.rdb");
-        std::fs::write(&source, b"abc").unwrap();
-        let progress = AtomicU64::new(0);
-        let (bytes, sha) = file(&source, &dir.path().join("linked"), &progress).unwrap();
-        assert_eq!(bytes, 3);
-        assert_eq!(sha, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-        let (_, copied) = copy_file(&source, &dir.path().join("copied"), &progress).unwrap();
-        assert_eq!(copied, sha);
-        assert_eq!(progress.load(Ordering::Relaxed), 6);
-        // The server renames a new snapshot over the old one: the link keeps the old.
-        std::fs::write(dir.path().join("temp.rdb"), b"new").unwrap();
-        std::fs::rename(dir.path().join("temp.rdb"), &source).unwrap();
-        assert_eq!(std::fs::read(dir.path().join("linked")).unwrap(), b"abc");
-    }
-
-    #[test]
-    fn a_tree_is_copied_with_every_file_and_refuses_links() {
-        let dir = tempfile::tempdir().unwrap();
-        let source = dir.path().join("dump");
-        std::fs::create_dir_all(source.join("db0/0")).unwrap();
-        std::fs::write(source.join("db0/info"), b"0s\n").unwrap();
-        std::fs::write(source.join("db0/0/CURRENT"), b"MANIFEST-000005\n").unwrap();
-        let progress = AtomicU64::new(0);
-        let mut sums = tree(&source, &dir.path().join("copy"), Placement::Copy, &progress).unwrap();
-        sums.sort_by(|a, b| a.path.cmp(&b.path));
-        let paths: Vec<&str> = sums.iter().map(|s| s.path.as_str()).collect();
-        assert_eq!(paths, ["db0/0/CURRENT", "db0/info"]);
-        assert_eq!(std::fs::read(dir.path().join("copy/db0/info")).unwrap(), b"0s\n");
-        let linked = tree(&source, &dir.path().join("linked"), Placement::LinkOrCopy, &progress).unwrap();
-        assert_eq!(manifest_text(&linked), manifest_text(&sums));
-        use std::os::unix::fs::MetadataExt;
-        let inode = |p: &str| std::fs::metadata(dir.path().join(p)).unwrap().ino();
-        assert_eq!(inode("linked/db0/info"), inode("dump/db0/info"));
-        assert_ne!(inode("copy/db0/info"), inode("dump/db0/info"));
-
-        std::os::unix::fs::symlink("/etc/passwd", source.join("db0/link")).unwrap();
-        let error = tree(&source, &dir.path().join("copy2"), Placement::Copy, &progress).unwrap_err();
-        assert!(error.to_string().contains("neither a file nor a directory"), "{error}");
-    }
 }

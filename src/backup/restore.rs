@@ -315,7 +315,7 @@ async fn download_file(
     file.sync_all()
         .await
         .map_err(|e| format!("cannot sync {}: {e}", staged.display()))?;
-    Ok((bytes, copy::hex(&hasher.finalize())))
+    Ok((bytes, crate::digest::hex(&hasher.finalize())))
 }
 
 /// Unpacks the body, a tar stream, into the directory `staged` as it comes: the

@@ -55,8 +55,7 @@ pub fn manifest_text(files: &[FileSum]) -> String {
 
 /// A directory backup's checksum: the SHA-256 of [`manifest_text`].
 pub fn manifest_sha256(files: &[FileSum]) -> String {
-    use sha2::Digest;
-    super::copy::hex(&sha2::Sha256::digest(manifest_text(files).as_bytes()))
+    crate::digest::sha256_hex(manifest_text(files).as_bytes())
 }
 
 /// A failed step on a backup directory, naming the path.

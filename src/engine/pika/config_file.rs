@@ -159,12 +159,7 @@ pub fn user_password(password: &Secret) -> String {
         .chain_update(b"ker-agent pika userpass\0")
         .chain_update(password.expose().as_bytes())
         .finalize();
-    hex(&digest)
-}
-
-/// Lower-case hex of a digest, as Pika prints SHA-256 digests of ACL passwords.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::digest::hex(&digest)
 }
 
 #[cfg(test)]

@@ -18,11 +18,11 @@ use super::{
     BoxFuture, Current, Depth, Engine, EngineKind, HostNeeds, Layout, Mutability, Readiness, Sample, SetOutcome,
     Settings, StopRequest, UnboundPort,
 };
+use crate::digest::sha256_hex;
 use crate::spec::{InstanceSpec, ReplicaOf, Secret};
-use config_file::{hex, user_password, DATA_DIRS};
+use config_file::{user_password, DATA_DIRS};
 use keys::{BASE, DEFAULTS, LIVE};
 use redis::Value;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::IpAddr;
@@ -512,10 +512,6 @@ fn limit_user_digests(reply: &Value) -> Option<Vec<String>> {
         Value::Array(digests) => Some(digests.iter().filter_map(crate::engine::client::as_text).collect()),
         _ => None,
     }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
 }
 
 /// `maxclients` of a spec: its `[config]` value or Pika's default.

@@ -1,0 +1,386 @@
+//! Placing a downloaded build: the archive's SHA-256 is checked against the signed
+//! manifest, it is unpacked under a temporary name beside its final place
+//! (`engines/<engine>/.partial-<version>-…`), its executable checked, and only then
+//! renamed to `engines/<engine>/<version>/` — nothing partial is ever at the final
+//! path, so a directory there is a complete build. (Blocking file work: run it on the
+//! blocking pool.)
+//!
+//! Entries are regular files, directories and symbolic links whose target stays
+//! inside the build; a path or a link leaving it, a hard link or a device is refused,
+//! and no file keeps a set-user-ID, set-group-ID or sticky bit.
+
+use super::manifest::ArtifactManifest;
+use sha2::{Digest, Sha256};
+use std::io::{self, Read};
+use std::path::{Component, Path, PathBuf};
+
+/// A build in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    pub dir: PathBuf,
+    pub executable: PathBuf,
+}
+
+/// A refused or failed installation, naming the archive, the entry or the path.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("{archive} has SHA-256 {found}, and its signed manifest says {expected}: refused")]
+    Checksum {
+        archive: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("{archive}: the entry {entry:?} is refused: {why}")]
+    Refused {
+        archive: PathBuf,
+        entry: String,
+        why: &'static str,
+    },
+    #[error("{archive} is not a whole .tar.gz: {source}")]
+    Read {
+        archive: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{archive} has no executable file {executable:?}, which its manifest names")]
+    NoExecutable { archive: PathBuf, executable: String },
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> InstallError + 'a {
+    move |source| InstallError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where the build of `engine` `version` lives under `engines_dir`.
+pub fn build_dir(engines_dir: &Path, engine: &str, version: &str) -> PathBuf {
+    engines_dir.join(engine).join(version)
+}
+
+/// Checks and unpacks `archive` (downloaded for `manifest`) into its place under
+/// `engines_dir`. A build already in place is kept as it is.
+pub fn install(archive: &Path, manifest: &ArtifactManifest, engines_dir: &Path) -> Result<Installed, InstallError> {
+    let found = sha256_of(archive)?;
+    if found != manifest.sha256 {
+        return Err(InstallError::Checksum {
+            archive: archive.to_path_buf(),
+            found,
+            expected: manifest.sha256.clone(),
+        });
+    }
+    let target = build_dir(engines_dir, &manifest.engine, &manifest.version);
+    let installed = Installed {
+        executable: target.join(&manifest.executable),
+        dir: target.clone(),
+    };
+    if target.is_dir() {
+        return Ok(installed);
+    }
+    let parent = engines_dir.join(&manifest.engine);
+    std::fs::create_dir_all(&parent).map_err(io_error("create", &parent))?;
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let temporary = parent.join(format!(".partial-{}-{}-{nonce}", manifest.version, std::process::id()));
+    let result = unpack(archive, &temporary).and_then(|()| {
+        check_executable(&temporary, archive, &manifest.executable)?;
+        match std::fs::rename(&temporary, &target) {
+            Ok(()) => Ok(()),
+            // Placed meanwhile by another installation of the same build.
+            Err(_) if target.is_dir() => Ok(()),
+            Err(e) => Err(io_error("rename into place", &target)(e)),
+        }
+    });
+    if temporary.exists() {
+        let _ = std::fs::remove_dir_all(&temporary);
+    }
+    result.map(|()| installed)
+}
+
+fn sha256_of(path: &Path) -> Result<String, InstallError> {
+    let mut file = std::fs::File::open(path).map_err(io_error("open", path))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; 1 << 16];
+    loop {
+        let n = file.read(&mut buffer).map_err(io_error("read", path))?;
+        if n == 0 {
+            return Ok(crate::digest::hex(&hasher.finalize()));
+        }
+        hasher.update(&buffer[..n]);
+    }
+}
+
+fn unpack(archive: &Path, into: &Path) -> Result<(), InstallError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(into)
+        .map_err(io_error("create", into))?;
+    let file = std::fs::File::open(archive).map_err(io_error("open", archive))?;
+    let read = |source| InstallError::Read {
+        archive: archive.to_path_buf(),
+        source,
+    };
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    for entry in tar.entries().map_err(read)? {
+        let mut entry = entry.map_err(read)?;
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let refuse = |why| InstallError::Refused {
+            archive: archive.to_path_buf(),
+            entry: raw.clone(),
+            why,
+        };
+        let Some(relative) = normal(&raw) else {
+            // The archive's own top directory, `./`, is no entry of the build.
+            if raw.trim_end_matches('/') == "." {
+                continue;
+            }
+            return Err(refuse("not a relative path inside the build"));
+        };
+        let path = into.join(&relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io_error("create", parent))?;
+        }
+        let mode = entry.header().mode().map_err(read)? & 0o777;
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(&path)
+                    .map_err(io_error("create", &path))?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .open(&path)
+                    .map_err(io_error("create", &path))?;
+                io::copy(&mut entry, &mut out).map_err(read)?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(read)?
+                    .ok_or_else(|| refuse("a link without a target"))?
+                    .into_owned();
+                if !link_stays_inside(&relative, &target) {
+                    return Err(refuse("a link that leads out of the build"));
+                }
+                std::os::unix::fs::symlink(&target, &path).map_err(io_error("create", &path))?;
+            }
+            _ => return Err(refuse("neither a file, a directory nor a link inside the build")),
+        }
+    }
+    Ok(())
+}
+
+/// The executable named by the manifest is a regular file (through links inside the
+/// build) that can be executed.
+fn check_executable(dir: &Path, archive: &Path, executable: &str) -> Result<(), InstallError> {
+    use std::os::unix::fs::PermissionsExt;
+    let missing = || InstallError::NoExecutable {
+        archive: archive.to_path_buf(),
+        executable: executable.to_string(),
+    };
+    let resolved = std::fs::canonicalize(dir.join(executable)).map_err(|_| missing())?;
+    let root = std::fs::canonicalize(dir).map_err(io_error("resolve", dir))?;
+    let meta = std::fs::metadata(&resolved).map_err(|_| missing())?;
+    if !resolved.starts_with(&root) || !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(missing());
+    }
+    Ok(())
+}
+
+/// `raw` as normal components only.
+fn normal(raw: &str) -> Option<PathBuf> {
+    let trimmed = raw.trim_start_matches("./").trim_end_matches('/');
+    let path = Path::new(trimmed);
+    let ok = !trimmed.is_empty()
+        && !trimmed.chars().any(char::is_control)
+        && path.components().all(|c| matches!(c, Component::Normal(_)));
+    ok.then(|| path.to_path_buf())
+}
+
+/// Whether a link at `link` (relative to the build) pointing to `target` stays inside
+/// the build, by its words alone (nothing on disk is followed).
+fn link_stays_inside(link: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    let mut depth = link.components().count().saturating_sub(1) as i64;
+    for part in target.components() {
+        match part {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    enum Item<'a> {
+        File(&'a str, &'a [u8], u32),
+        Link(&'a str, &'a str),
+        HardLink(&'a str, &'a str),
+    }
+
+    fn tar_gz(items: &[Item]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+        for item in items {
+            let mut header = tar::Header::new_gnu();
+            match item {
+                Item::File(path, data, mode) => {
+                    header.set_size(data.len() as u64);
+                    header.set_mode(*mode);
+                    header.set_entry_type(tar::EntryType::Regular);
+                    // Written by hand: the builder refuses some of these paths.
+                    let name = path.as_bytes();
+                    header.as_old_mut().name[..name.len()].copy_from_slice(name);
+                    header.set_cksum();
+                    builder.append(&header, *data).unwrap();
+                }
+                Item::Link(path, target) | Item::HardLink(path, target) => {
+                    header.set_size(0);
+                    header.set_mode(0o777);
+                    let kind = match item {
+                        Item::Link(..) => tar::EntryType::Symlink,
+                        _ => tar::EntryType::Link,
+                    };
+                    header.set_entry_type(kind);
+                    builder.append_link(&mut header, path, target).unwrap();
+                }
+            }
+        }
+        builder.into_inner().unwrap().finish().unwrap()
+    }
+
+    fn manifest(sha256: &str) -> ArtifactManifest {
+        ArtifactManifest {
+            engine: "redis".into(),
+            version: "7.2".into(),
+            archive: "redis-7.2.tar.gz".into(),
+            sha256: sha256.into(),
+            executable: "bin/redis-server".into(),
+        }
+    }
+
+    fn try_install(items: &[Item]) -> (tempfile::TempDir, Result<Installed, InstallError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("redis-7.2.tar.gz");
+        let bytes = tar_gz(items);
+        std::fs::write(&archive, &bytes).unwrap();
+        let sha = crate::digest::sha256_hex(&bytes);
+        let result = install(&archive, &manifest(&sha), &dir.path().join("engines"));
+        (dir, result)
+    }
+
+    fn leftovers(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir.join("engines/redis"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_build_is_unpacked_checked_and_renamed_into_place() {
+        let (dir, result) = try_install(&[
+            Item::File("bin/redis-server-7.2.4", b"#!/bin/sh\n", 0o4755),
+            Item::Link("bin/redis-server", "redis-server-7.2.4"),
+            Item::Link("lib/current", "../bin"),
+            Item::File("README", b"hi", 0o644),
+        ]);
+        let installed = result.unwrap();
+        assert_eq!(installed.dir, dir.path().join("engines/redis/7.2"));
+        assert_eq!(
+            installed.executable,
+            dir.path().join("engines/redis/7.2/bin/redis-server")
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&installed.executable).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o755, "no set-user-ID bit");
+        assert_eq!(leftovers(dir.path()), ["7.2"]);
+    }
+
+    #[test]
+    fn a_wrong_checksum_unpacks_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("a.tar.gz");
+        std::fs::write(&archive, tar_gz(&[Item::File("bin/redis-server", b"x", 0o755)])).unwrap();
+        let error = install(&archive, &manifest(&"0".repeat(64)), &dir.path().join("engines")).unwrap_err();
+        assert!(matches!(error, InstallError::Checksum { .. }), "{error}");
+        assert!(leftovers(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn entries_leaving_the_build_are_refused_and_nothing_is_left() {
+        let cases: Vec<Vec<Item>> = vec![
+            vec![Item::File("../escape", b"x", 0o755)],
+            vec![Item::File("/etc/escape", b"x", 0o755)],
+            vec![Item::Link("bin/redis-server", "/usr/bin/redis-server")],
+            vec![Item::Link("bin/up", "../../x")],
+            vec![Item::HardLink("bin/redis-server", "/etc/passwd")],
+        ];
+        for items in cases {
+            let (dir, result) = try_install(&items);
+            let error = result.unwrap_err();
+            assert!(matches!(error, InstallError::Refused { .. }), "{error}");
+            assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
+            assert!(!dir.path().join("escape").exists());
+        }
+    }
+
+    #[test]
+    fn a_missing_or_non_executable_executable_is_refused() {
+        let (_dir, result) = try_install(&[Item::File("bin/other", b"x", 0o755)]);
+        assert!(matches!(result, Err(InstallError::NoExecutable { .. })));
+        let (_dir, result) = try_install(&[Item::File("bin/redis-server", b"x", 0o644)]);
+        assert!(matches!(result, Err(InstallError::NoExecutable { .. })));
+    }
+
+    #[test]
+    fn a_truncated_archive_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("a.tar.gz");
+        let bytes = tar_gz(&[Item::File("bin/redis-server", &[7u8; 100_000], 0o755)]);
+        let cut = &bytes[..bytes.len() / 2];
+        std::fs::write(&archive, cut).unwrap();
+        let sha = crate::digest::sha256_hex(cut);
+        let error = install(&archive, &manifest(&sha), &dir.path().join("engines")).unwrap_err();
+        assert!(matches!(error, InstallError::Read { .. }), "{error}");
+        assert!(leftovers(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn links_are_judged_by_their_words() {
+        assert!(link_stays_inside(Path::new("bin/x"), Path::new("y")));
+        assert!(link_stays_inside(Path::new("bin/x"), Path::new("../lib/y")));
+        assert!(!link_stays_inside(Path::new("bin/x"), Path::new("../../y")));
+        assert!(!link_stays_inside(Path::new("x"), Path::new("../y")));
+        assert!(!link_stays_inside(Path::new("x"), Path::new("/y")));
+    }
+}
