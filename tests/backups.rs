@@ -1,7 +1,8 @@
 //! Backups and restores against real `redis-server` processes: a backup asked for by
 //! `backup_epoch`, checked by `redis-check-rdb`, listed and served by the API; the
 //! schedule and its retention; a failing BGSAVE; restores into an empty data
-//! directory, and never over data.
+//! directory, and never over data; a restore that would not fit, refused before a
+//! byte is written.
 
 mod common;
 
@@ -347,4 +348,53 @@ fn a_backup_that_would_not_fit_is_refused_before_the_server_forks() {
     let files = files_in(&backup_dir(&h, "a"));
     assert_eq!(files.len(), 2, "{files:?}");
     assert_eq!(h.instance("a")["backups"].as_array().map(Vec::len), Some(1));
+}
+
+/// A server that answers every request with the headers of a backup far too large to
+/// fit, and no body.
+fn huge_backup_server(sha: &str) -> u16 {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000000000000\r\nX-Backup-Sha256: {sha}\r\n\r\n"
+    );
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = std::io::BufReader::new(&stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let _ = (&stream).write_all(head.as_bytes());
+            // Holds the connection: nothing more comes.
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    });
+    port
+}
+
+#[test]
+fn a_restore_that_would_not_fit_is_refused_before_anything_is_written() {
+    let mut h = Harness::new();
+    let sha = "ab".repeat(32);
+    let source = huge_backup_server(&sha);
+    let port = free_port();
+    h.manifest(
+        "b",
+        port,
+        &format!("restore_from = {{ url = \"http://127.0.0.1:{source}/big.rdb\", sha256 = \"{sha}\" }}\n"),
+    );
+    h.start_agent();
+    let failed = h.wait_for_value("the restore to be refused", BACKUP_WAIT, |h| {
+        h.instance("b")["restore"]["error"].as_str().map(str::to_string)
+    });
+    assert!(
+        failed.contains("holds 909.5 TiB") && failed.contains("is free on the filesystem of"),
+        "{failed}"
+    );
+    assert_eq!(h.instance("b")["pid"], Value::Null);
+    assert!(!pong(port, None));
+    assert!(!h.instance_dir("b").join(".restore-staged").exists());
+    assert!(!h.instance_dir("b").join("data/dump.rdb").exists());
 }
