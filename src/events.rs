@@ -331,7 +331,7 @@ impl Event {
                 Some(aside) => format!("data restored from {source}; the data that was there is kept in {aside}"),
                 None => format!("data restored from {source} into an empty data directory"),
             },
-            Event::RestoreFailed { source, error } => format!("restore from {source} failed, nothing started: {error}"),
+            Event::RestoreFailed { source, error } => format!("restore from {source} failed: {error}"),
         }
     }
 
@@ -528,7 +528,7 @@ impl Event {
                 instance,
                 source = source.as_str(),
                 error = error.as_str(),
-                "Restore failed; instance not started."
+                "Restore failed; the instance starts on its own data if it has any."
             ),
         }
     }

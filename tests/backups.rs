@@ -178,6 +178,22 @@ fn restores_seed_an_empty_instance_refuse_a_wrong_checksum_and_never_overwrite_d
     let (id, sha) = (backup["id"].as_str().unwrap(), backup["sha256"].as_str().unwrap());
     let url = format!("http://127.0.0.1:{}/v1/instances/a/backups/{id}", h.api_addr().1);
 
+    // A URL's query may hold a secret: a failed fetch never shows it, nor keeps it.
+    let port_q = free_port();
+    h.manifest(
+        "q",
+        port_q,
+        &format!("restore_from = {{ url = \"http://127.0.0.1:1/x.rdb?sig=SECRET-Q\", sha256 = \"{sha}\" }}\n"),
+    );
+    h.signal_agent(SIGHUP);
+    let failed = h.wait_for_value("q's fetch to fail", BACKUP_WAIT, |h| {
+        h.instance("q")["restore"]["error"].as_str().map(str::to_string)
+    });
+    assert!(failed.contains("cannot fetch http://127.0.0.1:1/x.rdb"), "{failed}");
+    let kept = std::fs::read_to_string(h.instance_dir("q").join("restore.json")).unwrap_or_default();
+    assert_secrets_hidden(&h, &["SECRET-Q"], &[("q's restore.json", kept)]);
+    h.remove_manifest("q");
+
     // A wrong checksum: refused, reported, nothing started.
     let wrong = "0".repeat(64);
     h.manifest(
@@ -232,12 +248,22 @@ fn restores_seed_an_empty_instance_refuse_a_wrong_checksum_and_never_overwrite_d
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(h.instance("a")["pid"], pid_a);
     assert_eq!(dbsize(port_a), 501);
+    // Not at a restart either: the start finds data and leaves it.
+    h.manifest(
+        "a",
+        port_a,
+        &format!("backup_epoch = 1\nrestart_epoch = 1\nrestore_from = \"{id}\"\n"),
+    );
+    h.signal_agent(SIGHUP);
+    let pid_a = h.wait_restarted("a", pid_a);
+    assert_eq!(dbsize(port_a), 501);
+    assert_eq!(count_events(&h, "a", "restored"), 0);
 
     // A raised restore_epoch does: a stops, its data goes aside, the backup comes back.
     h.manifest(
         "a",
         port_a,
-        &format!("backup_epoch = 1\nrestore_from = \"{id}\"\nrestore_epoch = 1\n"),
+        &format!("backup_epoch = 1\nrestart_epoch = 1\nrestore_from = \"{id}\"\nrestore_epoch = 1\n"),
     );
     h.signal_agent(SIGHUP);
     let new_pid = h.wait_restarted("a", pid_a);

@@ -62,15 +62,27 @@ fn generations_create_change_and_remove_instances_and_reports_follow() {
     }
 
     // Generation 2 changes a (live: same process) and removes b.
-    controller.set_document(NODE, document(2, &[("a", pa, json!({"maxmemory": "20mb"}))]));
+    // It also asks for a backup of a, which the reports then list.
+    controller.set_document(
+        NODE,
+        document(2, &[("a", pa, json!({"maxmemory": "20mb", "backup_epoch": 1}))]),
+    );
     h.wait_for("b removed and a reconfigured", Duration::from_secs(15), |h| {
         h.instance("b").is_null() && config_get(pa, None, "maxmemory") == "20971520"
     });
     assert_eq!(h.instance("a")["pid"], a);
     assert!(!alive(b));
-    controller.wait_for_report(NODE, Duration::from_secs(10), |r| {
-        r["observed_generation"] == 2 && r["instances"].as_array().is_some_and(|i| i.len() == 1)
+    let report = controller.wait_for_report(NODE, Duration::from_secs(20), |r| {
+        r["observed_generation"] == 2
+            && r["instances"].as_array().is_some_and(|i| i.len() == 1)
+            && r["instances"][0]["backups"][0]["sha256"]
+                .as_str()
+                .is_some_and(|s| s.len() == 64)
     });
+    Spec::load().check("Report", &report);
+    let listed = &report["instances"][0];
+    assert_eq!(listed["backup"]["completed_epoch"], 1, "{listed}");
+    assert!(listed["backups"][0]["duration_ms"].is_u64(), "{listed}");
 
     // Nothing changes: the long poll is held and answered 304, with the generation.
     let before = controller.poll_count(NODE);

@@ -7,7 +7,7 @@
 //! an instance no longer declared here can still be fetched.
 
 use super::{authorize, error, ApiState, Refusal};
-use crate::backup::store::{Metadata, Store};
+use crate::backup::store::{Metadata, Store, StoreError};
 use crate::status::BackupInfo;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -38,11 +38,14 @@ fn store(state: &ApiState, name: &str) -> Result<Store, Refusal> {
     Ok(Store::new(state.backup_dir.join(name)))
 }
 
-/// Lists `store` off the runtime.
-async fn list(store: Store) -> Result<Vec<Metadata>, Refusal> {
-    let dir = store.dir().display().to_string();
-    match crate::blocking::run(&format!("list {dir}"), move || store.list()).await {
-        Ok(Ok(list)) => Ok(list),
+/// Reads from `store` off the runtime.
+async fn read<T: Send + 'static>(
+    store: &Store,
+    read: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Refusal> {
+    let (dir, store) = (store.dir().display().to_string(), store.clone());
+    match crate::blocking::run(&format!("read {dir}"), move || read(&store)).await {
+        Ok(Ok(found)) => Ok(found),
         Ok(Err(e)) => Err(Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
         Err(e) => Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, e)),
     }
@@ -64,7 +67,7 @@ pub async fn list_backups(
         Ok(store) => store,
         Err(refusal) => return refusal.into_response(),
     };
-    match list(store).await {
+    match read(&store, Store::list).await {
         Ok(list) => Json(list.into_iter().map(|m| m.info).collect::<Vec<BackupInfo>>()).into_response(),
         Err(refusal) => refusal.into_response(),
     }
@@ -86,15 +89,16 @@ pub async fn get_backup(
         Ok(store) => store,
         Err(refusal) => return refusal.into_response(),
     };
-    let list = match list(store.clone()).await {
-        Ok(list) => list,
+    let wanted = id.clone();
+    let meta = match read(&store, move |store| store.get(&wanted)).await {
+        Ok(Some(meta)) => meta,
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("instance {name:?} has no backup {id:?} on this node"),
+            )
+        }
         Err(refusal) => return refusal.into_response(),
-    };
-    let Some(meta) = list.into_iter().find(|m| m.info.id == id) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("instance {name:?} has no backup {id:?} on this node"),
-        );
     };
     let path = store.data_path(&meta);
     let shape = crate::engine::for_kind(meta.engine).map(|e| e.backup_shape());

@@ -93,25 +93,17 @@ pub async fn run(
         name,
         store,
         kept,
-        status: BackupStatus {
-            activity: BackupActivity::Idle,
-            progress_bytes: None,
-            requested_epoch: 0,
-            completed_epoch: 0,
-            next_at: None,
-            last_failure: None,
-            failures: 0,
-        },
+        status: BackupStatus::default(),
+        first_at: unix_now() + FIRST_SPREAD.mul_f64(fastrand::f64()).as_secs(),
+        retry: None,
     };
-    let first_at = unix_now() + FIRST_SPREAD.mul_f64(fastrand::f64()).as_secs();
-    let mut retry: Option<(Instant, Duration)> = None;
     loop {
         // Only the wake-up time is held across the wait: a thousand keepers of
         // instances that are never backed up sit in it.
-        let wake_at = match keeper.next_step(&mut specs, &mut targets, retry, first_at) {
+        let wake_at = match keeper.next_step(&mut specs, &mut targets) {
             Step::Stop => return,
             Step::Backup { spec, target, why } => {
-                Box::pin(keeper.backup_and_record(spec, target, why, &mut retry)).await;
+                Box::pin(keeper.backup_and_record(spec, target, why)).await;
                 continue;
             }
             Step::Wait { until } => until,
@@ -152,6 +144,11 @@ struct Keeper {
     /// What `store` holds, newest first.
     kept: Vec<Metadata>,
     status: BackupStatus,
+    /// When the schedule's first backup is due when there is none yet: a random
+    /// moment within `FIRST_SPREAD` of the keeper's start.
+    first_at: u64,
+    /// After a failure: when to try again, and the delay that led there.
+    retry: Option<(Instant, Duration)>,
 }
 
 impl Keeper {
@@ -161,8 +158,6 @@ impl Keeper {
         &mut self,
         specs: &mut watch::Receiver<Option<Arc<InstanceSpec>>>,
         targets: &mut watch::Receiver<Option<MonitorTarget>>,
-        retry: Option<(Instant, Duration)>,
-        first_at: u64,
     ) -> Step {
         let Some(spec) = specs.borrow_and_update().clone() else {
             return Step::Stop;
@@ -173,11 +168,11 @@ impl Keeper {
         status.completed_epoch = self.kept.iter().map(|m| m.epoch).max().unwrap_or(0);
         status.next_at = schedule
             .interval
-            .map(|every| self.kept.first().map_or(first_at, |m| m.info.at + every.as_secs()));
+            .map(|every| self.kept.first().map_or(self.first_at, |m| m.info.at + every.as_secs()));
         let now = unix_now();
         let why = due(&spec, status.next_at, status.completed_epoch, now);
         let target = targets.borrow_and_update().clone();
-        let retry_wait = retry.map(|(at, _)| at).filter(|at| *at > Instant::now());
+        let retry_wait = self.retry.map(|(at, _)| at).filter(|at| *at > Instant::now());
         status.activity = match (&why, &target) {
             (Some(_), None) => BackupActivity::Pending,
             _ => BackupActivity::Idle,
@@ -198,23 +193,17 @@ impl Keeper {
 
     /// One backup and what follows it: the retention after a success, the back-off
     /// after a failure.
-    async fn backup_and_record(
-        &mut self,
-        spec: Arc<InstanceSpec>,
-        target: MonitorTarget,
-        why: String,
-        retry: &mut Option<(Instant, Duration)>,
-    ) {
+    async fn backup_and_record(&mut self, spec: Arc<InstanceSpec>, target: MonitorTarget, why: String) {
         let keep = spec.backup.schedule.over(self.ctx.config.instances.backup).keep;
         match self.backup_once(&spec, &target, &why).await {
             Ok(meta) => {
-                *retry = None;
+                self.retry = None;
                 self.status.last_failure = None;
                 self.after_success(meta, keep).await;
             }
             Err(error) => {
-                let delay = retry.map_or(RETRY_FIRST, |(_, d)| (d * 2).min(RETRY_MAX));
-                *retry = Some((Instant::now() + delay, delay));
+                let delay = self.retry.map_or(RETRY_FIRST, |(_, d)| (d * 2).min(RETRY_MAX));
+                self.retry = Some((Instant::now() + delay, delay));
                 self.status.failures += 1;
                 self.status.last_failure = Some(BackupFailure {
                     at: unix_now(),
@@ -297,9 +286,11 @@ impl Keeper {
             took: Duration::from_millis(meta.info.duration_ms),
         });
         let store = self.store.clone();
-        let pruned = tokio::task::spawn_blocking(move || store.prune(keep).map_err(|e| e.to_string()))
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
+        let pruned = crate::blocking::run("apply the backup retention", move || {
+            store.prune(keep).map_err(|e| e.to_string())
+        })
+        .await
+        .and_then(|r| r);
         match pruned {
             Ok((kept, deleted)) => {
                 self.kept = kept;
@@ -318,12 +309,11 @@ impl Keeper {
 /// The backups kept, after removing what interrupted ones left.
 async fn list_and_clean(store: &Store) -> Result<Vec<Metadata>, String> {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || {
+    let listed = crate::blocking::run("list the backups", move || {
         store.clean().map_err(|e| e.to_string())?;
         store.list().map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| e.to_string())?
+    });
+    listed.await?
 }
 
 #[cfg(test)]

@@ -65,7 +65,7 @@ pub async fn restore(config: &AgentConfig, request: &Request<'_>) -> Result<Rest
     let deadline = Instant::now() + config.backup.timeout;
     let staged = request.instance_dir.join(STAGED);
     let (dir, leftover) = (request.instance_dir.clone(), staged.clone());
-    let prepared = tokio::task::spawn_blocking(move || -> Result<(), String> {
+    let prepared = crate::blocking::run("prepare the restore", move || -> Result<(), String> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -75,12 +75,10 @@ pub async fn restore(config: &AgentConfig, request: &Request<'_>) -> Result<Rest
         // What an interrupted restore staged.
         remove_any(&leftover).map_err(|e| e.to_string())
     });
-    prepared
-        .await
-        .map_err(|e| format!("cannot prepare the restore: {e}"))??;
+    prepared.await??;
     let result = stage_and_place(config, request, &staged, deadline).await;
     let leftover = staged.clone();
-    let _ = tokio::task::spawn_blocking(move || remove_any(&leftover)).await;
+    let _ = crate::blocking::run("remove the staged backup", move || remove_any(&leftover)).await;
     result
 }
 
@@ -92,7 +90,7 @@ async fn stage_and_place(
 ) -> Result<RestoreOutcome, String> {
     let shape = request.engine.backup_shape();
     let (bytes, sha256) = match request.source {
-        RestoreSource::Local { id } => stage_local(config, request.name, id, shape, staged).await?,
+        RestoreSource::Local { id } => stage_local(config, request.name, id, shape, staged, deadline).await?,
         RestoreSource::Remote { url, sha256 } => fetch(config, url, sha256, shape, staged, deadline).await?,
     };
     if let BackupShape::File { extension: "rdb" } = shape {
@@ -103,8 +101,10 @@ async fn stage_and_place(
         .set_aside
         .then(|| request.instance_dir.join(format!("data.before-restore-{}", unix_now())));
     let aside_shown = aside.as_ref().map(|p| p.display().to_string());
-    let placed = tokio::task::spawn_blocking(move || place(&staged, &data_dir, &target, aside.as_deref())).await;
-    placed.map_err(|e| format!("cannot place the backup: {e}"))??;
+    let placed = crate::blocking::run("place the backup", move || {
+        place(&staged, &data_dir, &target, aside.as_deref())
+    });
+    placed.await??;
     let outcome = RestoreOutcome {
         at: unix_now(),
         source: request.source.to_string(),
@@ -125,9 +125,10 @@ async fn stage_local(
     id: &str,
     shape: BackupShape,
     staged: &Path,
+    deadline: Instant,
 ) -> Result<(u64, String), String> {
     let store = Store::new(config.backups_of(name));
-    let (id, staged) = (id.to_string(), staged.to_path_buf());
+    let (shown, id, staged) = (id.to_string(), id.to_string(), staged.to_path_buf());
     let work = tokio::task::spawn_blocking(move || -> Result<(u64, String), String> {
         let meta = store.get(&id).map_err(|e| e.to_string())?.ok_or_else(|| {
             format!(
@@ -154,7 +155,13 @@ async fn stage_local(
         }
         Ok((bytes, sha256))
     });
-    work.await.map_err(|e| format!("cannot copy the backup: {e}"))?
+    match tokio::time::timeout_at(deadline.into(), work).await {
+        Ok(copied) => copied.map_err(|e| format!("cannot copy the backup: {e}"))?,
+        Err(_) => Err(format!(
+            "the copy of backup {shown} did not complete within {}s ([backup] timeout)",
+            config.backup.timeout.as_secs()
+        )),
+    }
 }
 
 /// Downloads `url` to `staged`, hashing on the way: a file backup as it comes, a
@@ -244,7 +251,12 @@ async fn open(
             .map_err(|e| e.to_string())?;
         request = request.bearer_auth(token.trim());
     }
-    let response = request.send().await.map_err(|e| format!("cannot fetch {shown}: {e}"))?;
+    // reqwest's errors name the URL with its query, which may hold a secret: `shown`
+    // names it without.
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("cannot fetch {shown}: {}", e.without_url()))?;
     let status = response.status();
     if !status.is_success() {
         let body = response.text().await.unwrap_or_default();
@@ -276,7 +288,10 @@ async fn next_chunk(
     let remaining = deadline.saturating_duration_since(Instant::now());
     match tokio::time::timeout(remaining, response.chunk()).await {
         Ok(Ok(chunk)) => Ok(chunk),
-        Ok(Err(e)) => Err(format!("the download of {shown} failed after {bytes} bytes: {e}")),
+        Ok(Err(e)) => Err(format!(
+            "the download of {shown} failed after {bytes} bytes: {}",
+            e.without_url()
+        )),
         Err(_) => Err(format!(
             "the download of {shown} did not complete within {}s ([backup] timeout)",
             config.backup.timeout.as_secs()
@@ -393,11 +408,28 @@ async fn download_tree(
 /// Moves the data directory aside (when `aside` is given) and renames the staged
 /// backup to `target` inside a data directory that exists.
 fn place(staged: &Path, data_dir: &Path, target: &Path, aside: Option<&Path>) -> Result<(), String> {
-    use std::os::unix::fs::DirBuilderExt;
     if let Some(aside) = aside {
         std::fs::rename(data_dir, aside)
             .map_err(|e| format!("cannot move {} aside to {}: {e}", data_dir.display(), aside.display()))?;
     }
+    let placed = put(staged, data_dir, target);
+    if let (Err(error), Some(aside)) = (&placed, aside) {
+        // The data goes back where it was, so that the instance starts on it.
+        let _ = std::fs::remove_dir_all(data_dir);
+        if let Err(e) = std::fs::rename(aside, data_dir) {
+            return Err(format!(
+                "{error}; and the data moved aside to {} cannot go back to {}: {e}",
+                aside.display(),
+                data_dir.display()
+            ));
+        }
+    }
+    placed
+}
+
+/// Renames the staged backup to `target` inside `data_dir` (created when missing).
+fn put(staged: &Path, data_dir: &Path, target: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o750)
@@ -410,4 +442,23 @@ fn place(staged: &Path, data_dir: &Path, target: &Path, aside: Option<&Path>) ->
     std::fs::File::open(data_dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| format!("cannot sync {}: {e}", data_dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_moved_aside_goes_back_when_the_backup_cannot_be_placed() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("dump.rdb"), b"old").unwrap();
+        let aside = dir.path().join("data.before-restore-1");
+        // Nothing staged: the rename into place fails.
+        let error = place(&dir.path().join("missing"), &data, &data.join("dump.rdb"), Some(&aside)).unwrap_err();
+        assert!(error.contains("cannot place the backup"), "{error}");
+        assert_eq!(std::fs::read(data.join("dump.rdb")).unwrap(), b"old");
+        assert!(!aside.exists());
+    }
 }

@@ -129,33 +129,33 @@ impl Store {
         for entry in entries {
             let entry = entry.map_err(io_error("read", &self.dir))?;
             let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
-                continue;
-            };
-            if !crate::spec::valid_backup_id(id) {
-                continue;
-            }
-            let path = entry.path();
-            let text = std::fs::read(&path).map_err(io_error("read", &path))?;
-            // A description that does not parse or names no data is not a backup; it
-            // is left for an operator to look at rather than deleted.
-            let Ok(meta) = serde_json::from_slice::<Metadata>(&text) else {
-                continue;
-            };
-            if meta.info.id == id && self.dir.join(&meta.data).exists() {
-                kept.push(meta);
+            if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) {
+                kept.extend(self.get(id)?);
             }
         }
         kept.sort_by(|a, b| (b.info.at, &b.info.id).cmp(&(a.info.at, &a.info.id)));
         Ok(kept)
     }
 
-    /// A backup by id.
+    /// Backup `id`, when it is one: its description parses, is of that id, and names
+    /// the data an engine's backup has beside it, which exists. (A description that is
+    /// not one is left for an operator to look at rather than deleted.)
     pub fn get(&self, id: &str) -> Result<Option<Metadata>, StoreError> {
         if !crate::spec::valid_backup_id(id) {
             return Ok(None);
         }
-        Ok(self.list()?.into_iter().find(|m| m.info.id == id))
+        let path = self.dir.join(format!("{id}.json"));
+        let text = match std::fs::read(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error("read", &path)(e)),
+        };
+        let Ok(meta) = serde_json::from_slice::<Metadata>(&text) else {
+            return Ok(None);
+        };
+        let data = crate::engine::for_kind(meta.engine).map(|e| Store::data_name(id, e.backup_shape()));
+        let whole = meta.info.id == id && data.as_ref() == Some(&meta.data) && self.dir.join(&meta.data).exists();
+        Ok(whole.then_some(meta))
     }
 
     /// The path of a backup's data.

@@ -399,13 +399,7 @@ pub trait Engine: Send + Sync + 'static {
     /// What in `data_dir` is data (blocking file work): a restore never goes where
     /// there is any. Empty when the directory is missing.
     fn data_files(&self, data_dir: &Path) -> std::io::Result<Vec<String>> {
-        match std::fs::read_dir(data_dir) {
-            Ok(entries) => entries
-                .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(e),
-        }
+        names_in(data_dir, "")
     }
 
     /// Asks the server to stop gracefully.
@@ -458,6 +452,17 @@ pub fn for_kind(kind: EngineKind) -> Option<&'static dyn Engine> {
     match kind {
         EngineKind::Redis => Some(&REDIS),
         EngineKind::Pika => Some(&PIKA),
+    }
+}
+
+/// The names in `dir`, each after `prefix`; none when it is missing (blocking).
+pub fn names_in(dir: &Path, prefix: &str) -> std::io::Result<Vec<String>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|entry| entry.map(|e| format!("{prefix}{}", e.file_name().to_string_lossy())))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
     }
 }
 

@@ -298,7 +298,7 @@ impl Engine for RedisEngine {
     }
 
     fn start_snapshot<'a>(&'a self, session: &'a mut Session) -> BoxFuture<'a, Result<SnapshotStart, ClientError>> {
-        Box::pin(snapshot::redis_start(session))
+        Box::pin(snapshot::start_bgsave(session, true))
     }
 
     fn persistence<'a>(

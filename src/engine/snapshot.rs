@@ -2,8 +2,9 @@
 //! disk, following it to the end, and finding the file it wrote; and where a backup
 //! goes so that a server loads it at its start.
 //!
-//! The types are engine-neutral; the Redis commands are here (`BGSAVE`, `INFO
-//! persistence`, `CONFIG GET dbfilename`), the Pika ones in `pika/`.
+//! The types are engine-neutral; so is `BGSAVE`, which both engines answer alike. The
+//! Redis commands are here (`INFO persistence`, `CONFIG GET dbfilename`), the Pika
+//! ones in `pika/`.
 
 use super::client::{as_text, info_field, ClientError};
 use super::session::{server_error_text, Session};
@@ -44,15 +45,19 @@ pub struct Persistence {
     pub server_version: String,
 }
 
-/// `BGSAVE SCHEDULE` (a running AOF rewrite delays it instead of refusing it).
-pub async fn redis_start(session: &mut Session) -> Result<SnapshotStart, ClientError> {
+/// `BGSAVE`, or `BGSAVE SCHEDULE` where the server has it (Redis: a running AOF
+/// rewrite then delays the save instead of refusing it). Redis and Pika answer alike:
+/// an error saying a save is "already" running, or a status line.
+pub async fn start_bgsave(session: &mut Session, schedule: bool) -> Result<SnapshotStart, ClientError> {
     let mut bgsave = redis::cmd("BGSAVE");
-    bgsave.arg("SCHEDULE");
+    if schedule {
+        bgsave.arg("SCHEDULE");
+    }
     let reply = session.pipeline("BGSAVE", &[bgsave]).await?;
     match reply.first() {
         Some(Value::ServerError(error)) => {
             let text = server_error_text(error);
-            if text.contains("already in progress") {
+            if text.contains("already") {
                 Ok(SnapshotStart::AlreadyRunning)
             } else {
                 Err(session.unexpected("BGSAVE", text))

@@ -633,54 +633,44 @@ pub fn append_backups(out: &mut String, views: &[BackupView]) {
     }
     let [success, size, duration, failures, running] = &*BACKUP;
     let newest = || views.iter().filter_map(|v| Some((v.name.as_str(), v.newest.as_ref()?)));
-    out.push_str(success);
-    for (name, b) in newest() {
-        let at = Value::Integer(b.at);
-        write_line(
-            out,
-            "ker_agent_backup_last_success_timestamp_seconds",
-            "",
-            &[("name", name)],
-            at,
-        );
-    }
-    out.push_str(size);
-    for (name, b) in newest() {
-        write_line(
-            out,
-            "ker_agent_backup_last_size_bytes",
-            "",
-            &[("name", name)],
-            Value::Integer(b.bytes),
-        );
-    }
-    out.push_str(duration);
-    for (name, b) in newest() {
-        let seconds = Value::Float(b.duration_ms as f64 / 1000.0);
-        write_line(
-            out,
-            "ker_agent_backup_last_duration_seconds",
-            "",
-            &[("name", name)],
-            seconds,
-        );
-    }
-    out.push_str(failures);
-    for v in views {
-        let n = Value::Integer(v.failures);
-        write_line(
-            out,
-            "ker_agent_backup_failures",
-            Kind::Counter.suffix(),
-            &[("name", &v.name)],
-            n,
-        );
-    }
-    out.push_str(running);
-    for v in views {
-        let busy = Value::Integer(u64::from(v.busy));
-        write_line(out, "ker_agent_backup_in_progress", "", &[("name", &v.name)], busy);
-    }
+    let mut family = |head: &str, name: &str, suffix: &str, rows: &mut dyn Iterator<Item = (&str, Value)>| {
+        out.push_str(head);
+        for (instance, value) in rows {
+            write_line(out, name, suffix, &[("name", instance)], value);
+        }
+    };
+    family(
+        success,
+        "ker_agent_backup_last_success_timestamp_seconds",
+        "",
+        &mut newest().map(|(n, b)| (n, Value::Integer(b.at))),
+    );
+    family(
+        size,
+        "ker_agent_backup_last_size_bytes",
+        "",
+        &mut newest().map(|(n, b)| (n, Value::Integer(b.bytes))),
+    );
+    family(
+        duration,
+        "ker_agent_backup_last_duration_seconds",
+        "",
+        &mut newest().map(|(n, b)| (n, Value::Float(b.duration_ms as f64 / 1000.0))),
+    );
+    family(
+        failures,
+        "ker_agent_backup_failures",
+        Kind::Counter.suffix(),
+        &mut views.iter().map(|v| (v.name.as_str(), Value::Integer(v.failures))),
+    );
+    family(
+        running,
+        "ker_agent_backup_in_progress",
+        "",
+        &mut views
+            .iter()
+            .map(|v| (v.name.as_str(), Value::Integer(u64::from(v.busy)))),
+    );
 }
 
 /// About the bytes [`append_statuses`] writes for `views` (to size the buffer once).

@@ -488,6 +488,46 @@ mod tests {
         assert!(parsed.is_ok(), "{text}");
     }
 
+    /// Each instance's backups: the newest kept one, the failures and whether one runs,
+    /// every family once with its lines after it.
+    #[test]
+    fn backups_are_exported_per_instance() {
+        use crate::status::{BackupActivity, BackupInfo, BackupStatus};
+        let board = StatusBoard::default();
+        let newest = BackupInfo {
+            id: "20261129T120000Z".into(),
+            at: 1_795_000_000,
+            bytes: 4096,
+            sha256: "ab".repeat(32),
+            keys: Some(3),
+            duration_ms: 1500,
+        };
+        let saving = BackupStatus {
+            activity: BackupActivity::Saving,
+            failures: 2,
+            ..BackupStatus::default()
+        };
+        board.set_backups("a", saving, vec![newest]);
+        board.set_backups("b", BackupStatus::default(), Vec::new());
+        let text = Endpoint::new(board, Observations::default(), &Arc::new(Telemetry::default())).render();
+        let text = String::from_utf8(text.to_vec()).unwrap();
+        for line in [
+            "ker_agent_backup_last_success_timestamp_seconds{name=\"a\"} 1795000000\n",
+            "ker_agent_backup_last_size_bytes{name=\"a\"} 4096\n",
+            "ker_agent_backup_last_duration_seconds{name=\"a\"} 1.5\n",
+            "ker_agent_backup_failures_total{name=\"a\"} 2\n",
+            "ker_agent_backup_failures_total{name=\"b\"} 0\n",
+            "ker_agent_backup_in_progress{name=\"a\"} 1\n",
+            "ker_agent_backup_in_progress{name=\"b\"} 0\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in:\n{text}");
+        }
+        assert!(!text.contains("ker_agent_backup_last_size_bytes{name=\"b\"}"), "{text}");
+        assert_eq!(text.matches("# TYPE ker_agent_backup_").count(), 5, "{text}");
+        let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())));
+        assert!(parsed.is_ok(), "{text}");
+    }
+
     /// A scrape reuses the previous one's buffer once its response is gone, and never
     /// while it is still being sent.
     #[test]

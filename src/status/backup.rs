@@ -18,9 +18,10 @@ pub struct BackupInfo {
 }
 
 /// What an instance's backup keeper is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackupActivity {
+    #[default]
     Idle,
     /// Due, but the instance is not running and ready.
     Pending,
@@ -44,7 +45,7 @@ pub struct BackupFailure {
 }
 
 /// An instance's backups as its keeper last published them.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct BackupStatus {
     pub activity: BackupActivity,
     /// Bytes copied so far while copying or verifying.

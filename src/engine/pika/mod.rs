@@ -340,7 +340,8 @@ impl Engine for PikaEngine {
         &'a self,
         session: &'a mut Session,
     ) -> BoxFuture<'a, Result<crate::engine::SnapshotStart, ClientError>> {
-        Box::pin(snapshot::start(session))
+        // Pika 4.0 has no `BGSAVE SCHEDULE`.
+        Box::pin(crate::engine::snapshot::start_bgsave(session, false))
     }
 
     fn persistence<'a>(
@@ -366,13 +367,7 @@ impl Engine for PikaEngine {
 
     /// Pika creates its directories at every start; only what is in `db/` is data.
     fn data_files(&self, data_dir: &std::path::Path) -> std::io::Result<Vec<String>> {
-        match std::fs::read_dir(data_dir.join("db")) {
-            Ok(entries) => entries
-                .map(|entry| entry.map(|e| format!("db/{}", e.file_name().to_string_lossy())))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(e),
-        }
+        crate::engine::names_in(&data_dir.join("db"), "db/")
     }
 
     fn request_stop<'a>(&'a self, _target: &'a Target) -> BoxFuture<'a, StopRequest> {

@@ -4,30 +4,13 @@
 //! while one runs; Pika keeps no "last save" status, so the dump's `info` file, written
 //! last, says when the last one completed.
 
-use crate::engine::client::{as_text, info_field, ClientError};
-use crate::engine::session::{server_error_text, Session};
-use crate::engine::snapshot::{Persistence, SnapshotStart};
-use redis::Value;
+use crate::engine::client::{info_field, ClientError};
+use crate::engine::session::Session;
+use crate::engine::snapshot::Persistence;
 use std::path::{Path, PathBuf};
 
 /// The dump directory inside the data directory (`dump-path` of the rendered file).
 pub const DUMP_DIR: &str = "dump";
-
-pub async fn start(session: &mut Session) -> Result<SnapshotStart, ClientError> {
-    let reply = session.pipeline("BGSAVE", &[redis::cmd("BGSAVE")]).await?;
-    match reply.first() {
-        Some(Value::ServerError(error)) => {
-            let text = server_error_text(error);
-            if text.contains("already") {
-                Ok(SnapshotStart::AlreadyRunning)
-            } else {
-                Err(session.unexpected("BGSAVE", text))
-            }
-        }
-        Some(other) if as_text(other).is_some() => Ok(SnapshotStart::Started),
-        other => Err(session.unexpected("BGSAVE", format!("answered {other:?}"))),
-    }
-}
 
 pub async fn persistence(session: &mut Session, data_dir: &Path) -> Result<Persistence, ClientError> {
     let mut info = redis::cmd("INFO");
