@@ -101,6 +101,13 @@ pub fn check(config_path: &std::path::Path) -> ExitCode {
             .token_file
             .as_ref()
             .map(|path| crate::api::Token::read(path).map(drop)),
+        // The store's CA, read as the fetches will read it (its keys were parsed
+        // with agent.toml).
+        config.artifacts.as_ref().map(|store| {
+            crate::artifacts::fetch::StoreClient::new(store)
+                .map(drop)
+                .map_err(anyhow::Error::from)
+        }),
     ];
     let secret_errors: Vec<anyhow::Error> = secrets.into_iter().flatten().filter_map(Result::err).collect();
     if !secret_errors.is_empty() {

@@ -178,6 +178,22 @@ pub enum Event {
         source: String,
         error: String,
     },
+    /// The spec names an engine version whose build is not at hand: the instance waits
+    /// for it from the artifact store (a running process keeps running meanwhile).
+    BuildAwaited {
+        version: String,
+    },
+    /// The awaited build is in place and verified.
+    BuildReady {
+        version: String,
+        executable: String,
+    },
+    /// The awaited build could not be had; it is tried again after `retry_in`.
+    BuildUnavailable {
+        version: String,
+        error: String,
+        retry_in: Duration,
+    },
 }
 
 impl Event {
@@ -223,6 +239,9 @@ impl Event {
             Event::BackupPruned { .. } => "backup-pruned",
             Event::Restored { .. } => "restored",
             Event::RestoreFailed { .. } => "restore-failed",
+            Event::BuildAwaited { .. } => "build-awaited",
+            Event::BuildReady { .. } => "build-ready",
+            Event::BuildUnavailable { .. } => "build-unavailable",
         }
     }
 
@@ -332,6 +351,18 @@ impl Event {
                 None => format!("data restored from {source} into an empty data directory"),
             },
             Event::RestoreFailed { source, error } => format!("restore from {source} failed: {error}"),
+            Event::BuildAwaited { version } => {
+                format!("waiting for the build of version {version:?} from the artifact store")
+            }
+            Event::BuildReady { version, executable } => format!("build of version {version:?} ready: {executable}"),
+            Event::BuildUnavailable {
+                version,
+                error,
+                retry_in,
+            } => format!(
+                "build of version {version:?} not available: {error}; trying again in {}",
+                format_duration_short(*retry_in)
+            ),
         }
     }
 
@@ -529,6 +560,28 @@ impl Event {
                 source = source.as_str(),
                 error = error.as_str(),
                 "Restore failed; the instance starts on its own data if it has any."
+            ),
+            Event::BuildAwaited { version } => info!(
+                instance,
+                version = version.as_str(),
+                "Waiting for the engine build from the artifact store."
+            ),
+            Event::BuildReady { version, executable } => info!(
+                instance,
+                version = version.as_str(),
+                executable = executable.as_str(),
+                "Engine build ready."
+            ),
+            Event::BuildUnavailable {
+                version,
+                error,
+                retry_in,
+            } => error!(
+                instance,
+                version = version.as_str(),
+                error = error.as_str(),
+                retry_in_ms = retry_in.as_millis() as u64,
+                "Engine build not available; the instance keeps what it runs."
             ),
         }
     }

@@ -19,6 +19,7 @@ pub mod engine;
 pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod https;
 pub mod monitoring;
 pub mod ports;
 pub mod problem;
@@ -71,6 +72,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         None => None,
     });
     let controller_client = controller_client.map(|client| controller::ClientSlot::new(Arc::new(client)));
+    if let Some(store) = &config.artifacts {
+        artifacts::fetch::StoreClient::new(store)?;
+    }
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -89,7 +93,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let observations = monitoring::observations::Observations::default();
     let telemetry = Arc::new(monitoring::metrics::Telemetry::default());
     let (declared, declared_rx) = tokio::sync::watch::channel(Arc::default());
+    let builds = artifacts::Builds::new(config.clone());
+    if config.artifacts.is_some() {
+        builds.clean_leftovers().await;
+        tokio::spawn(
+            builds
+                .clone()
+                .housekeeping(declared.subscribe(), shutdown.child_token()),
+        );
+    }
     let ctx = Arc::new(supervisor::WorkerContext {
+        builds: builds.clone(),
         backups: Arc::new(backup::BackupContext::new(
             config.clone(),
             board.clone(),
@@ -164,6 +178,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         token: api_token.clone(),
         backup_dir: config.backup_dir.clone(),
         standalone: config.controller.is_none(),
+        builds,
     };
     let api_task = tokio::spawn(api::serve(listener, api_state, shutdown.clone()));
     // systemd (Type=notify) learns that the agent is up: the config and the last

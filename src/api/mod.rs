@@ -41,6 +41,8 @@ pub struct ApiState {
     pub standalone: bool,
     /// `backup_dir` of agent.toml: the backups served.
     pub backup_dir: std::path::PathBuf,
+    /// The engine builds: agent.toml's, and the store's.
+    pub builds: Arc<crate::artifacts::Builds>,
 }
 
 /// The API's bearer token, from `[api] token_file` (read at start and on SIGHUP).
@@ -92,6 +94,8 @@ pub struct NodeStatus {
     /// The last host sample, preflight findings and the agent's own process; `null`
     /// until the first sample.
     pub host: Option<Arc<HostSample>>,
+    /// The engine builds this host has: agent.toml's paths and the store's builds.
+    pub engines: Vec<crate::artifacts::EngineBuild>,
     pub instances: Vec<InstanceView>,
 }
 
@@ -191,6 +195,7 @@ async fn status(State(state): State<ApiState>) -> Json<NodeStatus> {
         controller: state.board.controller(),
         secret_files: state.board.secret_files(),
         host: state.observations.host(),
+        engines: state.builds.list(),
         instances: instance_views(&state.board, &state.observations),
     })
 }

@@ -8,17 +8,41 @@
 //! Entries are regular files, directories and symbolic links whose target stays
 //! inside the build; a path or a link leaving it, a hard link or a device is refused,
 //! and no file keeps a set-user-ID, set-group-ID or sticky bit.
+//!
+//! The signed manifest goes with the build, in `.ker-agent/` (a name no archive may
+//! use): an agent that starts again reads it, checks its signature against the keys
+//! it trusts now, and runs the build without fetching it again.
 
-use super::manifest::ArtifactManifest;
+use super::manifest::{self, ArtifactManifest};
+use super::signature::TrustedKeys;
+use crate::engine::EngineKind;
 use sha2::{Digest, Sha256};
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
+
+/// The directory inside a build that holds its signed manifest.
+pub const OWN_DIR: &str = ".ker-agent";
+const MANIFEST_FILE: &str = "manifest.json";
+const SIGNATURE_FILE: &str = "manifest.json.minisig";
+const ORIGIN_FILE: &str = "origin";
 
 /// A build in place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Installed {
     pub dir: PathBuf,
     pub executable: PathBuf,
+    /// The archive's SHA-256, from the signed manifest.
+    pub sha256: String,
+    /// The store URL it came from.
+    pub origin: String,
+}
+
+/// The manifest as the store served it, with its signature, and where it came from.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub manifest: Vec<u8>,
+    pub signature: String,
+    pub origin: String,
 }
 
 /// A refused or failed installation, naming the archive, the entry or the path.
@@ -68,19 +92,42 @@ pub fn build_dir(engines_dir: &Path, engine: &str, version: &str) -> PathBuf {
 
 /// Checks and unpacks `archive` (downloaded for `manifest`) into its place under
 /// `engines_dir`. A build already in place is kept as it is.
-pub fn install(archive: &Path, manifest: &ArtifactManifest, engines_dir: &Path) -> Result<Installed, InstallError> {
-    let found = sha256_of(archive)?;
+pub fn install(
+    archive: &Path,
+    manifest: &ArtifactManifest,
+    signed: &Signed,
+    engines_dir: &Path,
+) -> Result<Installed, InstallError> {
+    check_checksum(archive, &sha256_of(archive)?, manifest)?;
+    place(archive, manifest, signed, engines_dir)
+}
+
+/// Whether `found`, the SHA-256 of `archive`, is the one its manifest names.
+pub fn check_checksum(archive: &Path, found: &str, manifest: &ArtifactManifest) -> Result<(), InstallError> {
     if found != manifest.sha256 {
         return Err(InstallError::Checksum {
             archive: archive.to_path_buf(),
-            found,
+            found: found.to_string(),
             expected: manifest.sha256.clone(),
         });
     }
+    Ok(())
+}
+
+/// Unpacks `archive`, whose checksum was checked, into its place under `engines_dir`,
+/// with its signed manifest. A build already in place is kept as it is.
+pub fn place(
+    archive: &Path,
+    manifest: &ArtifactManifest,
+    signed: &Signed,
+    engines_dir: &Path,
+) -> Result<Installed, InstallError> {
     let target = build_dir(engines_dir, &manifest.engine, &manifest.version);
     let installed = Installed {
         executable: target.join(&manifest.executable),
         dir: target.clone(),
+        sha256: manifest.sha256.clone(),
+        origin: signed.origin.clone(),
     };
     if target.is_dir() {
         return Ok(installed);
@@ -93,6 +140,7 @@ pub fn install(archive: &Path, manifest: &ArtifactManifest, engines_dir: &Path) 
     let temporary = parent.join(format!(".partial-{}-{}-{nonce}", manifest.version, std::process::id()));
     let result = unpack(archive, &temporary).and_then(|()| {
         check_executable(&temporary, archive, &manifest.executable)?;
+        keep_signed(&temporary, signed)?;
         match std::fs::rename(&temporary, &target) {
             Ok(()) => Ok(()),
             // Placed meanwhile by another installation of the same build.
@@ -104,6 +152,78 @@ pub fn install(archive: &Path, manifest: &ArtifactManifest, engines_dir: &Path) 
         let _ = std::fs::remove_dir_all(&temporary);
     }
     result.map(|()| installed)
+}
+
+/// Writes the signed manifest into the build's own directory, synced with the build's
+/// files: the rename that follows makes the build visible only when all is on disk.
+fn keep_signed(dir: &Path, signed: &Signed) -> Result<(), InstallError> {
+    let own = dir.join(OWN_DIR);
+    std::fs::create_dir(&own).map_err(io_error("create", &own))?;
+    for (name, bytes) in [
+        (MANIFEST_FILE, signed.manifest.as_slice()),
+        (SIGNATURE_FILE, signed.signature.as_bytes()),
+        (ORIGIN_FILE, signed.origin.as_bytes()),
+    ] {
+        let path = own.join(name);
+        std::fs::write(&path, bytes).map_err(io_error("write", &path))?;
+    }
+    sync_tree(dir)
+}
+
+/// fsyncs every file and directory under `dir` (and `dir`), so that a build renamed
+/// into place survives a crash whole.
+fn sync_tree(dir: &Path) -> Result<(), InstallError> {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).map_err(io_error("list", &current))? {
+            let entry = entry.map_err(io_error("list", &current))?;
+            let kind = entry.file_type().map_err(io_error("inspect", &entry.path()))?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                let path = entry.path();
+                std::fs::File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io_error("sync", &path))?;
+            }
+        }
+        std::fs::File::open(&current)
+            .and_then(|f| f.sync_all())
+            .map_err(io_error("sync", &current))?;
+    }
+    Ok(())
+}
+
+/// A build already in place for `engine` `version`: its kept manifest must still be
+/// signed by a key trusted now, and its executable must be there. `Ok(None)`: none.
+pub fn read_installed(
+    engines_dir: &Path,
+    engine: EngineKind,
+    version: &str,
+    keys: &TrustedKeys,
+) -> Result<Option<Installed>, String> {
+    let dir = build_dir(engines_dir, engine.as_str(), version);
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let own = dir.join(OWN_DIR);
+    let read = |name: &str| {
+        let path = own.join(name);
+        std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let bytes = read(MANIFEST_FILE)?;
+    let signature = String::from_utf8_lossy(&read(SIGNATURE_FILE)?).into_owned();
+    let origin = String::from_utf8_lossy(&read(ORIGIN_FILE)?).trim().to_string();
+    let what = own.join(MANIFEST_FILE).display().to_string();
+    keys.verify(&what, &bytes, &signature).map_err(|e| e.to_string())?;
+    let manifest = manifest::parse(&what, &bytes, engine, version).map_err(|e| e.to_string())?;
+    check_executable(&dir, &dir, &manifest.executable).map_err(|e| e.to_string())?;
+    Ok(Some(Installed {
+        executable: dir.join(&manifest.executable),
+        dir,
+        sha256: manifest.sha256,
+        origin,
+    }))
 }
 
 fn sha256_of(path: &Path) -> Result<String, InstallError> {
@@ -146,6 +266,9 @@ fn unpack(archive: &Path, into: &Path) -> Result<(), InstallError> {
             }
             return Err(refuse("not a relative path inside the build"));
         };
+        if relative.starts_with(OWN_DIR) {
+            return Err(refuse("a name the agent keeps for the signed manifest"));
+        }
         let path = into.join(&relative);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io_error("create", parent))?;
@@ -286,13 +409,21 @@ mod tests {
         }
     }
 
+    fn signed() -> Signed {
+        Signed {
+            manifest: b"{}".to_vec(),
+            signature: "sig".into(),
+            origin: "https://store/redis/7.2/manifest.json".into(),
+        }
+    }
+
     fn try_install(items: &[Item]) -> (tempfile::TempDir, Result<Installed, InstallError>) {
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("redis-7.2.tar.gz");
         let bytes = tar_gz(items);
         std::fs::write(&archive, &bytes).unwrap();
         let sha = crate::digest::sha256_hex(&bytes);
-        let result = install(&archive, &manifest(&sha), &dir.path().join("engines"));
+        let result = install(&archive, &manifest(&sha), &signed(), &dir.path().join("engines"));
         (dir, result)
     }
 
@@ -324,6 +455,8 @@ mod tests {
         let mode = std::fs::metadata(&installed.executable).unwrap().permissions().mode();
         assert_eq!(mode & 0o7777, 0o755, "no set-user-ID bit");
         assert_eq!(leftovers(dir.path()), ["7.2"]);
+        let kept = std::fs::read_to_string(installed.dir.join(".ker-agent/origin")).unwrap();
+        assert_eq!(kept, "https://store/redis/7.2/manifest.json");
     }
 
     #[test]
@@ -331,7 +464,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("a.tar.gz");
         std::fs::write(&archive, tar_gz(&[Item::File("bin/redis-server", b"x", 0o755)])).unwrap();
-        let error = install(&archive, &manifest(&"0".repeat(64)), &dir.path().join("engines")).unwrap_err();
+        let error = install(
+            &archive,
+            &manifest(&"0".repeat(64)),
+            &signed(),
+            &dir.path().join("engines"),
+        )
+        .unwrap_err();
         assert!(matches!(error, InstallError::Checksum { .. }), "{error}");
         assert!(leftovers(dir.path()).is_empty());
     }
@@ -344,6 +483,7 @@ mod tests {
             vec![Item::Link("bin/redis-server", "/usr/bin/redis-server")],
             vec![Item::Link("bin/up", "../../x")],
             vec![Item::HardLink("bin/redis-server", "/etc/passwd")],
+            vec![Item::File(".ker-agent/manifest.json", b"{}", 0o644)],
         ];
         for items in cases {
             let (dir, result) = try_install(&items);
@@ -370,9 +510,47 @@ mod tests {
         let cut = &bytes[..bytes.len() / 2];
         std::fs::write(&archive, cut).unwrap();
         let sha = crate::digest::sha256_hex(cut);
-        let error = install(&archive, &manifest(&sha), &dir.path().join("engines")).unwrap_err();
+        let error = install(&archive, &manifest(&sha), &signed(), &dir.path().join("engines")).unwrap_err();
         assert!(matches!(error, InstallError::Read { .. }), "{error}");
         assert!(leftovers(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn an_installed_build_is_trusted_only_with_its_signature_by_a_trusted_key() {
+        use std::os::unix::fs::PermissionsExt;
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/artifacts");
+        let read = |name: &str| std::fs::read_to_string(fixtures.join(name)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let engines = dir.path().join("engines");
+        let build = engines.join("redis/7.2");
+        std::fs::create_dir_all(build.join(OWN_DIR)).unwrap();
+        std::fs::create_dir_all(build.join("bin")).unwrap();
+        std::fs::write(build.join("bin/redis-server"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(build.join("bin/redis-server"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(build.join(OWN_DIR).join(MANIFEST_FILE), read("manifest.json")).unwrap();
+        std::fs::write(build.join(OWN_DIR).join(SIGNATURE_FILE), read("manifest.json.minisig")).unwrap();
+        std::fs::write(
+            build.join(OWN_DIR).join(ORIGIN_FILE),
+            "https://s/redis/7.2/manifest.json",
+        )
+        .unwrap();
+
+        let trusted = TrustedKeys::parse([read("a.pub").as_str()]).unwrap();
+        let installed = read_installed(&engines, EngineKind::Redis, "7.2", &trusted)
+            .unwrap()
+            .unwrap();
+        assert_eq!(installed.executable, build.join("bin/redis-server"));
+        assert_eq!(installed.origin, "https://s/redis/7.2/manifest.json");
+        assert!(installed.sha256.starts_with("2d711642"));
+        assert_eq!(read_installed(&engines, EngineKind::Redis, "7.9", &trusted), Ok(None));
+
+        let other = TrustedKeys::parse([read("b.pub").as_str()]).unwrap();
+        let error = read_installed(&engines, EngineKind::Redis, "7.2", &other).unwrap_err();
+        assert!(error.contains("not in [artifacts] public_keys"), "{error}");
+
+        std::fs::remove_file(build.join("bin/redis-server")).unwrap();
+        let error = read_installed(&engines, EngineKind::Redis, "7.2", &trusted).unwrap_err();
+        assert!(error.contains("no executable file"), "{error}");
     }
 
     #[test]

@@ -233,16 +233,13 @@ async fn open(
     sha256: &str,
     shown: &str,
 ) -> Result<reqwest::Response, String> {
-    let mut builder = reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .connect_timeout(FETCH_CONNECT_TIMEOUT)
         .read_timeout(FETCH_READ_TIMEOUT)
         .user_agent(concat!("ker-agent/", env!("CARGO_PKG_VERSION")))
         // A redirect could take the token elsewhere.
         .redirect(reqwest::redirect::Policy::none());
-    if url.scheme() == "http" {
-        builder = builder.tls_certs_only(Vec::new());
-    }
-    let client = builder
+    let client = crate::https::trusting(builder, url.scheme(), None, "")?
         .build()
         .map_err(|e| format!("cannot build an HTTP client for {shown}: {e}"))?;
     let mut request = client.get(url.clone());

@@ -3,8 +3,10 @@
 //! Relative paths are resolved against the directory of the config file, so an example
 //! config works from any working directory. Unknown keys are errors.
 
+mod artifacts;
 mod backup;
 
+pub use artifacts::ArtifactsConfig;
 pub use backup::{parse_schedule as parse_backup_schedule, BackupConfig, BackupSchedule, ScheduleOverride};
 
 use crate::engine::EngineKind;
@@ -42,6 +44,8 @@ pub struct AgentConfig {
     /// Backups live in `backup_dir/<name>/` (default `data_dir/backups`).
     pub backup_dir: PathBuf,
     pub backup: BackupConfig,
+    /// The trusted store of engine builds, for versions `engines` does not list.
+    pub artifacts: Option<ArtifactsConfig>,
 }
 
 /// `[monitoring]`: how often instances are probed and sampled.
@@ -111,30 +115,15 @@ fn parse_controller(
         ],
     );
     let before = c.problems.len();
-    let url = match c.required_string(&fields, "url") {
-        Some(text) => match reqwest::Url::parse(&text) {
-            Ok(url) => match url.scheme() {
-                "https" => Some(url),
-                "http" if is_loopback(&url) => Some(url),
-                "http" => {
-                    c.problem(
-                        fields.path("url"),
-                        format!("{text:?}: plain http is allowed only to a loopback address; use https"),
-                    );
-                    None
-                }
-                other => {
-                    c.problem(fields.path("url"), format!("{text:?}: scheme {other:?} is not https"));
-                    None
-                }
-            },
-            Err(e) => {
-                c.problem(fields.path("url"), format!("{text:?} is not a URL: {e}"));
+    let url = c
+        .required_string(&fields, "url")
+        .and_then(|text| match store_url(&text) {
+            Ok(url) => Some(url),
+            Err(why) => {
+                c.problem(fields.path("url"), why);
                 None
             }
-        },
-        None => None,
-    };
+        });
     let token_file = c.required_string(&fields, "token_file").map(resolve);
     let ca_file = c.string(&fields, "ca_file").map(resolve);
     let cert = c.string(&fields, "client_cert").map(resolve);
@@ -228,6 +217,19 @@ fn parse_monitoring(table: &Map<String, Value>, c: &mut Checker) -> MonitoringCo
 }
 
 /// Whether a URL's host is a loopback address (or `localhost`).
+/// A URL the agent fetches from: `https://…`, or `http://` to a loopback address only.
+fn store_url(text: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(format!(
+            "{text:?}: plain http is allowed only to a loopback address; use https"
+        )),
+        other => Err(format!("{text:?}: scheme {other:?} is not https")),
+    }
+}
+
 fn is_loopback(url: &reqwest::Url) -> bool {
     let host = url.host_str().unwrap_or_default();
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -300,6 +302,7 @@ impl AgentConfig {
                 "monitoring",
                 "backup_dir",
                 "backup",
+                "artifacts",
             ],
         );
         let node_id = match c.string(&top, "node_id") {
@@ -370,10 +373,16 @@ impl AgentConfig {
                 engines.insert(kind, allowed);
             }
         }
-        if engines.values().all(BTreeMap::is_empty) && !c.problems.iter().any(|p| p.field.starts_with("engines")) {
+        let artifacts = c
+            .subtable(&top, "artifacts")
+            .and_then(|table| artifacts::parse_artifacts(table, &mut c, &resolve));
+        if engines.values().all(BTreeMap::is_empty)
+            && !top.has("artifacts")
+            && !c.problems.iter().any(|p| p.field.starts_with("engines"))
+        {
             c.problem(
                 "engines",
-                "no engine binary is allowed; add e.g. [engines.redis.versions] \"7.0\" = \"/usr/bin/redis-server\"",
+                "no engine binary is allowed; add e.g. [engines.redis.versions] \"7.0\" = \"/usr/bin/redis-server\", or an [artifacts] store",
             );
         }
 
@@ -470,6 +479,7 @@ impl AgentConfig {
             monitoring,
             backup_dir,
             backup,
+            artifacts,
         })
     }
 
@@ -504,6 +514,11 @@ impl AgentConfig {
             .get(&engine)
             .map(|v| v.keys().map(String::as_str).collect())
             .unwrap_or_default()
+    }
+
+    /// Where builds fetched from the artifact store live: `engines/<engine>/<version>/`.
+    pub fn engines_dir(&self) -> PathBuf {
+        self.data_dir.join("engines")
     }
 
     pub fn instances_dir(&self) -> PathBuf {

@@ -115,30 +115,19 @@ impl Client {
     pub fn new(config: &ControllerConfig, node_id: &str) -> anyhow::Result<Client> {
         use anyhow::Context;
         let token = read_private(&config.token_file, "[controller] token_file")?;
-        let mut builder = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("ker-agent/", env!("CARGO_PKG_VERSION")))
             .https_only(config.url.scheme() == "https")
             // Redirects could take the token elsewhere.
             .redirect(reqwest::redirect::Policy::none());
-        if config.url.scheme() == "http" {
-            // Plain HTTP (loopback only) needs no trust roots; do not depend on the
-            // system's, which a minimal host may not have.
-            builder = builder.tls_certs_only(Vec::new());
-        } else if let Some(ca_file) = &config.ca_file {
-            let pem = std::fs::read(ca_file)
-                .with_context(|| format!("cannot read [controller] ca_file {}", ca_file.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
-                format!(
-                    "[controller] ca_file {} holds no valid PEM certificate",
-                    ca_file.display()
-                )
-            })?;
-            if certs.is_empty() {
-                anyhow::bail!("[controller] ca_file {} holds no certificate", ca_file.display());
-            }
-            builder = builder.tls_certs_only(certs);
-        }
+        let mut builder = crate::https::trusting(
+            builder,
+            config.url.scheme(),
+            config.ca_file.as_deref(),
+            "[controller] ca_file",
+        )
+        .map_err(anyhow::Error::msg)?;
         if let Some((cert, key)) = &config.client_identity {
             let mut pem = std::fs::read(cert)
                 .with_context(|| format!("cannot read [controller] client_cert {}", cert.display()))?;

@@ -355,11 +355,21 @@ fn parse_version(kind: EngineKind, f: &Fields<'_>, config: &AgentConfig, c: &mut
     let allowed = config.versions(kind);
     match c.string(f, "version") {
         Some(v) if allowed.contains(&v.as_str()) => Some(v),
+        // Not listed locally: the trusted store is asked for it once the state is
+        // accepted; here it need only be a name that is safe as a path component.
+        Some(v) if config.artifacts.is_some() => match crate::artifacts::version_problem(&v) {
+            None => Some(v),
+            Some(why) => {
+                c.problem(f.path("version"), format!("{v:?} {why}"));
+                None
+            }
+        },
         Some(v) => {
             c.problem(
                 f.path("version"),
                 format!(
-                    "{v:?} is not an allowed {kind} version (agent.toml [engines.{kind}.versions] allows: {})",
+                    "{v:?} is not an allowed {kind} version (agent.toml [engines.{kind}.versions] allows: {}), \
+                     and agent.toml names no [artifacts] store",
                     list_or_none(&allowed)
                 ),
             );
@@ -367,13 +377,14 @@ fn parse_version(kind: EngineKind, f: &Fields<'_>, config: &AgentConfig, c: &mut
         }
         None if f.has("version") => None,
         None => match allowed.as_slice() {
-            [only] => Some(only.to_string()),
+            [only] if config.artifacts.is_none() => Some(only.to_string()),
             _ => {
                 c.problem(
                     f.path("version"),
                     format!(
-                        "missing: agent.toml allows more or less than one {kind} version ({}), so the spec must name one",
-                        list_or_none(&allowed)
+                        "missing: agent.toml allows more or less than one {kind} version ({}){}, so the spec must name one",
+                        list_or_none(&allowed),
+                        if config.artifacts.is_some() { " and a store" } else { "" }
                     ),
                 );
                 None

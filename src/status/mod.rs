@@ -37,6 +37,8 @@ pub enum Phase {
     /// Could not be started (e.g. the binary or a directory is missing); retried with
     /// back-off.
     Failed,
+    /// Waiting for its engine build from the artifact store (see `build`).
+    Fetching,
 }
 
 impl Phase {
@@ -51,6 +53,7 @@ impl Phase {
             Phase::Stopped => "stopped",
             Phase::Conflict => "conflict",
             Phase::Failed => "failed",
+            Phase::Fetching => "fetching",
         }
     }
 }
@@ -145,6 +148,29 @@ pub struct InstanceStatus {
     pub backups: Vec<BackupInfo>,
     /// The last restore of the instance's data, kept across agent restarts.
     pub restore: Option<RestoreOutcome>,
+    /// The wait for the spec's engine build from the artifact store; `None` when the
+    /// build is at hand.
+    pub build: Option<BuildWait>,
+}
+
+/// An instance's wait for the engine build its spec names, from the artifact store.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BuildWait {
+    pub version: String,
+    /// `checking` (looking on disk), `fetching` or `failed`.
+    pub state: &'static str,
+    /// Bytes of the archive downloaded so far.
+    pub bytes: Option<u64>,
+    /// The archive's size, as the store announced it.
+    pub total_bytes: Option<u64>,
+    /// 0–100, when the size is known.
+    pub percent: Option<u8>,
+    /// Why the last attempt failed.
+    pub error: Option<String>,
+    /// Failed attempts in a row.
+    pub attempts: u32,
+    /// When the next attempt is made (milliseconds since the Unix epoch).
+    pub next_attempt_at_ms: Option<u64>,
 }
 
 /// What `/metrics` shows of an instance from the agent's own view, copied at each
@@ -262,6 +288,7 @@ impl InstanceStatus {
             backup: None,
             backups: Vec::new(),
             restore: None,
+            build: None,
         }
     }
 
@@ -276,6 +303,11 @@ impl InstanceStatus {
             backup.progress_bytes = None;
         }
         status.stop_timeout_reason.clear();
+        if let Some(build) = status.build.as_mut() {
+            // A report goes at every tenth of a download, not at every chunk.
+            build.bytes = None;
+            build.percent = build.percent.map(|p| p / 10 * 10);
+        }
         if let Some(health) = status.health.as_mut() {
             health.ping_ms = None;
             health.checked_at_ms = 0;

@@ -19,6 +19,7 @@ pub mod mount;
 pub mod netns;
 pub mod openapi;
 pub mod pika;
+pub mod store;
 pub mod tls;
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_ker-agent");

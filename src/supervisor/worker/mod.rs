@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::blocking::{run as blocking, DISK_TIMEOUT};
 
+mod build;
 mod publish;
 mod reconfigure;
 mod restore;
@@ -54,6 +55,9 @@ const LOG_TAIL_LINES: usize = 5;
 /// `RECONFIGURE_RETRY_MAX`.
 const RECONFIGURE_RETRY_FIRST: Duration = Duration::from_secs(1);
 const RECONFIGURE_RETRY_MAX: Duration = Duration::from_secs(30);
+/// While waiting for a build, the worker also looks again this often (its progress
+/// wakes it sooner).
+const BUILD_WAIT_RECHECK: Duration = Duration::from_secs(60);
 
 /// What every worker shares.
 pub struct WorkerContext {
@@ -65,6 +69,8 @@ pub struct WorkerContext {
     pub telemetry: Arc<crate::monitoring::metrics::Telemetry>,
     /// What the instances' backup keepers share.
     pub backups: Arc<crate::backup::BackupContext>,
+    /// The engine builds, agent.toml's and the store's.
+    pub builds: Arc<crate::artifacts::Builds>,
     /// Every declared instance's spec, as last accepted (read by the host sampler).
     pub declared: watch::Sender<Arc<std::collections::BTreeMap<String, Arc<InstanceSpec>>>>,
 }
@@ -166,6 +172,10 @@ pub struct Worker {
     /// `restore.json`, read once a spec names a `restore_from`).
     restore: Option<crate::status::RestoreOutcome>,
     restore_loaded: bool,
+    /// The wait for the spec's build from the artifact store, while there is one.
+    build_wait: Option<crate::status::BuildWait>,
+    /// That build's progress, to wake on.
+    build_changes: Option<watch::Receiver<crate::artifacts::BuildState>>,
 }
 
 impl Worker {
@@ -217,6 +227,8 @@ impl Worker {
             changed_at_ms: 0,
             restore: None,
             restore_loaded: false,
+            build_wait: None,
+            build_changes: None,
         }
     }
 
@@ -302,7 +314,27 @@ impl Worker {
                 blocked,
             };
             let mut wake_at = None;
-            match plan::reconcile(&desired, &observed, now) {
+            // A start or a change waits for the spec's build; a running process keeps
+            // running meanwhile, and stops are never held up.
+            let build_wait = match (&desired, &spec) {
+                (Desired::Running { .. }, Some(spec)) => self.build_gate(spec),
+                _ => {
+                    self.build_wait = None;
+                    self.build_changes = None;
+                    None
+                }
+            };
+            let mut action = plan::reconcile(&desired, &observed, now);
+            if let Some(retry_at) = build_wait {
+                let holds = matches!(
+                    action,
+                    Action::Start | Action::Reconfigure | Action::Idle | Action::Stop(plan::StopReason::Restart(_))
+                );
+                if holds {
+                    action = Action::WaitUntil(retry_at.unwrap_or(now + BUILD_WAIT_RECHECK));
+                }
+            }
+            match action {
                 Action::Idle => {
                     let upkeep = match &spec {
                         Some(spec) => self.upkeep(spec).await,
@@ -365,6 +397,15 @@ impl Worker {
                 None => std::future::pending().await,
             }
         };
+        let build = async {
+            match self.build_changes.as_mut() {
+                // A sender gone (the entry was swept) is a change too: ask again.
+                Some(changes) => {
+                    let _ = changes.changed().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         let (process, specs, shutdown) = (&mut self.process, &mut self.specs, &self.shutdown);
         let exit = async move {
             match process.as_mut() {
@@ -382,6 +423,7 @@ impl Worker {
                 Err(_) => Wake::Shutdown,
             },
             readiness = probe => Wake::Probed(readiness),
+            _ = build => Wake::Timer,
             _ = timer => Wake::Timer,
         }
     }

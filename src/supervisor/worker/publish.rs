@@ -41,6 +41,8 @@ impl Worker {
             let spec = self.specs.borrow().clone();
             self.stop_timeout(spec.as_deref(), engine::for_kind(engine))
         };
+        // What runs, which may not be what is declared yet (a build being fetched).
+        let version = self.process.as_ref().map_or(version, |p| p.record().version.clone());
         let status = InstanceStatus {
             name: self.name.clone(),
             engine,
@@ -71,6 +73,7 @@ impl Worker {
             backup: None,
             backups: Vec::new(),
             restore: self.restore.clone(),
+            build: self.build_wait.clone(),
         };
         self.ctx.board.publish(status);
         self.update_monitor();
@@ -117,6 +120,8 @@ impl Worker {
         match want {
             Want::Stopped | Want::Removed => Phase::Stopped,
             Want::Running if self.conflict.is_some() => Phase::Conflict,
+            Want::Running if self.build_wait.as_ref().is_some_and(|w| w.state == "failed") => Phase::Failed,
+            Want::Running if self.build_wait.is_some() => Phase::Fetching,
             Want::Running if self.failure.is_some() => Phase::Failed,
             Want::Running if self.crashes.in_crash_loop() => Phase::CrashLoop,
             Want::Running if self.restart_not_before.is_some() => Phase::Backoff,
@@ -153,8 +158,13 @@ impl Worker {
                         humantime::format_rfc3339_seconds(until)
                     )
                 });
-                [self.drift.clone(), grace].into_iter().flatten().collect::<Vec<_>>().join("; ")
+                [self.drift.clone(), grace, self.build_note()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join("; ")
             }
+            Phase::Fetching => self.build_note().unwrap_or_default(),
             Phase::Stopping => self.stopping.as_ref().map(|s| s.message.clone()).unwrap_or_default(),
             Phase::Stopped => match &self.last_stop {
                 Some(stop) => format!("stopped by {}", stop.how),
@@ -167,6 +177,7 @@ impl Worker {
                 (None, Some(holder)) => format!("{holder}; it is not an instance of this agent and is left alone"),
                 (None, None) => String::new(),
             },
+            Phase::Failed if self.failure.is_none() => self.build_note().unwrap_or_default(),
             Phase::Failed => format!(
                 "start failed: {}; retrying with back-off",
                 self.failure.clone().unwrap_or_default()
@@ -185,6 +196,33 @@ impl Worker {
                 format!("{prefix}{exit}; waiting to restart{}", tail())
             }
         }
+    }
+}
+
+impl Worker {
+    /// What the wait for a build looks like, in words.
+    fn build_note(&self) -> Option<String> {
+        let wait = self.build_wait.as_ref()?;
+        let running = self.process.as_ref().map_or(String::new(), |p| {
+            format!("version {:?} keeps running; ", p.record().version)
+        });
+        let what = format!("the build of version {:?} from the artifact store", wait.version);
+        Some(match (wait.state, &wait.error) {
+            ("failed", Some(error)) => {
+                let retry = wait.next_attempt_at_ms.map_or(String::new(), |at| {
+                    format!("; trying again in {}ms", StatusBoard::millis_until(at))
+                });
+                format!("{running}{what} is not available: {error}{retry}")
+            }
+            ("fetching", _) => match (wait.bytes, wait.total_bytes, wait.percent) {
+                (Some(bytes), Some(total), Some(percent)) => {
+                    format!("{running}fetching {what}: {bytes} of {total} bytes ({percent}%)")
+                }
+                (Some(bytes), _, _) => format!("{running}fetching {what}: {bytes} bytes"),
+                _ => format!("{running}fetching {what}"),
+            },
+            _ => format!("{running}looking for {what}"),
+        })
     }
 }
 

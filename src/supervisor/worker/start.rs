@@ -163,9 +163,9 @@ impl Worker {
         let Some(engine) = engine::for_kind(spec.engine) else {
             return self.start_failed(format!("engine {} is not supported", spec.engine));
         };
-        let Some(binary) = config.binary(spec.engine, &spec.version).map(PathBuf::from) else {
+        let Some(binary) = self.ctx.builds.executable(spec.engine, &spec.version) else {
             return self.start_failed(format!(
-                "{} version {:?} is not in agent.toml",
+                "{} version {:?} is neither in agent.toml nor a build from the artifact store",
                 spec.engine, spec.version
             ));
         };

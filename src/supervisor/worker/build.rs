@@ -1,0 +1,93 @@
+//! The wait for an engine build from the artifact store. Before a start or a change
+//! of a running process, the worker asks for its spec's build; while the build is
+//! being looked for, fetched, or failed, nothing is started or restarted: a process
+//! that runs keeps running its old build, and the status shows the wait (phase
+//! `fetching` when nothing runs) with its progress.
+
+use super::*;
+use crate::artifacts::{BuildState, Wanted};
+use crate::status::BuildWait;
+
+impl Worker {
+    /// `None` when the build of `spec`'s version is at hand (or is agent.toml's to
+    /// name); otherwise the wait is noted for the status, the worker wakes when the
+    /// build's state changes, and at the returned time for a retry after a failure.
+    pub(super) fn build_gate(&mut self, spec: &InstanceSpec) -> Option<Option<Instant>> {
+        let mut receiver = match self.ctx.builds.want(spec.engine, &spec.version) {
+            Wanted::Local(_) | Wanted::Unknown => {
+                self.build_done(None);
+                return None;
+            }
+            Wanted::Store(receiver) => receiver,
+        };
+        let state = receiver.borrow_and_update().clone();
+        let mut wait = BuildWait {
+            version: spec.version.clone(),
+            state: "checking",
+            bytes: None,
+            total_bytes: None,
+            percent: None,
+            error: None,
+            attempts: 0,
+            next_attempt_at_ms: None,
+        };
+        let mut wake_at = None;
+        match state {
+            BuildState::Ready(installed) => {
+                self.build_done(Some(&installed.executable));
+                return None;
+            }
+            BuildState::Checking => {}
+            BuildState::Fetching { bytes, total_bytes } => {
+                wait.state = "fetching";
+                wait.bytes = Some(bytes);
+                wait.total_bytes = total_bytes;
+                wait.percent = total_bytes.filter(|t| *t > 0).map(|t| (bytes.min(t) * 100 / t) as u8);
+            }
+            BuildState::Failed {
+                error,
+                attempts,
+                retry_at,
+            } => {
+                let retry_in = retry_at.saturating_duration_since(Instant::now());
+                let new_failure = self
+                    .build_wait
+                    .as_ref()
+                    .is_none_or(|w| w.attempts != attempts || w.error.as_deref() != Some(error.as_str()));
+                if new_failure {
+                    self.emit(Event::BuildUnavailable {
+                        version: spec.version.clone(),
+                        error: error.clone(),
+                        retry_in,
+                    });
+                }
+                wait.state = "failed";
+                wait.error = Some(error);
+                wait.attempts = attempts;
+                wait.next_attempt_at_ms = Some(unix_now_millis() + retry_in.as_millis() as u64);
+                wake_at = Some(retry_at);
+            }
+        }
+        if self.build_wait.as_ref().is_none_or(|w| w.version != spec.version) {
+            self.emit(Event::BuildAwaited {
+                version: spec.version.clone(),
+            });
+        }
+        self.build_wait = Some(wait);
+        self.build_changes = Some(receiver);
+        Some(wake_at)
+    }
+
+    /// The wait (if any) is over.
+    fn build_done(&mut self, executable: Option<&std::path::Path>) {
+        self.build_changes = None;
+        if let Some(wait) = self.build_wait.take() {
+            if let Some(executable) = executable {
+                self.emit(Event::BuildReady {
+                    version: wait.version,
+                    executable: executable.display().to_string(),
+                });
+            }
+        }
+    }
+}
