@@ -96,6 +96,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let builds = artifacts::Builds::new(config.clone());
     if config.artifacts.is_some() {
         builds.clean_leftovers().await;
+        builds.load_installed().await;
         tokio::spawn(
             builds
                 .clone()

@@ -90,14 +90,20 @@ fn wait_refused(h: &Harness, name: &str, version: &str, reason: &str) -> Value {
     )
 }
 
-#[test]
-fn a_new_version_is_fetched_verified_run_and_reused_after_an_agent_restart() {
+/// An agent whose instance "a" runs from the store's build of 7.9: its port and pid.
+fn running_on_store_build() -> (Setup, u16, u32) {
     let mut s = setup("7d");
     s.publish("7.9", 0);
     let port = free_port();
     s.h.manifest_with_version("a", "7.9", port, "");
     s.h.start_agent();
     let pid = s.h.wait_ready("a");
+    (s, port, pid)
+}
+
+#[test]
+fn a_new_version_is_fetched_verified_run_and_reused_after_an_agent_restart() {
+    let (mut s, port, pid) = running_on_store_build();
     let dir = s.build_dir("7.9");
     assert_eq!(exe_of(pid), dir.join("bin/redis-server"));
     assert!(pong(port, None));
@@ -374,4 +380,66 @@ fn check_validates_the_store_settings() {
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("cannot read [artifacts] ca_file"), "{stderr}");
     assert!(stderr.contains("missing-ca.pem"), "{stderr}");
+}
+
+#[test]
+fn a_build_no_longer_signed_by_a_trusted_key_is_kept_but_never_started() {
+    let (mut s, port, pid) = running_on_store_build();
+
+    // The store's key is no longer trusted: another one is.
+    s.h.stop_agent(SIGTERM);
+    let other = Signer::new(s.h.path(), "rotated");
+    let config = std::fs::read_to_string(s.h.config_path()).unwrap();
+    std::fs::write(
+        s.h.config_path(),
+        config.replace(&s.signer.public_key(), &other.public_key()),
+    )
+    .unwrap();
+    s.h.start_agent();
+    // The running process is adopted and left alone; its build is refused, not deleted.
+    assert_eq!(s.h.wait_ready("a"), pid);
+    let entry = s.h.wait_for_value("7.9 refused", WAIT, |h| {
+        engine_entry(h, "7.9").filter(|e| e["state"] == "failed")
+    });
+    let error = entry["error"].as_str().unwrap();
+    assert!(error.contains("not in [artifacts] public_keys"), "{entry}");
+    assert!(error.contains("remove the directory to fetch it again"), "{entry}");
+    assert!(s.build_dir("7.9").join("bin/redis-server").is_file());
+
+    // A crash is not restarted from the untrusted build.
+    send_signal(pid, SIGKILL);
+    let i = s.h.wait_for_value("a failed on its refused build", WAIT, |h| {
+        let i = h.instance("a");
+        (i["phase"] == "failed" && i["build"]["state"] == "failed").then_some(i)
+    });
+    assert!(i["pid"].is_null(), "{i}");
+    assert!(i["message"].as_str().unwrap().contains("is refused"), "{i}");
+    assert!(listener_pid(port).is_none());
+    assert_eq!(s.store.requests("redis-7.9.tar.gz"), 1, "not fetched again over it");
+}
+
+#[test]
+fn a_running_instance_keeps_its_upkeep_while_its_build_is_unavailable() {
+    let mut s = setup("7d");
+    s.h.append_agent_toml("[monitoring]\ndrift_interval = \"1s\"\n");
+    let port = free_port();
+    let config = "[config]\n\"maxmemory-policy\" = \"allkeys-lru\"\n";
+    s.h.manifest("a", port, config);
+    s.h.start_agent();
+    let pid = s.h.wait_ready("a");
+    // 7.7 is not in the store.
+    s.h.manifest_with_version("a", "7.7", port, config);
+    s.h.signal_agent(SIGHUP);
+    wait_refused(&s.h, "a", "7.7", "answered 404");
+    let mut conn = redis(port, None).unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query(&mut conn)
+        .unwrap();
+    s.h.wait_for("the hand-made change set back", WAIT, |_| {
+        config_get(port, None, "maxmemory-policy") == "allkeys-lru"
+    });
+    assert_eq!(s.h.instance("a")["pid"], pid);
 }

@@ -20,6 +20,7 @@ use crate::engine::EngineKind;
 use crate::spec::InstanceSpec;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -76,10 +77,11 @@ pub enum BuildError {
     Install(#[from] InstallError),
     #[error("{0}")]
     Disk(String),
-    #[error("fetching {engine} {version} took longer than {seconds}s ([artifacts] timeout)")]
+    #[error("fetching {engine} {version} from {url} took longer than {seconds}s ([artifacts] timeout)")]
     Timeout {
         engine: EngineKind,
         version: String,
+        url: String,
         seconds: u64,
     },
 }
@@ -189,9 +191,36 @@ impl Builds {
         let entries = self.entries();
         let entry = entries.get(&(engine, version.to_string()))?;
         let state = entry.state.borrow();
-        match &*state {
-            BuildState::Ready(installed) => Some(installed.executable.clone()),
-            _ => None,
+        let executable = match &*state {
+            BuildState::Ready(installed) => installed.executable.clone(),
+            _ => return None,
+        };
+        drop(state);
+        if executable.is_file() {
+            return Some(executable);
+        }
+        // Removed behind the agent's back: looked for again at the next `want`.
+        tracing::warn!(message = "Engine build gone from disk.", %engine, %version, executable = %executable.display());
+        entry.state.send_replace(BuildState::Checking);
+        None
+    }
+
+    /// Registers every store build on disk, so that the status lists them from the
+    /// start (each is read back and checked, never fetched).
+    pub async fn load_installed(self: &Arc<Self>) {
+        let dir = self.engines_dir();
+        let found = crate::blocking::run("list engine builds", move || installed_builds(&dir)).await;
+        let keys = match found.and_then(|r| r) {
+            Ok(keys) => keys,
+            Err(error) => {
+                tracing::warn!(message = "Cannot list the engine builds.", %error);
+                return;
+            }
+        };
+        for (engine, version) in keys {
+            if self.config.binary(engine, &version).is_none() {
+                drop(self.want(engine, &version));
+            }
         }
     }
 
@@ -262,6 +291,9 @@ impl Builds {
             Err(_) => Err(BuildError::Timeout {
                 engine,
                 version: version.clone(),
+                url: self.store().map_or(String::new(), |s| {
+                    s.file_url(engine.as_str(), &version, "manifest.json").to_string()
+                }),
                 seconds: timeout.as_secs(),
             }),
         };
@@ -317,16 +349,14 @@ impl Builds {
         match found {
             Ok(Some(installed)) => return Ok(installed),
             Ok(None) => {}
+            // Damaged, or signed by a key no longer trusted. A process may still run
+            // from it: it is neither used nor deleted, and the operator decides.
             Err(error) => {
-                // Damaged, or signed by a key no longer trusted: fetched again.
-                tracing::warn!(
-                    message = "Installed engine build refused; fetching it again.",
-                    %engine,
-                    %version,
-                    %error
-                );
                 let dir = install::build_dir(&engines_dir, engine.as_str(), version);
-                blocking("remove a refused build", move || remove_build(&dir)).await??;
+                return Err(BuildError::Disk(format!(
+                    "the build in {} is refused: {error} (remove the directory to fetch it again)",
+                    dir.display()
+                )));
             }
         }
         let (installed, timings) = self.fetch(store, engine, version, sender).await?;
@@ -405,9 +435,14 @@ impl Builds {
         };
         let engines_dir = self.engines_dir();
         let path = archive.clone();
-        let installed = tokio::task::spawn_blocking(move || install::place(&path, &manifest, &signed, &engines_dir))
-            .await
-            .map_err(|e| BuildError::Disk(format!("the unpacking of {} failed: {e}", archive.display())))??;
+        // Dropped with this future (the fetch's time ran out): the unpacking stops.
+        let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+        let flag = cancel.0.clone();
+        let installed =
+            tokio::task::spawn_blocking(move || install::place(&path, &manifest, &signed, &engines_dir, &flag))
+                .await
+                .map_err(|e| BuildError::Disk(format!("the unpacking of {} failed: {e}", archive.display())))??;
+        drop(cancel);
         timings.unpack = unpacking.elapsed();
         timings.download = download_time;
         timings.verify = verify_time;
@@ -445,7 +480,7 @@ impl Builds {
                 .values()
                 .map(|spec| (spec.engine, spec.version.clone()))
                 .collect();
-            if let Err(error) = self.sweep(&wanted, &mut unused_since, keep).await {
+            if let Err(error) = self.sweep(&wanted, &declared, &mut unused_since, keep).await {
                 tracing::warn!(message = "Cannot sweep unused engine builds.", %error);
             }
         }
@@ -453,8 +488,9 @@ impl Builds {
 
     /// One pass of housekeeping: `wanted` are the declared instances' builds.
     async fn sweep(
-        &self,
+        self: &Arc<Self>,
         wanted: &HashSet<BuildKey>,
+        declared: &watch::Receiver<Arc<BTreeMap<String, Arc<InstanceSpec>>>>,
         unused_since: &mut HashMap<BuildKey, Instant>,
         keep: Duration,
     ) -> Result<(), String> {
@@ -480,22 +516,55 @@ impl Builds {
             if now.duration_since(since) < keep {
                 continue;
             }
-            // Under the lock, so that no instance can start to want it meanwhile.
-            let aside = {
+            // Marked under the lock (busy, checking): an instance that asks for it
+            // meanwhile waits instead of starting it, and it is looked for again once
+            // the directory has gone.
+            let marked_at = {
                 let mut entries = self.entries();
                 let recent = entries
                     .get(&key)
                     .is_some_and(|e| e.busy || now.duration_since(e.last_wanted) < keep);
-                if recent {
+                // Declared since the listing began?
+                let declared_now = declared
+                    .borrow()
+                    .values()
+                    .any(|spec| spec.engine == key.0 && spec.version == key.1);
+                if recent || declared_now {
                     continue;
                 }
-                entries.remove(&key);
-                let dir = install::build_dir(&self.engines_dir(), key.0.as_str(), &key.1);
-                let aside = dir.with_file_name(format!(".removing-{}-{}", key.1, fastrand::u64(..)));
-                std::fs::rename(&dir, &aside).map_err(|e| format!("cannot move {} aside: {e}", dir.display()))?;
-                aside
+                let marked_at = Instant::now();
+                let entry = entries.entry(key.clone()).or_insert_with(|| Entry {
+                    state: watch::Sender::new(BuildState::Checking),
+                    last_wanted: marked_at,
+                    attempts: 0,
+                    busy: true,
+                });
+                entry.busy = true;
+                entry.state.send_replace(BuildState::Checking);
+                marked_at
             };
             unused_since.remove(&key);
+            let dir = install::build_dir(&self.engines_dir(), key.0.as_str(), &key.1);
+            let aside = dir.with_file_name(format!(".removing-{}-{}", key.1, fastrand::u64(..)));
+            let moved = {
+                let (dir, aside) = (dir.clone(), aside.clone());
+                crate::blocking::run("move an unused build aside", move || {
+                    std::fs::rename(&dir, &aside).map_err(|e| format!("cannot move {} aside: {e}", dir.display()))
+                })
+                .await
+                .and_then(|r| r)
+            };
+            {
+                let mut entries = self.entries();
+                let wanted_meanwhile = entries.get(&key).is_some_and(|e| e.last_wanted > marked_at);
+                if moved.is_ok() && !wanted_meanwhile {
+                    entries.remove(&key);
+                } else {
+                    // Still there (the move failed), or wanted again: found or fetched anew.
+                    tokio::spawn(self.clone().obtain(key.clone()));
+                }
+            }
+            moved?;
             let shown = aside.display().to_string();
             crate::blocking::run("remove an unused build", move || remove_build(&aside)).await??;
             tracing::info!(
@@ -534,6 +603,15 @@ fn remove_build(dir: &Path) -> Result<(), String> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(format!("cannot remove {}: {e}", dir.display())),
+    }
+}
+
+/// Stops an unpacking on the blocking pool when the fetch that waits for it is dropped.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 

@@ -16,7 +16,9 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_ARCHIVE_BYTES: u64 = 2 << 30;
 /// Free space left on the engines' filesystem after the archive and its unpacked
 /// files (counted as three times the archive) are written.
-const SPARE_BYTES: u64 = 64 << 20;
+const SPARE_BYTES: u64 = super::install::MIN_FREE_BYTES;
+/// Without an announced size, the free space is looked at every this many bytes.
+const ROOM_CHECK_EVERY: u64 = 16 << 20;
 
 /// A failed call to the store, naming the URL (and the file, for a local failure).
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +109,16 @@ impl StoreClient {
             })?;
         let status = response.status();
         if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
+            // The first bytes of the body say enough; the rest is not read.
+            let mut response = response;
+            let mut head = Vec::new();
+            while head.len() < 1024 {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => head.extend_from_slice(&chunk),
+                    _ => break,
+                }
+            }
+            let body = String::from_utf8_lossy(&head);
             let body: String = body.trim().chars().filter(|c| !c.is_control()).take(200).collect();
             return Err(FetchError::Status {
                 url: url.to_string(),
@@ -160,7 +171,7 @@ impl StoreClient {
             });
         }
         let dir = to.parent().unwrap_or(to);
-        if let Some(needed) = announced.map(|n| n.saturating_mul(3).saturating_add(SPARE_BYTES)) {
+        let room = |needed: u64| -> Result<(), FetchError> {
             let stats = crate::sys::statvfs(dir).map_err(|source| FetchError::Io {
                 what: "statvfs",
                 path: dir.to_path_buf(),
@@ -174,6 +185,10 @@ impl StoreClient {
                     available: stats.available_bytes,
                 });
             }
+            Ok(())
+        };
+        if let Some(announced) = announced {
+            room(announced.saturating_mul(3).saturating_add(SPARE_BYTES))?;
         }
         let io = |what, source| FetchError::Io {
             what,
@@ -203,7 +218,11 @@ impl StoreClient {
                 }
                 Err(error) => return Err(error),
             };
+            let before = bytes;
             bytes += chunk.len() as u64;
+            if announced.is_none() && before / ROOM_CHECK_EVERY != bytes / ROOM_CHECK_EVERY {
+                room(SPARE_BYTES)?;
+            }
             if bytes > announced.unwrap_or(MAX_ARCHIVE_BYTES) {
                 return Err(FetchError::TooLarge {
                     url: url.to_string(),

@@ -19,6 +19,12 @@ use crate::engine::EngineKind;
 use sha2::{Digest, Sha256};
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// While unpacking, the free space is looked at every this many bytes written…
+const ROOM_CHECK_EVERY: u64 = 64 << 20;
+/// …and the unpacking stops when less than this is left.
+pub const MIN_FREE_BYTES: u64 = 64 << 20;
 
 /// The directory inside a build that holds its signed manifest.
 pub const OWN_DIR: &str = ".ker-agent";
@@ -66,6 +72,8 @@ pub enum InstallError {
         #[source]
         source: io::Error,
     },
+    #[error("unpacking {archive} was stopped: {why}")]
+    Stopped { archive: PathBuf, why: String },
     #[error("{archive} has no executable file {executable:?}, which its manifest names")]
     NoExecutable { archive: PathBuf, executable: String },
     #[error("cannot {what} {path}: {source}")]
@@ -99,7 +107,7 @@ pub fn install(
     engines_dir: &Path,
 ) -> Result<Installed, InstallError> {
     check_checksum(archive, &sha256_of(archive)?, manifest)?;
-    place(archive, manifest, signed, engines_dir)
+    place(archive, manifest, signed, engines_dir, &AtomicBool::new(false))
 }
 
 /// Whether `found`, the SHA-256 of `archive`, is the one its manifest names.
@@ -115,12 +123,14 @@ pub fn check_checksum(archive: &Path, found: &str, manifest: &ArtifactManifest) 
 }
 
 /// Unpacks `archive`, whose checksum was checked, into its place under `engines_dir`,
-/// with its signed manifest. A build already in place is kept as it is.
+/// with its signed manifest. A build already in place is kept as it is. Setting
+/// `cancel` stops the unpacking at the next entry (and removes what it wrote).
 pub fn place(
     archive: &Path,
     manifest: &ArtifactManifest,
     signed: &Signed,
     engines_dir: &Path,
+    cancel: &AtomicBool,
 ) -> Result<Installed, InstallError> {
     let target = build_dir(engines_dir, &manifest.engine, &manifest.version);
     let installed = Installed {
@@ -138,7 +148,7 @@ pub fn place(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let temporary = parent.join(format!(".partial-{}-{}-{nonce}", manifest.version, std::process::id()));
-    let result = unpack(archive, &temporary).and_then(|()| {
+    let result = unpack(archive, &temporary, cancel).and_then(|()| {
         check_executable(&temporary, archive, &manifest.executable)?;
         keep_signed(&temporary, signed)?;
         match std::fs::rename(&temporary, &target) {
@@ -239,7 +249,7 @@ fn sha256_of(path: &Path) -> Result<String, InstallError> {
     }
 }
 
-fn unpack(archive: &Path, into: &Path) -> Result<(), InstallError> {
+fn unpack(archive: &Path, into: &Path, cancel: &AtomicBool) -> Result<(), InstallError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .mode(0o755)
@@ -251,7 +261,32 @@ fn unpack(archive: &Path, into: &Path) -> Result<(), InstallError> {
         source,
     };
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut written = 0u64;
+    let mut checked_room_at = 0u64;
     for entry in tar.entries().map_err(read)? {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(InstallError::Stopped {
+                archive: archive.to_path_buf(),
+                why: "the fetch ran out of time ([artifacts] timeout)".into(),
+            });
+        }
+        // A small archive can unpack to a great deal: the room is checked as it grows,
+        // so that a build never fills the filesystem the instances' data lives on.
+        if written - checked_room_at >= ROOM_CHECK_EVERY {
+            checked_room_at = written;
+            let stats = crate::sys::statvfs(into).map_err(io_error("statvfs", into))?;
+            if stats.available_bytes < MIN_FREE_BYTES {
+                return Err(InstallError::Stopped {
+                    archive: archive.to_path_buf(),
+                    why: format!(
+                        "{} bytes unpacked and {} has {} bytes free, less than the {MIN_FREE_BYTES} kept free",
+                        written,
+                        into.display(),
+                        stats.available_bytes
+                    ),
+                });
+            }
+        }
         let mut entry = entry.map_err(read)?;
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let refuse = |why| InstallError::Refused {
@@ -270,6 +305,11 @@ fn unpack(archive: &Path, into: &Path) -> Result<(), InstallError> {
             return Err(refuse("a name the agent keeps for the signed manifest"));
         }
         let path = into.join(&relative);
+        // A link made by an earlier entry must not lead a later one elsewhere: no
+        // entry goes through a link (nor replaces one).
+        if through_link(into, &relative) {
+            return Err(refuse("a path through a link of the archive"));
+        }
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io_error("create", parent))?;
         }
@@ -290,7 +330,7 @@ fn unpack(archive: &Path, into: &Path) -> Result<(), InstallError> {
                     .mode(mode)
                     .open(&path)
                     .map_err(io_error("create", &path))?;
-                io::copy(&mut entry, &mut out).map_err(read)?;
+                written += io::copy(&mut entry, &mut out).map_err(read)?;
             }
             tar::EntryType::Symlink => {
                 let target = entry
@@ -324,6 +364,16 @@ fn check_executable(dir: &Path, archive: &Path, executable: &str) -> Result<(), 
         return Err(missing());
     }
     Ok(())
+}
+
+/// Whether any existing part of `relative` under `root` (the entry's own path
+/// included) is a symbolic link; nothing is followed.
+fn through_link(root: &Path, relative: &Path) -> bool {
+    let mut path = root.to_path_buf();
+    relative.components().any(|part| {
+        path.push(part);
+        std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink())
+    })
 }
 
 /// `raw` as normal components only.
@@ -484,6 +534,13 @@ mod tests {
             vec![Item::Link("bin/up", "../../x")],
             vec![Item::HardLink("bin/redis-server", "/etc/passwd")],
             vec![Item::File(".ker-agent/manifest.json", b"{}", 0o644)],
+            // Each link stays inside by its words; together they lead out.
+            vec![
+                Item::Link("a/b", ".."),
+                Item::Link("a/b/c", ".."),
+                Item::File("c/escape", b"x", 0o644),
+            ],
+            vec![Item::Link("bin/x", "y"), Item::File("bin/x", b"x", 0o755)],
         ];
         for items in cases {
             let (dir, result) = try_install(&items);

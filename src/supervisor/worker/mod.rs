@@ -316,8 +316,13 @@ impl Worker {
             let mut wake_at = None;
             // A start or a change waits for the spec's build; a running process keeps
             // running meanwhile, and stops are never held up.
+            let runs_declared = |spec: &InstanceSpec| {
+                self.process
+                    .as_ref()
+                    .is_some_and(|p| p.record().engine == spec.engine && p.record().version == spec.version)
+            };
             let build_wait = match (&desired, &spec) {
-                (Desired::Running { .. }, Some(spec)) => self.build_gate(spec),
+                (Desired::Running { .. }, Some(spec)) if !runs_declared(spec) => self.build_gate(spec),
                 _ => {
                     self.build_wait = None;
                     self.build_changes = None;
@@ -326,13 +331,17 @@ impl Worker {
             };
             let mut action = plan::reconcile(&desired, &observed, now);
             if let Some(retry_at) = build_wait {
-                let holds = matches!(
-                    action,
-                    Action::Start | Action::Reconfigure | Action::Idle | Action::Stop(plan::StopReason::Restart(_))
-                );
-                if holds {
-                    action = Action::WaitUntil(retry_at.unwrap_or(now + BUILD_WAIT_RECHECK));
+                // Only what would need the new build waits; the running process keeps
+                // its upkeep (drift, password grace, stable-run check).
+                if matches!(action, Action::Start | Action::Stop(plan::StopReason::Restart(_))) {
+                    let upkeep = match (&spec, &self.process) {
+                        (Some(spec), Some(_)) => self.upkeep(spec).await,
+                        _ => None,
+                    };
+                    let recheck = retry_at.unwrap_or(now + BUILD_WAIT_RECHECK);
+                    action = Action::WaitUntil(earliest(Some(recheck), upkeep).unwrap_or(recheck));
                 }
+                wake_at = retry_at;
             }
             match action {
                 Action::Idle => {
@@ -340,7 +349,7 @@ impl Worker {
                         Some(spec) => self.upkeep(spec).await,
                         None => None,
                     };
-                    wake_at = earliest(self.stable_run_check(), upkeep);
+                    wake_at = earliest(wake_at, earliest(self.stable_run_check(), upkeep));
                 }
                 Action::Reconfigure => {
                     if let Some(spec) = &spec {

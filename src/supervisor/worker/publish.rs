@@ -207,20 +207,11 @@ impl Worker {
             format!("version {:?} keeps running; ", p.record().version)
         });
         let what = format!("the build of version {:?} from the artifact store", wait.version);
+        // No byte counts or countdowns: the message is part of what a report compares,
+        // and `build` carries the numbers.
         Some(match (wait.state, &wait.error) {
-            ("failed", Some(error)) => {
-                let retry = wait.next_attempt_at_ms.map_or(String::new(), |at| {
-                    format!("; trying again in {}ms", StatusBoard::millis_until(at))
-                });
-                format!("{running}{what} is not available: {error}{retry}")
-            }
-            ("fetching", _) => match (wait.bytes, wait.total_bytes, wait.percent) {
-                (Some(bytes), Some(total), Some(percent)) => {
-                    format!("{running}fetching {what}: {bytes} of {total} bytes ({percent}%)")
-                }
-                (Some(bytes), _, _) => format!("{running}fetching {what}: {bytes} bytes"),
-                _ => format!("{running}fetching {what}"),
-            },
+            ("failed", Some(error)) => format!("{running}{what} is not available: {error}; tried again with back-off"),
+            ("fetching", _) => format!("{running}fetching {what}"),
             _ => format!("{running}looking for {what}"),
         })
     }
