@@ -106,13 +106,7 @@ fn main() {
     let ca = Ca::new("bench store CA");
     let store = Store::start(&ca);
     let signer = Signer::new(h.path(), "bench");
-    let ca_file = ca.write(h.path(), "store-ca.pem");
-    h.append_agent_toml(&format!(
-        "[artifacts]\nurl = \"{}\"\npublic_keys = [\"{}\"]\nca_file = \"{}\"\n",
-        store.url(),
-        signer.public_key(),
-        ca_file.display()
-    ));
+    store::trust(&h, &store, &ca, &signer, "");
     let archive = archive_of(mb);
     let large = archive_of(mb * 10);
     for i in 0..runs {

@@ -5,7 +5,8 @@
 //! build with one graceful restart and its data; every refusal (tampered archive,
 //! changed manifest, unknown key, truncated download, traversal, 404, store down, no
 //! room) keeps the old version running; ten instances share one download; unused
-//! builds are removed, used ones kept.
+//! builds are removed, used ones kept; reports carry the wait; a real Pika moves onto
+//! a store build with its data.
 
 mod common;
 
@@ -31,13 +32,7 @@ fn setup(keep_unused: &str) -> Setup {
     let ca = Ca::new("artifact store CA");
     let store = Store::start(&ca);
     let signer = Signer::new(h.path(), "store");
-    let ca_file = ca.write(h.path(), "store-ca.pem");
-    h.append_agent_toml(&format!(
-        "[artifacts]\nurl = \"{}/\"\npublic_keys = [\"{}\"]\nca_file = \"{}\"\nkeep_unused = \"{keep_unused}\"\n",
-        store.url(),
-        signer.public_key(),
-        ca_file.display()
-    ));
+    store::trust(&h, &store, &ca, &signer, &format!("keep_unused = \"{keep_unused}\""));
     Setup {
         h,
         store,
@@ -442,4 +437,80 @@ fn a_running_instance_keeps_its_upkeep_while_its_build_is_unavailable() {
         config_get(port, None, "maxmemory-policy") == "allkeys-lru"
     });
     assert_eq!(s.h.instance("a")["pid"], pid);
+}
+
+#[test]
+fn reports_carry_the_wait_and_its_progress() {
+    use common::controller::{controlled, document, Controller, NODE, TOKEN};
+    let controller = Controller::start(TOKEN);
+    let mut h = controlled(&controller);
+    let ca = Ca::new("reported store CA");
+    let store = Store::start(&ca);
+    let signer = Signer::new(h.path(), "store");
+    store::trust(&h, &store, &ca, &signer, "");
+    // About 3 s of download: several tenths reported.
+    store.publish(
+        "redis",
+        "7.9",
+        &store::redis_archive(6 << 20),
+        "bin/redis-server",
+        &signer,
+    );
+    store.throttle("redis-7.9.tar.gz", 2 << 20);
+    let port = free_port();
+    controller.set_document(NODE, document(1, &[("a", port, serde_json::json!({"version": "7.9"}))]));
+    h.start_agent();
+    h.wait_ready("a");
+    let seen: Vec<Value> = controller
+        .reports(NODE)
+        .iter()
+        .filter_map(|view| {
+            view["instances"]
+                .as_array()?
+                .iter()
+                .find(|i| i["name"] == "a" && i["phase"] == "fetching")
+                .cloned()
+        })
+        .collect();
+    let percents: std::collections::BTreeSet<u64> =
+        seen.iter().filter_map(|i| i["build"]["percent"].as_u64()).collect();
+    assert!(
+        percents.len() >= 2,
+        "progress reported in steps: {percents:?} in {seen:#?}"
+    );
+    assert!(seen.iter().all(|i| i["build"]["version"] == "7.9"), "{seen:#?}");
+    assert!(pong(port, None));
+}
+
+#[test]
+#[cfg_attr(not(pika), ignore = "needs a pika binary: none in PIKA_BIN or on PATH")]
+fn a_pika_instance_moves_onto_a_store_build_with_its_data() {
+    use common::pika::{get, pika_manifest, set, wait_pika_ready, PIKA_START, PIKA_STOP};
+    let mut s = setup("7d");
+    s.h.append_agent_toml(&format!(
+        "[engines.pika.versions]\n\"4.0\" = \"{}\"\n",
+        common::pika::pika_bin()
+    ));
+    let pika = std::fs::read(common::pika::pika_bin()).unwrap();
+    let archive = store::tar_gz(&[Entry::Dir("bin"), Entry::File("bin/pika", pika, 0o755)]);
+    s.store.publish("pika", "4.0.1", &archive, "bin/pika", &s.signer);
+    let port = common::pika_port();
+    pika_manifest(&s.h, "p", port, "", "");
+    s.h.start_agent();
+    let old = wait_pika_ready(&s.h, "p");
+    set(port, None, "kept", "across the move");
+
+    s.h.write_manifest(
+        "p",
+        &format!("name = \"p\"\nengine = \"pika\"\nversion = \"4.0.1\"\nport = {port}\n[config]\nmaxclients = 1000\n"),
+    );
+    s.h.signal_agent(SIGHUP);
+    s.h.wait_for("p on the store's 4.0.1", PIKA_STOP + PIKA_START + WAIT, |h| {
+        let i = h.instance("p");
+        i["version"] == "4.0.1" && i["ready"] == true && i["pid"] != old
+    });
+    let pid = s.h.instance("p")["pid"].as_u64().unwrap() as u32;
+    assert_eq!(exe_of(pid), s.h.path().join("data/engines/pika/4.0.1/bin/pika"));
+    assert_eq!(get(port, None, "kept").as_deref(), Some("across the move"));
+    assert_eq!(count_events(&s.h, "p", "build-ready"), 1);
 }

@@ -693,3 +693,15 @@ fn resolve(root: &Path, path: &str) -> Option<PathBuf> {
     }
     file.is_file().then_some(file)
 }
+
+/// Points `h`'s agent at `store`: writes `ca`'s certificate beside agent.toml and adds
+/// an `[artifacts]` section trusting `signer`'s key, with `extra` lines in it.
+pub fn trust(h: &super::Harness, store: &Store, ca: &super::tls::Ca, signer: &Signer, extra: &str) {
+    let ca_file = ca.write(h.path(), "store-ca.pem");
+    h.append_agent_toml(&format!(
+        "[artifacts]\nurl = \"{}\"\npublic_keys = [\"{}\"]\nca_file = \"{}\"\n{extra}\n",
+        store.url(),
+        signer.public_key(),
+        ca_file.display()
+    ));
+}
