@@ -703,9 +703,53 @@ impl EventLog {
     }
 }
 
+impl EventLog {
+    /// The newest `limit` kept events after `after` (their `seq`), of `instance` or of
+    /// every instance and the node, oldest first.
+    pub fn query(&self, instance: Option<&str>, after: u64, limit: usize) -> Vec<EventEntry> {
+        let history = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<EventEntry> = history
+            .entries
+            .iter()
+            .rev()
+            .take_while(|e| e.seq > after)
+            .filter(|e| instance.is_none_or(|name| e.instance == name))
+            .take(limit)
+            .cloned()
+            .collect();
+        out.reverse();
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_query_gives_the_newest_after_a_point_oldest_first() {
+        let log = EventLog::new(10);
+        for pid in 0..6 {
+            let name = if pid % 2 == 0 { "a" } else { "b" };
+            log.emit(
+                name,
+                Event::Started {
+                    pid,
+                    after_crash: false,
+                },
+            );
+        }
+        let seqs = |events: Vec<EventEntry>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        let all = seqs(log.query(None, 0, 100));
+        assert_eq!(all.len(), 6);
+        assert!(all.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(seqs(log.query(None, 0, 2)), all[4..]);
+        assert_eq!(seqs(log.query(None, all[3], 100)), all[4..]);
+        let of_a = log.query(Some("a"), 0, 100);
+        assert_eq!(of_a.len(), 3);
+        assert!(of_a.iter().all(|e| e.instance == "a"));
+        assert!(log.query(None, all[5], 100).is_empty());
+    }
 
     #[test]
     fn history_is_bounded() {

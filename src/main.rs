@@ -20,10 +20,48 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check { config } => cli::check(&config),
-        Command::Status { api, json } => match runtime(1) {
-            Ok(rt) => rt.block_on(cli::status(&api, json)),
-            Err(code) => code,
-        },
+        Command::Status {
+            api,
+            names,
+            phase,
+            json,
+            watch,
+            interval,
+            count,
+        } => {
+            let args = cli::StatusArgs {
+                api,
+                names,
+                phases: phase,
+                json,
+                watch,
+                interval,
+                count,
+            };
+            match runtime(1) {
+                Ok(rt) => rt.block_on(cli::status(&args)),
+                Err(code) => code,
+            }
+        }
+        Command::Events {
+            name,
+            api,
+            limit,
+            follow,
+            json,
+        } => {
+            let args = cli::EventsArgs {
+                api,
+                name,
+                limit,
+                follow,
+                json,
+            };
+            match runtime(1) {
+                Ok(rt) => rt.block_on(cli::events(&args)),
+                Err(code) => code,
+            }
+        }
         Command::Run { config } => {
             cli::init_logging();
             let config = match cli::load_config(&config) {

@@ -115,6 +115,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
+        .route("/v1/events", get(events))
         .route("/v1/instances/{name}", get(instance))
         .route("/v1/instances/{name}/backups", get(backups::list_backups))
         .route("/v1/instances/{name}/backups/{id}", get(backups::get_backup))
@@ -198,6 +199,44 @@ async fn status(State(state): State<ApiState>) -> Json<NodeStatus> {
         engines: state.builds.list(),
         instances: instance_views(&state.board, &state.observations),
     })
+}
+
+/// The most events `/v1/events` returns at once.
+const MAX_EVENTS_PAGE: usize = 1000;
+
+/// `GET /v1/events?instance=<name>&after=<seq>&limit=<n>`: the newest kept events
+/// after `seq`, oldest first.
+async fn events(State(state): State<ApiState>, uri: Uri) -> Response {
+    let mut instance = None;
+    let mut after = 0u64;
+    let mut limit = 100usize;
+    for pair in uri.query().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = |why: &str| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("query parameter {key}: {value:?} {why}"),
+            )
+        };
+        match key {
+            "instance" if crate::spec::valid_name(value) => instance = Some(value.to_string()),
+            "instance" => return bad("is not an instance name"),
+            "after" => match value.parse() {
+                Ok(n) => after = n,
+                Err(_) => return bad("is not a number"),
+            },
+            "limit" => match value.parse::<usize>() {
+                Ok(n) if (1..=MAX_EVENTS_PAGE).contains(&n) => limit = n,
+                _ => return bad("is not a number from 1 to 1000"),
+            },
+            _ => return bad("is not a parameter of /v1/events (instance, after, limit)"),
+        }
+    }
+    Json(serde_json::json!({
+        "agent_started_at": state.started_at,
+        "events": state.events.query(instance.as_deref(), after, limit),
+    }))
+    .into_response()
 }
 
 async fn instance(State(state): State<ApiState>, name: Result<Path<String>, PathRejection>) -> Response {
