@@ -82,7 +82,8 @@ shlib_depends() {
     printf '%s' "${deps[*]}" | sed 's/,/, /g'
 }
 
-# The files both packages install, staged under $1.
+# The files both packages install, staged under $1; $2 is where zsh finds completions
+# on that distribution.
 stage_common() {
     local root=$1
     install -d -m 0755 "$root/usr/bin" "$root/usr/lib/systemd/system" "$root/usr/lib/sysusers.d" \
@@ -96,6 +97,15 @@ stage_common() {
         "$root/etc/ker-agent/instances.d/example.toml.disabled"
     install -m 0644 "$PKG_DIR/files/logrotate" "$root/etc/logrotate.d/ker-agent"
     install -m 0644 README.md "$root/usr/share/doc/ker-agent/README.md"
+    # The manual page and completions, made by the binary from its own clap definitions.
+    install -d -m 0755 "$root/usr/share/man/man1" "$root/usr/share/bash-completion/completions" \
+        "$root/usr/share/fish/vendor_completions.d" "$root/$2"
+    "$BINARY" generate man | gzip -9n >"$root/usr/share/man/man1/ker-agent.1.gz"
+    "$BINARY" generate bash >"$root/usr/share/bash-completion/completions/ker-agent"
+    "$BINARY" generate fish >"$root/usr/share/fish/vendor_completions.d/ker-agent.fish"
+    "$BINARY" generate zsh >"$root/$2/_ker-agent"
+    chmod 0644 "$root/usr/share/man/man1/ker-agent.1.gz" "$root/usr/share/bash-completion/completions/ker-agent" \
+        "$root/usr/share/fish/vendor_completions.d/ker-agent.fish" "$root/$2/_ker-agent"
 }
 
 # Validates the shipped agent.toml with the built binary (needs /usr/bin/redis-server,
@@ -138,7 +148,7 @@ install -d "$OUT_DIR" "$WORK"
 
 # ----------------------------------------------------------------------- .deb
 DEB_ROOT="$WORK/deb"
-stage_common "$DEB_ROOT"
+stage_common "$DEB_ROOT" usr/share/zsh/vendor-completions
 install -m 0644 "$PKG_DIR/files/copyright" "$DEB_ROOT/usr/share/doc/ker-agent/copyright"
 install -d -m 0755 "$DEB_ROOT/DEBIAN"
 for script in postinst prerm postrm; do
@@ -161,7 +171,7 @@ log "built $DEB"
 # ----------------------------------------------------------------------- .rpm
 if [ "${KER_AGENT_SKIP_RPM:-0}" != 1 ]; then
     RPM_ROOT="$WORK/rpm-root"
-    stage_common "$RPM_ROOT"
+    stage_common "$RPM_ROOT" usr/share/zsh/site-functions
     install -d -m 0750 "$RPM_ROOT/var/lib/ker-agent" "$RPM_ROOT/var/log/ker-agent"
     RPM="$OUT_DIR/ker-agent-${PKG_VERSION}-1.${RPM_ARCH}.rpm"
     rm -f -- "$RPM"

@@ -236,6 +236,16 @@ else
 fi
 check "redis-server and redis-cli installed with the package (Recommends)" bx test -x /usr/bin/redis-server -a -x /usr/bin/redis-cli
 check "ker-agent version prints ker-agent $version" test "$(bx ker-agent version)" = "ker-agent $version"
+if bx env DEBIAN_FRONTEND=noninteractive apt-get install -y -q man-db >>"$LOGS/install.log" 2>&1; then
+    check "man ker-agent shows the manual page (with its commands)" \
+        eval 'bx env MANPAGER=cat MANWIDTH=80 man ker-agent | grep -q "recent events of the node"'
+else
+    fail "apt-get install man-db in the box (to read the manual page)"
+fi
+check "bash completion installed and loads" \
+    bx bash -c '. /usr/share/bash-completion/completions/ker-agent && complete -p ker-agent'
+check "zsh and fish completions installed" \
+    bx test -s /usr/share/zsh/vendor-completions/_ker-agent -a -s /usr/share/fish/vendor_completions.d/ker-agent.fish
 check "ker-agent check accepts the shipped /etc/ker-agent/agent.toml" \
     bx ker-agent check --config /etc/ker-agent/agent.toml
 check "system user ker-agent exists" bx getent passwd ker-agent

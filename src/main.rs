@@ -20,6 +20,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check { config } => cli::check(&config),
+        Command::Generate { what } => match cli::generate(what, &mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("ker-agent: error: cannot write to stdout: {error}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
         Command::Status {
             api,
             names,

@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `status`, `events` and `version`. Each command
+//! The command line: `run`, `check`, `status`, `events`, `version` and `generate`. Each command
 //! returns the process exit code; `main` only hands it to the OS. `check.rs` validates
 //! a configuration, `status.rs` and `events.rs` read a running agent's API.
 
@@ -39,7 +39,12 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
 #[derive(Debug, Parser)]
 #[command(
     name = "ker-agent",
+    version,
     about = "Node agent for Redis/Pika instances",
+    long_about = "Node agent for Redis/Pika instances. On every host of a fleet it starts, stops and \
+                  reconfigures the local redis-server and pika processes as its desired state says \
+                  (manifests in manifest_dir, the local API, or a control centre), keeps them alive, \
+                  takes their backups, and reports their health and metrics.",
     disable_version_flag = true
 )]
 pub struct Cli {
@@ -51,11 +56,13 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent (logs to stderr).
     Run {
+        /// The agent's configuration file.
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Validate the config and every manifest; exit 0, or 64 listing every problem.
     Check {
+        /// The configuration file to check (its manifest_dir too).
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
@@ -102,6 +109,114 @@ pub enum Command {
     },
     /// Print the version.
     Version,
+    /// Print the manual page (roff) or a shell's completion script, made from these
+    /// very definitions; the packages install them.
+    Generate {
+        #[arg(value_enum)]
+        what: Generated,
+    },
+}
+
+/// What `ker-agent generate` prints.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Generated {
+    /// The manual page, ker-agent(1), in roff.
+    Man,
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// The manual page: name, synopsis and description, then every command with its own
+/// help (in one page: `man ker-agent` is where people look), then files, environment
+/// and exit codes.
+fn man_page(mut command: clap::Command, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    command.build();
+    let man = clap_mangen::Man::new(command.clone());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    writeln!(out, ".SH COMMANDS")?;
+    for sub in command.get_subcommands_mut().filter(|sub| sub.get_name() != "help") {
+        let name = sub.get_name().to_string();
+        let help = sub.render_long_help().to_string();
+        writeln!(out, ".SS \"ker\\-agent {}\"", roff_escape(&name))?;
+        writeln!(out, ".nf")?;
+        for line in help.lines() {
+            writeln!(out, "{}", roff_line(line))?;
+        }
+        writeln!(out, ".fi")?;
+    }
+    out.write_all(MAN_TAIL.as_bytes())?;
+    man.render_version_section(out)
+}
+
+/// The sections after the commands, in roff.
+const MAN_TAIL: &str = r#".SH FILES
+.TP
+/etc/ker\-agent/agent.toml
+The configuration (see \fBker\-agent check\fR).
+.TP
+/etc/ker\-agent/instances.d/*.toml
+Instance manifests, read at start, on SIGHUP and every few seconds.
+.TP
+/var/lib/ker\-agent
+data_dir: instances and their records, desired.json, engine builds from the artifact store, backups.
+.TP
+/var/log/ker\-agent
+The instances' logs.
+.SH ENVIRONMENT
+.TP
+KER_AGENT_LOG
+The log level, e.g. \fBinfo\fR (the default), \fBdebug\fR, \fBker_agent=debug,info\fR.
+.SH SIGNALS
+.TP
+SIGHUP
+Read the manifests and the secret files again.
+.TP
+SIGTERM, SIGINT
+Stop the agent; the instances keep running.
+.SH EXIT STATUS
+0 on success, 1 on a failure while running, 64 for an invalid configuration or usage.
+.SH SEE ALSO
+/usr/share/doc/ker\-agent/README.md
+"#;
+
+/// Text safe inside a roff line: backslashes and hyphens escaped.
+fn roff_escape(text: &str) -> String {
+    text.replace('\\', "\\e").replace('-', "\\-")
+}
+
+/// A line of text for a no-fill block: escaped, and never read as a request.
+fn roff_line(line: &str) -> String {
+    let escaped = roff_escape(line);
+    if escaped.starts_with('.') || escaped.starts_with('\'') {
+        format!("\\&{escaped}")
+    } else {
+        escaped
+    }
+}
+
+/// `ker-agent generate`: writes the manual page or a completion script to `out`.
+pub fn generate(what: Generated, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    match what {
+        Generated::Man => man_page(command, out),
+        Generated::Bash => {
+            clap_complete::generate(clap_complete::Shell::Bash, &mut command, "ker-agent", out);
+            Ok(())
+        }
+        Generated::Zsh => {
+            clap_complete::generate(clap_complete::Shell::Zsh, &mut command, "ker-agent", out);
+            Ok(())
+        }
+        Generated::Fish => {
+            clap_complete::generate(clap_complete::Shell::Fish, &mut command, "ker-agent", out);
+            Ok(())
+        }
+    }
 }
 
 /// Parses the command line; a usage error exits 64, `--help` exits 0.
@@ -184,4 +299,59 @@ async fn get(api: &str, path: &str) -> anyhow::Result<String> {
         anyhow::bail!("{url} answered {code}: {}", body.trim());
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generated(what: Generated) -> String {
+        let mut out = Vec::new();
+        generate(what, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_manual_page_has_every_command_with_its_options() {
+        let man = generated(Generated::Man);
+        assert!(man.starts_with(".ie"), "roff");
+        for command in ["run", "check", "status", "events", "version", "generate"] {
+            assert!(
+                man.contains(&format!(".SS \"ker\\-agent {command}\"")),
+                "{command} in:\n{man}"
+            );
+        }
+        assert!(!man.contains(".SS \"ker\\-agent help\""));
+        for option in ["\\-\\-watch", "\\-\\-follow", "\\-\\-phase", "\\-\\-config"] {
+            assert!(man.contains(option), "{option}");
+        }
+        for section in [".SH FILES", ".SH ENVIRONMENT", ".SH EXIT STATUS"] {
+            assert!(man.contains(section), "{section}");
+        }
+        // No line of help text may be read as a roff request.
+        let mut in_text = false;
+        for line in man.lines() {
+            match line {
+                ".nf" => in_text = true,
+                ".fi" => in_text = false,
+                _ if in_text => assert!(!line.starts_with('.') && !line.starts_with('\''), "{line}"),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn completions_know_the_commands_and_options() {
+        for (what, marker) in [
+            (Generated::Bash, "complete -F"),
+            (Generated::Zsh, "#compdef ker-agent"),
+            (Generated::Fish, "complete -c ker-agent"),
+        ] {
+            let script = generated(what);
+            assert!(script.contains(marker), "{what:?}");
+            for word in ["status", "events", "watch", "follow"] {
+                assert!(script.contains(word), "{what:?} lacks {word}");
+            }
+        }
+    }
 }
