@@ -97,6 +97,8 @@ stage_common() {
         "$root/etc/ker-agent/instances.d/example.toml.disabled"
     install -m 0644 "$PKG_DIR/files/logrotate" "$root/etc/logrotate.d/ker-agent"
     install -m 0644 README.md "$root/usr/share/doc/ker-agent/README.md"
+    install -d -m 0755 "$root/usr/share/ker-agent/prometheus"
+    install -m 0644 operator/prometheus/alerts.yml "$root/usr/share/ker-agent/prometheus/alerts.yml"
     # The manual page and completions, made by the binary from its own clap definitions.
     install -d -m 0755 "$root/usr/share/man/man1" "$root/usr/share/bash-completion/completions" \
         "$root/usr/share/fish/vendor_completions.d" "$root/$2"

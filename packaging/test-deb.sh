@@ -242,6 +242,13 @@ if bx env DEBIAN_FRONTEND=noninteractive apt-get install -y -q man-db >>"$LOGS/i
 else
     fail "apt-get install man-db in the box (to read the manual page)"
 fi
+if bx env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus \
+    >>"$LOGS/install.log" 2>&1; then
+    check "the shipped alerting rules pass promtool check rules" \
+        bx promtool check rules /usr/share/ker-agent/prometheus/alerts.yml
+else
+    fail "apt-get install prometheus in the box (for promtool)"
+fi
 check "bash completion installed and loads" \
     bx bash -c '. /usr/share/bash-completion/completions/ker-agent && complete -p ker-agent'
 check "zsh and fish completions installed" \

@@ -108,6 +108,7 @@ impl Endpoint {
         registry.register_collector(Box::new(Host {
             observations: observations.clone(),
         }));
+        registry.register_collector(Box::new(Node { board: board.clone() }));
         Endpoint {
             registry,
             board,
@@ -153,6 +154,47 @@ impl Endpoint {
 
 /// The content type of [`Endpoint::render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Encodes what the status board says of the node as a whole: a rejected desired
+/// state, the controller's last successful calls.
+struct Node {
+    board: StatusBoard,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Node")
+    }
+}
+
+impl prometheus_client::collector::Collector for Node {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), Error> {
+        let rejected = u64::from(self.board.desired().last_rejection.is_some());
+        family(
+            &mut encoder,
+            "ker_agent_desired_state_rejected",
+            "Whether the last desired state offered was rejected (the one before stays applied)",
+            MetricType::Gauge,
+            [(NO_LABELS, rejected)],
+        )?;
+        if let Some(controller) = self.board.controller() {
+            // 0 until the first success: an agent that never reached its controller
+            // looks as stale as one that lost it.
+            let seconds = |ms: Option<u64>| ms.map_or(0.0, |ms| ms as f64 / 1000.0);
+            family(
+                &mut encoder,
+                "ker_agent_controller_last_success_timestamp_seconds",
+                "When a call to the controller last succeeded, by call (poll, report); 0 before the first",
+                MetricType::Gauge,
+                [
+                    ([("call", "poll")], seconds(controller.last_poll_ok_ms)),
+                    ([("call", "report")], seconds(controller.last_report_ok_ms)),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+}
 
 /// Encodes the agent's process and the host's last sample.
 struct Host {
@@ -448,6 +490,36 @@ mod tests {
     /// The pre-rendered scrape says line for line what prometheus-client's encoder
     /// said of the same board and samples (`scrape-reference.txt`, written by the
     /// encoder this replaced), in an order where every family's lines stay together.
+    #[test]
+    fn a_rejected_state_and_the_controller_calls_are_exposed() {
+        let board = StatusBoard::default();
+        let endpoint = Endpoint::new(board.clone(), Observations::default(), &Arc::new(Telemetry::default()));
+        let text = String::from_utf8(endpoint.render().to_vec()).unwrap();
+        assert!(text.contains("\nker_agent_desired_state_rejected 0\n"), "{text}");
+        assert!(
+            !text.contains("ker_agent_controller_last_success"),
+            "standalone: {text}"
+        );
+
+        board.rejected("manifests", None, vec!["a.toml: port: 1 is outside 1024-65535".into()]);
+        board.controller_configured("https://cc.example");
+        board.controller_polled(None);
+        let text = String::from_utf8(endpoint.render().to_vec()).unwrap();
+        assert!(text.contains("\nker_agent_desired_state_rejected 1\n"), "{text}");
+        let line = |call: &str| {
+            let prefix = format!("ker_agent_controller_last_success_timestamp_seconds{{call=\"{call}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        let now = crate::process::unix_now() as f64;
+        assert!(line("poll").is_some_and(|t| (now - t).abs() < 5.0), "{text}");
+        assert_eq!(line("report"), Some(0.0), "never reported: {text}");
+        board.clear_rejection();
+        let text = String::from_utf8(endpoint.render().to_vec()).unwrap();
+        assert!(text.contains("\nker_agent_desired_state_rejected 0\n"), "{text}");
+    }
+
     #[test]
     fn a_scrape_says_what_the_reference_encoder_said() {
         let (board, observations) = scrape_setup();
