@@ -99,6 +99,9 @@ stage_common() {
     install -m 0644 README.md "$root/usr/share/doc/ker-agent/README.md"
     install -d -m 0755 "$root/usr/share/ker-agent/prometheus"
     install -m 0644 operator/prometheus/alerts.yml "$root/usr/share/ker-agent/prometheus/alerts.yml"
+    install -d -m 0755 "$root/usr/share/ker-agent/grafana"
+    install -m 0644 operator/grafana/ker-agent-node.json operator/grafana/ker-agent-instance.json \
+        "$root/usr/share/ker-agent/grafana/"
     # The manual page and completions, made by the binary from its own clap definitions.
     install -d -m 0755 "$root/usr/share/man/man1" "$root/usr/share/bash-completion/completions" \
         "$root/usr/share/fish/vendor_completions.d" "$root/$2"

@@ -249,6 +249,8 @@ if bx env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-reco
 else
     fail "apt-get install prometheus in the box (for promtool)"
 fi
+check "the Grafana dashboards are installed, as JSON" \
+    bx sh -c 'for f in /usr/share/ker-agent/grafana/ker-agent-node.json /usr/share/ker-agent/grafana/ker-agent-instance.json; do grep -q "\"panels\"" "$f" || exit 1; done'
 check "bash completion installed and loads" \
     bx bash -c '. /usr/share/bash-completion/completions/ker-agent && complete -p ker-agent'
 check "zsh and fish completions installed" \

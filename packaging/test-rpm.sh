@@ -40,6 +40,8 @@ check "rpm -qpl lists the binary (root, 0755)" has_file "-rwxr-xr-x root root /u
 check "rpm -qpl lists the unit" has_file "-rw-r--r-- root root /usr/lib/systemd/system/ker-agent.service"
 check "rpm -qpl lists the sysusers file" has_file "-rw-r--r-- root root /usr/lib/sysusers.d/ker-agent.conf"
 check "rpm -qpl lists the alerting rules" has_file "-rw-r--r-- root root /usr/share/ker-agent/prometheus/alerts.yml"
+check "rpm -qpl lists the node dashboard" has_file "-rw-r--r-- root root /usr/share/ker-agent/grafana/ker-agent-node.json"
+check "rpm -qpl lists the instance dashboard" has_file "-rw-r--r-- root root /usr/share/ker-agent/grafana/ker-agent-instance.json"
 check "rpm -qpl lists the manual page" has_file "-rw-r--r-- root root /usr/share/man/man1/ker-agent.1.gz"
 check "rpm -qpl lists the bash completion" has_file "-rw-r--r-- root root /usr/share/bash-completion/completions/ker-agent"
 check "rpm -qpl lists the zsh completion" has_file "-rw-r--r-- root root /usr/share/zsh/site-functions/_ker-agent"
