@@ -60,7 +60,7 @@ fn main() -> ExitCode {
             let args = cli::EventsArgs {
                 api,
                 name,
-                limit,
+                limit: usize::from(limit),
                 follow,
                 json,
             };

@@ -67,6 +67,12 @@ fn status_filters_by_name_and_phase() {
     let (code, _, err) = run_cli(&h, "status a nope");
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no instance named nope on this node"), "{err}");
+    let (code, out, _) = run_cli(&h, "status --watch --count 1 nope");
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("no instance named nope on this node"),
+        "said in the frame: {out}"
+    );
     let (code, _, err) = run_cli(&h, "status --watch --interval 1ms");
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("too short"), "{err}");
@@ -113,8 +119,23 @@ fn events_of_the_node_and_of_one_instance_and_follow() {
     let last: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(last["instance"], "a");
     let (code, _, err) = run_cli(&h, "events --limit 0");
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("400") && err.contains("limit"), "{err}");
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--limit"), "{err}");
+    // The API says which parameter is wrong, too.
+    let (code, _, body) = http_bytes(([127, 0, 0, 1].into(), h.api_port), "/v1/events?limit=5000", &[]).unwrap();
+    assert_eq!(code, 400);
+    assert!(String::from_utf8_lossy(&body).contains("limit"));
+    // A closed output ends a watch quietly: no panic, no message.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{AGENT} status --api {api} --watch --interval 100ms | head -n 1 >/dev/null; echo done"
+        ))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{out:?}");
 
     // --follow prints the restart of a killed instance as it happens.
     let mut follow = Command::new(AGENT)

@@ -155,10 +155,15 @@ fn every_dashboard_query_and_alert_rule_works_against_a_real_prometheus() {
     // Enough samples for every rate over a minute, and the rules evaluated.
     std::thread::sleep(Duration::from_secs(6));
 
+    // Preflight findings exist only where the host has some.
+    let findings = h.status()["host"]["findings"].as_array().map_or(0, Vec::len);
     let mut failures = Vec::new();
     let mut tried = 0;
     for file in ["ker-agent-node.json", "ker-agent-instance.json"] {
         for (title, expr) in dashboard_queries(file) {
+            if expr.contains("ker_host_preflight_finding") && findings == 0 {
+                continue;
+            }
             let expr = expr.replace("$__rate_interval", "1m").replace("$node", &node);
             // The instance view is for one instance; each of its queries must answer for
             // the master or the replica (a replica has no replicas' lag).
@@ -186,7 +191,6 @@ fn every_dashboard_query_and_alert_rule_works_against_a_real_prometheus() {
         .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
         .collect();
     assert_eq!(rules.len(), 18, "{groups:#}\n{}", prometheus.log());
-    let findings = h.status()["host"]["findings"].as_array().map_or(0, Vec::len);
     for rule in &rules {
         let name = rule["name"].as_str().unwrap();
         let expr = rule["query"].as_str().unwrap();

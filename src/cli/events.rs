@@ -8,6 +8,8 @@ use std::time::Duration;
 
 /// How often `--follow` asks for new events.
 const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+/// The most events the agent's `/v1/events` returns at once.
+pub const MAX_PAGE: usize = 1000;
 
 /// What `ker-agent events` was asked for.
 #[derive(Debug, Clone)]
@@ -45,19 +47,26 @@ pub async fn events(args: &EventsArgs) -> ExitCode {
         match page(args, after, limit).await {
             Ok(page) => {
                 if started_at.is_some_and(|s| s != page.agent_started_at) {
-                    println!("--- the agent restarted; its events start again");
+                    // On stderr: stdout stays one event per line (JSON with --json).
+                    eprintln!("ker-agent: the agent restarted; its events start again");
                     started_at = Some(page.agent_started_at);
                     after = 0;
-                    limit = 1000;
                     continue;
                 }
                 started_at = Some(page.agent_started_at);
+                // Everything new from now on (the first page had the last `--limit`).
+                limit = MAX_PAGE;
                 let mut out = std::io::stdout().lock();
                 for entry in &page.events {
-                    let _ = writeln!(out, "{}", line(entry, args.json));
+                    if writeln!(out, "{}", line(entry, args.json)).is_err() {
+                        // Whoever read the output is gone (`| head`): nothing to do.
+                        return ExitCode::SUCCESS;
+                    }
                     after = after.max(entry.seq);
                 }
-                let _ = out.flush();
+                if out.flush().is_err() {
+                    return ExitCode::SUCCESS;
+                }
             }
             Err(e) if !args.follow => {
                 eprintln!("ker-agent: error: {e:#}");
@@ -69,7 +78,6 @@ pub async fn events(args: &EventsArgs) -> ExitCode {
         if !args.follow {
             return ExitCode::SUCCESS;
         }
-        limit = 1000;
         tokio::time::sleep(FOLLOW_EVERY).await;
     }
 }

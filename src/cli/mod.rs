@@ -97,9 +97,9 @@ pub enum Command {
         /// Address of the agent's API.
         #[arg(long, default_value = DEFAULT_API)]
         api: String,
-        /// How many recent events to print first.
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        /// How many recent events to print first (1 to 1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
         /// Keep printing new events as they happen, until interrupted.
         #[arg(long, short = 'f')]
         follow: bool,

@@ -91,7 +91,8 @@ pub async fn status(args: &StatusArgs) -> ExitCode {
     if !args.watch {
         return match frame(args).await {
             Ok(text) => {
-                print!("{text}");
+                // A closed output (`| head`) is not an error worth a message.
+                let _ = write_out(&text);
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -115,11 +116,11 @@ pub async fn status(args: &StatusArgs) -> ExitCode {
         );
         // In place on a terminal; one frame after another elsewhere (a pipe, a log).
         let clear = if terminal { "\x1b[H\x1b[2J" } else { "" };
-        print!("{clear}{header}{text}");
-        if !terminal {
-            println!();
+        let gap = if terminal { "" } else { "\n" };
+        if write_out(&format!("{clear}{header}{text}{gap}")).is_err() {
+            // Whoever watched is gone.
+            return ExitCode::SUCCESS;
         }
-        let _ = std::io::stdout().flush();
         shown += 1;
         if args.count.is_some_and(|count| shown >= count) {
             return ExitCode::SUCCESS;
@@ -128,21 +129,36 @@ pub async fn status(args: &StatusArgs) -> ExitCode {
     }
 }
 
+/// Writes `text` to stdout and flushes it; an error when stdout is closed (`print!`
+/// would panic).
+fn write_out(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
 /// One status, filtered, as text (a table, or JSON).
 async fn frame(args: &StatusArgs) -> anyhow::Result<String> {
     let body = super::get(&args.api, "/v1/status").await?;
     let mut doc: serde_json::Value = serde_json::from_str(&body)
         .map_err(|e| anyhow::anyhow!("the agent at {} sent a status that is not JSON: {e}", args.api))?;
     let missing = filter(&mut doc, &args.names, &args.phases);
-    if !missing.is_empty() && !args.watch {
+    let missing = if missing.is_empty() {
+        String::new()
+    } else if args.watch {
+        // It may be declared while the watch goes on: said in every frame.
+        format!("no instance named {} on this node\n", missing.join(", "))
+    } else {
         anyhow::bail!("no instance named {} on this node", missing.join(", "));
-    }
+    };
     if args.json {
+        // stdout stays one JSON document per frame.
+        eprint!("{missing}");
         return Ok(format!("{doc}\n"));
     }
     let doc: StatusDoc = serde_json::from_value(doc)
         .map_err(|e| anyhow::anyhow!("the agent at {} sent a status this version cannot read: {e}", args.api))?;
-    Ok(render_table(&doc))
+    Ok(format!("{missing}{}", render_table(&doc)))
 }
 
 /// Keeps the instances of `doc` that `names` and `phases` select (each, when not
