@@ -202,7 +202,7 @@ async fn status(State(state): State<ApiState>) -> Json<NodeStatus> {
 }
 
 /// The most events `/v1/events` returns at once.
-const MAX_EVENTS_PAGE: usize = 1000;
+pub const MAX_EVENTS_PAGE: usize = 1000;
 
 /// `GET /v1/events?instance=<name>&after=<seq>&limit=<n>`: the newest kept events
 /// after `seq`, oldest first.

@@ -95,6 +95,18 @@ struct Entry {
     busy: bool,
 }
 
+impl Entry {
+    /// A version first heard of at `now`: to be looked for.
+    fn new(now: Instant, busy: bool) -> Entry {
+        Entry {
+            state: watch::Sender::new(BuildState::Checking),
+            last_wanted: now,
+            attempts: 0,
+            busy,
+        }
+    }
+}
+
 /// One engine build as `/v1/status` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct EngineBuild {
@@ -160,12 +172,7 @@ impl Builds {
         let key = (engine, version.to_string());
         let now = Instant::now();
         let mut entries = self.entries();
-        let entry = entries.entry(key.clone()).or_insert_with(|| Entry {
-            state: watch::Sender::new(BuildState::Checking),
-            last_wanted: now,
-            attempts: 0,
-            busy: false,
-        });
+        let entry = entries.entry(key.clone()).or_insert_with(|| Entry::new(now, false));
         entry.last_wanted = now;
         let start = match &*entry.state.borrow() {
             BuildState::Ready(_) | BuildState::Fetching { .. } => false,
@@ -533,12 +540,9 @@ impl Builds {
                     continue;
                 }
                 let marked_at = Instant::now();
-                let entry = entries.entry(key.clone()).or_insert_with(|| Entry {
-                    state: watch::Sender::new(BuildState::Checking),
-                    last_wanted: marked_at,
-                    attempts: 0,
-                    busy: true,
-                });
+                let entry = entries
+                    .entry(key.clone())
+                    .or_insert_with(|| Entry::new(marked_at, true));
                 entry.busy = true;
                 entry.state.send_replace(BuildState::Checking);
                 marked_at

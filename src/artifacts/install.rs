@@ -16,8 +16,7 @@
 use super::manifest::{self, ArtifactManifest};
 use super::signature::TrustedKeys;
 use crate::engine::EngineKind;
-use sha2::{Digest, Sha256};
-use std::io::{self, Read};
+use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -96,18 +95,6 @@ fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
 /// Where the build of `engine` `version` lives under `engines_dir`.
 pub fn build_dir(engines_dir: &Path, engine: &str, version: &str) -> PathBuf {
     engines_dir.join(engine).join(version)
-}
-
-/// Checks and unpacks `archive` (downloaded for `manifest`) into its place under
-/// `engines_dir`. A build already in place is kept as it is.
-pub fn install(
-    archive: &Path,
-    manifest: &ArtifactManifest,
-    signed: &Signed,
-    engines_dir: &Path,
-) -> Result<Installed, InstallError> {
-    check_checksum(archive, &sha256_of(archive)?, manifest)?;
-    place(archive, manifest, signed, engines_dir, &AtomicBool::new(false))
 }
 
 /// Whether `found`, the SHA-256 of `archive`, is the one its manifest names.
@@ -234,19 +221,6 @@ pub fn read_installed(
         sha256: manifest.sha256,
         origin,
     }))
-}
-
-fn sha256_of(path: &Path) -> Result<String, InstallError> {
-    let mut file = std::fs::File::open(path).map_err(io_error("open", path))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0; 1 << 16];
-    loop {
-        let n = file.read(&mut buffer).map_err(io_error("read", path))?;
-        if n == 0 {
-            return Ok(crate::digest::hex(&hasher.finalize()));
-        }
-        hasher.update(&buffer[..n]);
-    }
 }
 
 fn unpack(archive: &Path, into: &Path, cancel: &AtomicBool) -> Result<(), InstallError> {
@@ -457,6 +431,18 @@ mod tests {
             sha256: sha256.into(),
             executable: "bin/redis-server".into(),
         }
+    }
+
+    /// What a fetch does with a downloaded archive: its checksum, then `place`.
+    fn install(
+        archive: &Path,
+        manifest: &ArtifactManifest,
+        signed: &Signed,
+        engines_dir: &Path,
+    ) -> Result<Installed, InstallError> {
+        let found = crate::digest::sha256_hex(&std::fs::read(archive).unwrap());
+        check_checksum(archive, &found, manifest)?;
+        place(archive, manifest, signed, engines_dir, &AtomicBool::new(false))
     }
 
     fn signed() -> Signed {

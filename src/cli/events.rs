@@ -8,8 +8,6 @@ use std::time::Duration;
 
 /// How often `--follow` asks for new events.
 const FOLLOW_EVERY: Duration = Duration::from_secs(1);
-/// The most events the agent's `/v1/events` returns at once.
-pub const MAX_PAGE: usize = 1000;
 
 /// What `ker-agent events` was asked for.
 #[derive(Debug, Clone)]
@@ -55,7 +53,7 @@ pub async fn events(args: &EventsArgs) -> ExitCode {
                 }
                 started_at = Some(page.agent_started_at);
                 // Everything new from now on (the first page had the last `--limit`).
-                limit = MAX_PAGE;
+                limit = crate::api::MAX_EVENTS_PAGE;
                 let mut out = std::io::stdout().lock();
                 for entry in &page.events {
                     if writeln!(out, "{}", line(entry, args.json)).is_err() {
