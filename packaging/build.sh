@@ -11,9 +11,14 @@
 # Debian host, run as root, it installs the missing binutils and rpm packages with
 # apt-get. The .deb is assembled with plain dpkg-deb from a staged tree (no debhelper).
 #
-# Environment (optional):
-#   KER_AGENT_MAINTAINER   Maintainer field of the .deb
+# Environment (optional; set the first two to your organisation's when you build
+# packages you distribute):
+#   KER_AGENT_MAINTAINER   Maintainer of the .deb and Packager of the .rpm
+#   KER_AGENT_HOMEPAGE     Homepage of the .deb and URL of the .rpm
 #   KER_AGENT_SKIP_RPM=1   build only the .deb
+#
+# The release notes of both packages come from packaging/changelog (Debian format),
+# whose newest entry must be the version being built.
 
 set -euo pipefail
 umask 022
@@ -26,7 +31,10 @@ ROOT=$(cd -- "$(dirname -- "$0")/.." && pwd)
 PKG_DIR="$ROOT/packaging"
 OUT_DIR="$ROOT/target/package"
 WORK="$OUT_DIR/work"
-MAINTAINER=${KER_AGENT_MAINTAINER:-ker-agent maintainers <ker-agent@localhost>}
+MAINTAINER=${KER_AGENT_MAINTAINER:-ker-agent maintainers <ker-agent@example.org>}
+HOMEPAGE=${KER_AGENT_HOMEPAGE:-https://ker-agent.example.org/}
+CHANGELOG="$PKG_DIR/changelog"
+RPM_RELEASE=1
 cd -- "$ROOT"
 
 # ------------------------------------------------------------------------- tools
@@ -82,13 +90,44 @@ shlib_depends() {
     printf '%s' "${deps[*]}" | sed 's/,/, /g'
 }
 
+# The version of the newest entry of packaging/changelog.
+changelog_version() {
+    sed -n '1s/^ker-agent (\([^)]*\)) .*/\1/p' "$CHANGELOG"
+}
+
+# packaging/changelog (Debian format) as the entries of an RPM %changelog, newest first:
+#   * Mon Nov 30 2026 Name <address> - 0.1.0-1
+#   - the first line of an item
+#     its continuation
+rpm_changelog() {
+    awk -v release="$RPM_RELEASE" '
+        /^ker-agent \(/      { version = $2; gsub(/[()]/, "", version); n = 0; next }
+        /^  \* /             { lines[++n] = "- " substr($0, 5); next }
+        /^    [^ ]/          { lines[++n] = "  " substr($0, 5); next }
+        /^ -- /              {
+            split(substr($0, 5), trailer, /  /)
+            cmd = "date -u -d \"" trailer[2] "\" +\"%a %b %d %Y\""
+            day = ""
+            if (trailer[2] == "" || (cmd | getline day) <= 0 || day == "") {
+                print "unreadable date in the changelog: " trailer[2] > "/dev/stderr"
+                exit 1
+            }
+            close(cmd)
+            print "* " day " " trailer[1] " - " version "-" release
+            for (i = 1; i <= n; i++) print lines[i]
+            print ""
+            next
+        }
+    ' "$CHANGELOG"
+}
+
 # The files both packages install, staged under $1; $2 is where zsh finds completions
 # on that distribution.
 stage_common() {
     local root=$1
     install -d -m 0755 "$root/usr/bin" "$root/usr/lib/systemd/system" "$root/usr/lib/sysusers.d" \
         "$root/etc/ker-agent/instances.d" "$root/etc/logrotate.d" "$root/usr/share/doc/ker-agent"
-    strip -o "$root/usr/bin/ker-agent" "$BINARY"
+    strip --remove-section=.comment -o "$root/usr/bin/ker-agent" "$BINARY"
     chmod 0755 "$root/usr/bin/ker-agent"
     install -m 0644 systemd/ker-agent.service "$root/usr/lib/systemd/system/ker-agent.service"
     install -m 0644 "$PKG_DIR/files/sysusers.conf" "$root/usr/lib/sysusers.d/ker-agent.conf"
@@ -135,6 +174,8 @@ VERSION=$(crate_version)
 [ -n "$VERSION" ] || die "cannot read the version from Cargo.toml"
 # A Cargo pre-release (0.2.0-rc.1) sorts before the release with "~" in both formats.
 PKG_VERSION=${VERSION//-/\~}
+[ "$(changelog_version)" = "$PKG_VERSION" ] ||
+    die "the newest entry of $CHANGELOG is '$(changelog_version)', not $PKG_VERSION: add an entry for $PKG_VERSION"
 DEB_ARCH=$(dpkg --print-architecture)
 RPM_ARCH=$(uname -m)
 
@@ -155,6 +196,9 @@ install -d "$OUT_DIR" "$WORK"
 DEB_ROOT="$WORK/deb"
 stage_common "$DEB_ROOT" usr/share/zsh/vendor-completions
 install -m 0644 "$PKG_DIR/files/copyright" "$DEB_ROOT/usr/share/doc/ker-agent/copyright"
+gzip -9n <"$CHANGELOG" >"$DEB_ROOT/usr/share/doc/ker-agent/changelog.gz"
+chmod 0644 "$DEB_ROOT/usr/share/doc/ker-agent/changelog.gz"
+install -D -m 0644 "$PKG_DIR/deb/lintian-overrides" "$DEB_ROOT/usr/share/lintian/overrides/ker-agent"
 install -d -m 0755 "$DEB_ROOT/DEBIAN"
 for script in postinst prerm postrm; do
     install -m 0755 "$PKG_DIR/deb/$script" "$DEB_ROOT/DEBIAN/$script"
@@ -166,6 +210,7 @@ INSTALLED_SIZE=$(du -sk --exclude=DEBIAN "$DEB_ROOT" | cut -f1)
 SHLIBS=$(shlib_depends "$DEB_ROOT/usr/bin/ker-agent")
 sed -e "s|@VERSION@|$PKG_VERSION|" -e "s|@ARCH@|$DEB_ARCH|" \
     -e "s|@INSTALLED_SIZE@|$INSTALLED_SIZE|" -e "s|@SHLIBS@|$SHLIBS|" \
+    -e "s|@HOMEPAGE@|$(printf '%s' "$HOMEPAGE" | sed 's/[&|\\]/\\&/g')|" \
     -e "s|@MAINTAINER@|$(printf '%s' "$MAINTAINER" | sed 's/[&|\\]/\\&/g')|" \
     "$PKG_DIR/deb/control.in" >"$DEB_ROOT/DEBIAN/control"
 DEB="$OUT_DIR/ker-agent_${PKG_VERSION}_${DEB_ARCH}.deb"
@@ -178,15 +223,20 @@ if [ "${KER_AGENT_SKIP_RPM:-0}" != 1 ]; then
     RPM_ROOT="$WORK/rpm-root"
     stage_common "$RPM_ROOT" usr/share/zsh/site-functions
     install -d -m 0750 "$RPM_ROOT/var/lib/ker-agent" "$RPM_ROOT/var/log/ker-agent"
-    RPM="$OUT_DIR/ker-agent-${PKG_VERSION}-1.${RPM_ARCH}.rpm"
+    SPEC="$WORK/ker-agent.spec"
+    { cat "$PKG_DIR/rpm/ker-agent.spec"; printf '\n%%changelog\n'; rpm_changelog; } >"$SPEC"
+    RPM="$OUT_DIR/ker-agent-${PKG_VERSION}-${RPM_RELEASE}.${RPM_ARCH}.rpm"
     rm -f -- "$RPM"
     rpmbuild -bb --quiet --target "$RPM_ARCH" \
         --define "_topdir $WORK/rpmbuild" \
         --define "_build_id_links none" \
         --define "ker_version $PKG_VERSION" \
+        --define "ker_release $RPM_RELEASE" \
+        --define "ker_packager $MAINTAINER" \
+        --define "ker_url $HOMEPAGE" \
         --define "ker_stage $RPM_ROOT" \
-        "$PKG_DIR/rpm/ker-agent.spec" >&2
-    mv -- "$WORK/rpmbuild/RPMS/$RPM_ARCH/ker-agent-${PKG_VERSION}-1.${RPM_ARCH}.rpm" "$RPM"
+        "$SPEC" >&2
+    mv -- "$WORK/rpmbuild/RPMS/$RPM_ARCH/ker-agent-${PKG_VERSION}-${RPM_RELEASE}.${RPM_ARCH}.rpm" "$RPM"
     log "built $RPM"
 fi
 

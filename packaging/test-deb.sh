@@ -236,6 +236,10 @@ else
 fi
 check "redis-server and redis-cli installed with the package (Recommends)" bx test -x /usr/bin/redis-server -a -x /usr/bin/redis-cli
 check "ker-agent version prints ker-agent $version" test "$(bx ker-agent version)" = "ker-agent $version"
+check "the changelog is installed, its newest entry is $version" \
+    eval '[ "$(bx zcat /usr/share/doc/ker-agent/changelog.gz | head -n 1)" = "ker-agent ($version) unstable; urgency=medium" ]'
+DSH_STATE=/var/lib/systemd/deb-systemd-helper-enabled/$UNIT.dsh-also
+check "deb-systemd-helper recorded the enablement (purged with the package)" bx test -f "$DSH_STATE"
 if bx env DEBIAN_FRONTEND=noninteractive apt-get install -y -q man-db >>"$LOGS/install.log" 2>&1; then
     manual=$(bx env MANPAGER=cat MANWIDTH=80 man ker-agent 2>&1 || true)
     check "man ker-agent shows the manual page (with its commands)" \
@@ -440,6 +444,22 @@ check "after upgrade: agent restarted (new main pid), unit active" \
 pids_unchanged "after package upgrade" || true
 not_failed "after upgrade"
 
+# An administrator who disabled the agent keeps it disabled across an upgrade; the
+# running agent is still replaced by the new one.
+bx systemctl disable --quiet "$UNIT"
+old_main=$(main_pid)
+if bx env DEBIAN_FRONTEND=noninteractive dpkg -i /root/ker-agent.deb >"$LOGS/upgrade-disabled.log" 2>&1; then
+    pass "dpkg -i over the installed package with the unit disabled"
+else
+    cat "$LOGS/upgrade-disabled.log"
+    fail "dpkg -i over the installed package with the unit disabled"
+fi
+check "after upgrade: a disabled unit stays disabled" test "$(bx systemctl is-enabled "$UNIT")" = disabled
+check "after upgrade: the running, disabled agent was restarted (new main pid)" \
+    test "$(active_state)" = active -a "$(main_pid)" != "$old_main"
+pids_unchanged "after package upgrade with the unit disabled" || true
+bx systemctl enable --quiet "$UNIT"
+
 # Diagnostics while the agent is still installed.
 [ "$FAILURES" = 0 ] || diagnostics
 
@@ -449,6 +469,33 @@ check "apt-get remove ker-agent" bx env DEBIAN_FRONTEND=noninteractive apt-get r
 check "after remove: agent stopped" test "$(active_state)" != active
 pids_unchanged "after package removal" || true
 check "after remove: instance data kept" bx test -s /var/lib/ker-agent/instances/a/data/dump.rdb
+check "after remove: the unit is masked, its enablement kept for a reinstall" \
+    eval '[ "$(bx readlink "/etc/systemd/system/$UNIT")" = /dev/null ] &&
+        bx test -L "/etc/systemd/system/multi-user.target.wants/$UNIT"'
+
+# ---------------------------------------------------------- purge, reinstall
+
+check "apt-get purge ker-agent" bx env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q ker-agent
+check "after purge: no enablement left (no wants link, no deb-systemd-helper record)" \
+    eval '! bx test -e "/etc/systemd/system/multi-user.target.wants/$UNIT" &&
+        ! bx test -e "$DSH_STATE"'
+check "after purge: the unit is not masked" eval '! bx test -L "/etc/systemd/system/$UNIT"'
+check "after purge: no permission override left" \
+    eval '[ -z "$(bx dpkg-statoverride --list "/etc/ker-agent*")" ]'
+check "after purge: instance data kept" bx test -s /var/lib/ker-agent/instances/a/data/dump.rdb
+pids_unchanged "after package purge" || true
+if bx env DEBIAN_FRONTEND=noninteractive apt-get install -y -q /root/ker-agent.deb >"$LOGS/reinstall.log" 2>&1; then
+    pass "apt-get install ./ker-agent.deb after the purge"
+else
+    cat "$LOGS/reinstall.log"
+    fail "apt-get install ./ker-agent.deb after the purge"
+fi
+check "after reinstall: unit enabled again" test "$(bx systemctl is-enabled "$UNIT")" = enabled
+check "after reinstall: unit active" is_active
+# The manifests are not package files, so they outlived the purge: the new agent finds
+# the instances still running and adopts them.
+check "after reinstall: both instances running and ready" wait_until 20 all_running
+pids_unchanged "after reinstall" || true
 
 FINISHED=1
 if [ "$FAILURES" -gt 0 ]; then

@@ -60,6 +60,10 @@ check "rpm -qp --scripts: systemd reloaded" has_script 'systemctl daemon-reload'
 check "rpm -qp --requires: no OpenSSL (TLS is rustls)" eval '! rpm -qp --requires "$RPM" | grep -q libssl'
 check "rpm -qp --requires: the user tools" eval 'rpm -qp --requires "$RPM" | grep -qx /usr/sbin/useradd'
 check "rpm -qp --recommends: redis (a host may run Pika only)" eval 'rpm -qp --recommends "$RPM" | grep -qx redis'
+check "rpm -qp --changelog: the newest entry is ${version//-/\~}-1, from packaging/changelog" \
+    eval '[[ "$(rpm -qp --changelog "$RPM" | sed -n 1p)" == *" - ${version//-/\~}-1" ]]'
+check "rpm -qp: Packager, URL and Group are set" \
+    eval '! rpm -qp --queryformat "%{PACKAGER}\n%{URL}\n%{GROUP}\n" "$RPM" | grep -qxE "|\(none\)|Unspecified"'
 
 if [ "$FAILURES" -gt 0 ]; then
     printf 'FAIL: %d of %d checks failed\n' "$FAILURES" "$CHECKS"
