@@ -194,6 +194,12 @@ pub enum Event {
         error: String,
         retry_in: Duration,
     },
+    /// The process crashed while the build of `awaited` is not at hand: it restarts on
+    /// `version`, the build it ran.
+    BuildFallback {
+        version: String,
+        awaited: String,
+    },
 }
 
 impl Event {
@@ -240,6 +246,7 @@ impl Event {
             Event::Restored { .. } => "restored",
             Event::RestoreFailed { .. } => "restore-failed",
             Event::BuildAwaited { .. } => "build-awaited",
+            Event::BuildFallback { .. } => "build-fallback",
             Event::BuildReady { .. } => "build-ready",
             Event::BuildUnavailable { .. } => "build-unavailable",
         }
@@ -362,6 +369,9 @@ impl Event {
             } => format!(
                 "build of version {version:?} not available: {error}; trying again in {}",
                 format_duration_short(*retry_in)
+            ),
+            Event::BuildFallback { version, awaited } => format!(
+                "restarting on version {version:?}, the build it ran, until the build of version {awaited:?} is ready"
             ),
         }
     }
@@ -582,6 +592,12 @@ impl Event {
                 error = error.as_str(),
                 retry_in_ms = retry_in.as_millis() as u64,
                 "Engine build not available; the instance keeps what it runs."
+            ),
+            Event::BuildFallback { version, awaited } => warn!(
+                instance,
+                version = version.as_str(),
+                awaited = awaited.as_str(),
+                "Instance restarts on the build it ran; the declared version's build is not at hand."
             ),
         }
     }

@@ -4,7 +4,8 @@
 //! reused by a restarted agent without a fetch; a running instance moves onto a new
 //! build with one graceful restart and its data; every refusal (tampered archive,
 //! changed manifest, unknown key, truncated download, traversal, 404, store down, no
-//! room) keeps the old version running; ten instances share one download; unused
+//! room) keeps the old version running, and a crash meanwhile restarts it on what it
+//! ran (a deliberate start waits); ten instances share one download; unused
 //! builds are removed, used ones kept; reports carry the wait; a real Pika moves onto
 //! a store build with its data.
 
@@ -437,6 +438,90 @@ fn a_running_instance_keeps_its_upkeep_while_its_build_is_unavailable() {
         config_get(port, None, "maxmemory-policy") == "allkeys-lru"
     });
     assert_eq!(s.h.instance("a")["pid"], pid);
+}
+
+#[test]
+fn a_crash_while_the_new_build_is_unavailable_restarts_on_the_build_it_ran() {
+    let mut s = setup("7d");
+    let port = free_port();
+    s.h.manifest("a", port, "");
+    s.h.start_agent();
+    let old = s.h.wait_ready("a");
+    fill_keys(&mut redis(port, None).unwrap(), 100, "kept-");
+    let _: () = redis::cmd("SAVE").query(&mut redis(port, None).unwrap()).unwrap();
+    // 7.9 is not in the store yet.
+    s.h.manifest_with_version("a", "7.9", port, "");
+    s.h.signal_agent(SIGHUP);
+    wait_refused(&s.h, "a", "7.9", "answered 404");
+
+    send_signal(old, SIGKILL);
+    let fallback = s.h.wait_restarted("a", old);
+    assert_eq!(exe_of(fallback), std::fs::canonicalize(redis_server()).unwrap());
+    let i = s.h.instance("a");
+    assert_eq!(i["version"], "7.0", "restarted on what it ran: {i}");
+    assert_eq!(i["build"]["version"], "7.9", "still awaiting 7.9: {i}");
+    assert!(i["message"].as_str().unwrap().contains("keeps running"), "{i}");
+    assert_eq!(i["restarts"], 1, "{i}");
+    let kept: usize = redis::cmd("DBSIZE").query(&mut redis(port, None).unwrap()).unwrap();
+    assert_eq!(kept, 100, "its data came back with it");
+    assert_eq!(count_events(&s.h, "a", "build-fallback"), 1, "{:?}", events(&s.h, "a"));
+
+    // Published: a retry fetches it, and the instance moves on with one restart.
+    s.publish("7.9", 0);
+    let moved = s.h.wait_for_value("a on 7.9", WAIT, |h| {
+        let i = h.instance("a");
+        (i["version"] == "7.9" && i["ready"] == true && i["pid"] != fallback).then_some(i)
+    });
+    let new = moved["pid"].as_u64().unwrap() as u32;
+    assert_eq!(exe_of(new), s.build_dir("7.9").join("bin/redis-server"));
+    assert!(moved["build"].is_null(), "{moved}");
+    assert_eq!(count_events(&s.h, "a", "build-fallback"), 1, "{:?}", events(&s.h, "a"));
+}
+
+#[test]
+fn a_process_that_died_while_the_agent_was_down_restarts_on_the_store_build_it_ran() {
+    let (mut s, port, old) = running_on_store_build();
+    s.h.manifest_with_version("a", "8.0", port, "");
+    s.h.signal_agent(SIGHUP);
+    wait_refused(&s.h, "a", "8.0", "answered 404");
+    s.h.stop_agent(SIGTERM);
+    send_signal(old, SIGKILL);
+    // The new agent finds the record of a dead process: a crash. The build it ran is
+    // looked for on disk first (nothing in memory yet), then started.
+    s.h.start_agent();
+    let fallback = s.h.wait_restarted("a", old);
+    assert_eq!(exe_of(fallback), s.build_dir("7.9").join("bin/redis-server"));
+    let i = s.h.instance("a");
+    assert_eq!(i["version"], "7.9", "{i}");
+    assert_eq!(i["build"]["version"], "8.0", "{i}");
+    assert_eq!(count_events(&s.h, "a", "build-fallback"), 1, "{:?}", events(&s.h, "a"));
+    assert_eq!(
+        s.store.requests("redis-7.9.tar.gz"),
+        1,
+        "found on disk, not fetched again"
+    );
+}
+
+#[test]
+fn a_stopped_instance_started_while_its_build_is_unavailable_waits_for_it() {
+    let mut s = setup("7d");
+    let port = free_port();
+    s.h.manifest("a", port, "");
+    s.h.start_agent();
+    s.h.wait_ready("a");
+    s.h.manifest("a", port, "state = \"stopped\"\n");
+    s.h.signal_agent(SIGHUP);
+    s.h.wait_for("a stopped", WAIT, |h| h.instance("a")["phase"] == "stopped");
+    // A deliberate start asks for 7.9, which is not in the store: no fallback.
+    s.h.manifest_with_version("a", "7.9", port, "");
+    s.h.signal_agent(SIGHUP);
+    let i = wait_refused(&s.h, "a", "7.9", "answered 404");
+    assert_eq!(i["version"], "7.9", "{i}");
+    let i = s.h.instance("a");
+    assert_eq!(i["phase"], "failed", "{i}");
+    assert!(i["pid"].is_null(), "{i}");
+    assert!(listener_pid(port).is_none());
+    assert_eq!(count_events(&s.h, "a", "build-fallback"), 0, "{:?}", events(&s.h, "a"));
 }
 
 #[test]

@@ -2,10 +2,12 @@
 //! of a running process, the worker asks for its spec's build; while the build is
 //! being looked for, fetched, or failed, nothing is started or restarted: a process
 //! that runs keeps running its old build, and the status shows the wait (phase
-//! `fetching` when nothing runs) with its progress.
+//! `fetching` when nothing runs) with its progress. A process that crashes meanwhile
+//! restarts on the build it ran, if that is still at hand.
 
 use super::*;
 use crate::artifacts::{BuildState, Wanted};
+use crate::engine::EngineKind;
 use crate::status::BuildWait;
 
 impl Worker {
@@ -89,5 +91,46 @@ impl Worker {
                 });
             }
         }
+    }
+
+    /// Notes what a process that went ran, for `fallback_spec`.
+    pub(super) fn remember_ran(&mut self, engine: EngineKind, version: String) {
+        self.ran = Some((engine, version));
+    }
+
+    /// After a crash while the declared version's build is awaited: `spec` at the
+    /// version the process ran, to restart on meanwhile, when that build is at hand.
+    /// Keeping an instance up matters more than its moving on; the move happens, with
+    /// one graceful restart, once the awaited build is ready. A deliberate start (not
+    /// after a crash) waits for the declared version instead.
+    pub(super) fn fallback_spec(&mut self, spec: &InstanceSpec) -> Option<Arc<InstanceSpec>> {
+        self.ran_changes = None;
+        if !self.restart_pending {
+            return None;
+        }
+        let (engine, version) = self.ran.clone()?;
+        if engine != spec.engine || version == spec.version {
+            return None;
+        }
+        match self.ctx.builds.want(engine, &version) {
+            Wanted::Local(_) => {}
+            Wanted::Unknown => return None,
+            Wanted::Store(mut receiver) => {
+                if !matches!(*receiver.borrow_and_update(), BuildState::Ready(_)) {
+                    // Being looked for on disk (e.g. after an agent restart): wake when
+                    // it is found.
+                    self.ran_changes = Some(receiver);
+                    return None;
+                }
+            }
+        }
+        self.emit(Event::BuildFallback {
+            version: version.clone(),
+            awaited: spec.version.clone(),
+        });
+        Some(Arc::new(InstanceSpec {
+            version,
+            ..spec.clone()
+        }))
     }
 }

@@ -176,6 +176,11 @@ pub struct Worker {
     build_wait: Option<crate::status::BuildWait>,
     /// That build's progress, to wake on.
     build_changes: Option<watch::Receiver<crate::artifacts::BuildState>>,
+    /// The engine and version the last process ran, kept after it exits: while the
+    /// declared version's build is awaited, a crashed process restarts on this one.
+    ran: Option<(EngineKind, String)>,
+    /// The progress of the build `ran` names while it is being looked for, to wake on.
+    ran_changes: Option<watch::Receiver<crate::artifacts::BuildState>>,
 }
 
 impl Worker {
@@ -229,6 +234,8 @@ impl Worker {
             restore_loaded: false,
             build_wait: None,
             build_changes: None,
+            ran: None,
+            ran_changes: None,
         }
     }
 
@@ -326,14 +333,24 @@ impl Worker {
                 _ => {
                     self.build_wait = None;
                     self.build_changes = None;
+                    self.ran_changes = None;
                     None
                 }
             };
             let mut action = plan::reconcile(&desired, &observed, now);
+            // What a start starts: the declared spec, or after a crash while its build
+            // is awaited, the same at the version the process ran.
+            let mut start_spec = spec.clone();
             if let Some(retry_at) = build_wait {
-                // Only what would need the new build waits; the running process keeps
-                // its upkeep (drift, password grace, stable-run check).
-                if matches!(action, Action::Start | Action::Stop(plan::StopReason::Restart(_))) {
+                let fallback = match (&action, &spec) {
+                    (Action::Start, Some(spec)) => self.fallback_spec(spec),
+                    _ => None,
+                };
+                if let Some(fallback) = fallback {
+                    start_spec = Some(fallback);
+                } else if matches!(action, Action::Start | Action::Stop(plan::StopReason::Restart(_))) {
+                    // Only what would need the new build waits; the running process
+                    // keeps its upkeep (drift, password grace, stable-run check).
                     let upkeep = match (&spec, &self.process) {
                         (Some(spec), Some(_)) => self.upkeep(spec).await,
                         _ => None,
@@ -358,7 +375,7 @@ impl Worker {
                     continue;
                 }
                 Action::Start => {
-                    if let Some(spec) = &spec {
+                    if let Some(spec) = &start_spec {
                         self.start(spec).await;
                     }
                     if self.process.is_none() {
@@ -415,6 +432,14 @@ impl Worker {
                 None => std::future::pending().await,
             }
         };
+        let ran_build = async {
+            match self.ran_changes.as_mut() {
+                Some(changes) => {
+                    let _ = changes.changed().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         let (process, specs, shutdown) = (&mut self.process, &mut self.specs, &self.shutdown);
         let exit = async move {
             match process.as_mut() {
@@ -433,6 +458,7 @@ impl Worker {
             },
             readiness = probe => Wake::Probed(readiness),
             _ = build => Wake::Timer,
+            _ = ran_build => Wake::Timer,
             _ = timer => Wake::Timer,
         }
     }
@@ -484,6 +510,7 @@ impl Worker {
         let Some(process) = self.process.take() else {
             return;
         };
+        self.remember_ran(process.record().engine, process.record().version.clone());
         let ran_for = process.running_for();
         self.emit(Event::Exited {
             pid: process.pid(),
