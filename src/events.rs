@@ -662,13 +662,16 @@ impl EventLog {
     /// Logs `event` and keeps it.
     pub fn emit(&self, instance: &str, event: Event) {
         event.log(instance);
+        // Thousands are kept: without the room `format!` leaves for growth.
+        let mut message = event.describe();
+        message.shrink_to_fit();
         let mut history = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let entry = EventEntry {
             seq: history.next_seq,
             at_ms: unix_now_millis(),
             instance: instance.to_string(),
             kind: event.kind(),
-            message: event.describe(),
+            message,
         };
         history.next_seq += 1;
         let capacity = self.capacity.load(std::sync::atomic::Ordering::Relaxed).max(1);

@@ -169,7 +169,7 @@ impl Supervisor {
         }
         let (tx, rx) = watch::channel(spec);
         let worker = Worker::new(name.clone(), self.ctx.clone(), rx, self.shutdown.child_token());
-        let handle = self.tasks.spawn(worker.run());
+        let handle = self.tasks.spawn(Box::new(worker).run());
         self.task_names.insert(handle.id(), name.clone());
         self.workers.insert(name, tx);
     }
