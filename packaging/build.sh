@@ -99,16 +99,20 @@ changelog_version() {
 #   * Mon Nov 30 2026 Name <address> - 0.1.0-1
 #   - the first line of an item
 #     its continuation
+# A "%" is doubled: rpm expands macros in %changelog.
 rpm_changelog() {
     awk -v release="$RPM_RELEASE" '
         /^ker-agent \(/      { version = $2; gsub(/[()]/, "", version); n = 0; next }
-        /^  \* /             { lines[++n] = "- " substr($0, 5); next }
-        /^    [^ ]/          { lines[++n] = "  " substr($0, 5); next }
+        /^  \* /             { lines[++n] = "- " substr($0, 5); gsub(/%/, "%%", lines[n]); next }
+        /^    [^ ]/          { lines[++n] = "  " substr($0, 5); gsub(/%/, "%%", lines[n]); next }
         /^ -- /              {
             split(substr($0, 5), trailer, /  /)
+            gsub(/%/, "%%", trailer[1])
+            # Only an RFC 5322 date goes to date(1), through the shell.
+            valid = trailer[2] ~ /^[A-Z][a-z][a-z], [0-9][0-9]? [A-Z][a-z][a-z] [0-9][0-9][0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9] [+-][0-9][0-9][0-9][0-9]$/
             cmd = "date -u -d \"" trailer[2] "\" +\"%a %b %d %Y\""
             day = ""
-            if (trailer[2] == "" || (cmd | getline day) <= 0 || day == "") {
+            if (!valid || (cmd | getline day) <= 0 || day == "") {
                 print "unreadable date in the changelog: " trailer[2] > "/dev/stderr"
                 exit 1
             }

@@ -458,6 +458,19 @@ check "after upgrade: a disabled unit stays disabled" test "$(bx systemctl is-en
 check "after upgrade: the running, disabled agent was restarted (new main pid)" \
     test "$(active_state)" = active -a "$(main_pid)" != "$old_main"
 pids_unchanged "after package upgrade with the unit disabled" || true
+
+# The same over a package that enabled the unit with systemctl and so left no record
+# for deb-systemd-helper: the administrator's choice is kept as well.
+bx rm -f "$DSH_STATE"
+if bx env DEBIAN_FRONTEND=noninteractive dpkg -i /root/ker-agent.deb >"$LOGS/upgrade-unrecorded.log" 2>&1; then
+    pass "dpkg -i over a disabled unit that deb-systemd-helper has no record of"
+else
+    cat "$LOGS/upgrade-unrecorded.log"
+    fail "dpkg -i over a disabled unit that deb-systemd-helper has no record of"
+fi
+check "after upgrade: the unrecorded, disabled unit stays disabled" \
+    test "$(bx systemctl is-enabled "$UNIT")" = disabled
+check "after upgrade: the record is made" bx test -f "$DSH_STATE"
 bx systemctl enable --quiet "$UNIT"
 
 # Diagnostics while the agent is still installed.

@@ -525,6 +525,35 @@ fn a_stopped_instance_started_while_its_build_is_unavailable_waits_for_it() {
 }
 
 #[test]
+fn an_instance_stopped_after_its_crash_is_not_restarted_on_the_old_build() {
+    let mut s = setup("7d");
+    let port = free_port();
+    s.h.manifest("a", port, "");
+    s.h.start_agent();
+    let mut pid = s.h.wait_ready("a");
+    // Three quick crashes, then a fourth: its restart waits 1.6-2.4 s of back-off,
+    // and the instance is declared stopped meanwhile.
+    for _ in 0..3 {
+        send_signal(pid, SIGKILL);
+        pid = s.h.wait_restarted("a", pid);
+    }
+    send_signal(pid, SIGKILL);
+    s.h.manifest("a", port, "state = \"stopped\"\n");
+    s.h.signal_agent(SIGHUP);
+    s.h.wait_for("a stopped", WAIT, |h| h.instance("a")["phase"] == "stopped");
+    assert_eq!(count_events(&s.h, "a", "started"), 4, "{:?}", events(&s.h, "a"));
+    // Started deliberately on 7.9 (not in the store): it waits for 7.9 instead of
+    // coming back on 7.0.
+    s.h.manifest_with_version("a", "7.9", port, "");
+    s.h.signal_agent(SIGHUP);
+    wait_refused(&s.h, "a", "7.9", "answered 404");
+    let i = s.h.instance("a");
+    assert!(i["pid"].is_null(), "{i}");
+    assert!(listener_pid(port).is_none());
+    assert_eq!(count_events(&s.h, "a", "build-fallback"), 0, "{:?}", events(&s.h, "a"));
+}
+
+#[test]
 fn reports_carry_the_wait_and_its_progress() {
     use common::controller::{controlled, document, Controller, NODE, TOKEN};
     let controller = Controller::start(TOKEN);

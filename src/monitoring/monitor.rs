@@ -346,6 +346,7 @@ mod tests {
             origin: Instant::now(),
         });
         let size = std::mem::size_of_val(&run("a".into(), targets, ctx));
-        assert!(size <= 1280, "a monitor's future is {size} bytes");
+        // Room for another compiler's layout; the probe unboxed again goes past it.
+        assert!(size <= 1536, "a monitor's future is {size} bytes");
     }
 }

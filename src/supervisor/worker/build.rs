@@ -8,6 +8,7 @@
 use super::*;
 use crate::artifacts::{BuildState, Wanted};
 use crate::engine::EngineKind;
+use crate::record::InstanceRecord;
 use crate::status::BuildWait;
 
 impl Worker {
@@ -94,43 +95,59 @@ impl Worker {
     }
 
     /// Notes what a process that went ran, for `fallback_spec`.
-    pub(super) fn remember_ran(&mut self, engine: EngineKind, version: String) {
-        self.ran = Some((engine, version));
+    pub(super) fn remember_ran(&mut self, record: &InstanceRecord) {
+        self.ran = Some(Ran {
+            engine: record.engine,
+            version: record.version.clone(),
+            config_hash: record.config_hash.clone(),
+        });
     }
 
     /// After a crash while the declared version's build is awaited: `spec` at the
-    /// version the process ran, to restart on meanwhile, when that build is at hand.
-    /// Keeping an instance up matters more than its moving on; the move happens, with
-    /// one graceful restart, once the awaited build is ready. A deliberate start (not
-    /// after a crash) waits for the declared version instead.
+    /// version the process ran, to restart on meanwhile. Keeping an instance up
+    /// matters more than its moving on; the move happens, with one graceful restart,
+    /// once the awaited build is ready. Only when the declared spec differs from what
+    /// ran by its version alone (anything else new might not suit the old version),
+    /// and never for a deliberate start (not after a crash). A kept build no longer on
+    /// disk is asked for again (found or fetched), and the worker wakes when it is.
     pub(super) fn fallback_spec(&mut self, spec: &InstanceSpec) -> Option<Arc<InstanceSpec>> {
         self.ran_changes = None;
         if !self.restart_pending {
             return None;
         }
-        let (engine, version) = self.ran.clone()?;
-        if engine != spec.engine || version == spec.version {
+        let ran = self.ran.as_ref()?;
+        if ran.engine != spec.engine || ran.version == spec.version {
             return None;
         }
-        match self.ctx.builds.want(engine, &version) {
+        let fallback = InstanceSpec {
+            version: ran.version.clone(),
+            ..spec.clone()
+        };
+        if fallback.config_hash() != ran.config_hash {
+            return None;
+        }
+        match self.ctx.builds.want(fallback.engine, &fallback.version) {
             Wanted::Local(_) => {}
             Wanted::Unknown => return None,
             Wanted::Store(mut receiver) => {
                 if !matches!(*receiver.borrow_and_update(), BuildState::Ready(_)) {
-                    // Being looked for on disk (e.g. after an agent restart): wake when
-                    // it is found.
                     self.ran_changes = Some(receiver);
                     return None;
                 }
             }
         }
         self.emit(Event::BuildFallback {
-            version: version.clone(),
+            version: fallback.version.clone(),
             awaited: spec.version.clone(),
         });
-        Some(Arc::new(InstanceSpec {
-            version,
-            ..spec.clone()
-        }))
+        Some(Arc::new(fallback))
     }
+}
+
+/// What the last process ran, kept after it exits.
+pub(super) struct Ran {
+    engine: EngineKind,
+    version: String,
+    /// Its spec's [`InstanceSpec::config_hash`], as its record says.
+    config_hash: String,
 }

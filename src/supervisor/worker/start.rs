@@ -106,7 +106,7 @@ impl Worker {
                     let delay = self.crashes.on_crash(age, fastrand::f64());
                     self.restart_pending = true;
                     self.schedule_restart(delay);
-                    self.remember_ran(record.engine, record.version.clone());
+                    self.remember_ran(&record);
                 }
                 self.remove_records("its process is gone").await;
             }
