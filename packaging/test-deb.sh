@@ -204,6 +204,18 @@ not_failed() {
     fi
 }
 
+# run_package LOG DESCRIPTION COMMAND...: a package operation in the box, its output
+# kept in $LOGS/LOG.log and shown if it fails.
+run_package() {
+    local log=$1 description=$2; shift 2
+    if bx env DEBIAN_FRONTEND=noninteractive "$@" >"$LOGS/$log.log" 2>&1; then
+        pass "$description"
+    else
+        cat "$LOGS/$log.log"
+        fail "$description"
+    fi
+}
+
 # ------------------------------------------------------------------- the box
 
 "$BOX" create "$ROOTFS"
@@ -433,12 +445,7 @@ pids_unchanged "after adding and removing instance c" || true
 # ------------------------------------------------------------------- upgrade
 
 old_main=$(main_pid)
-if bx env DEBIAN_FRONTEND=noninteractive dpkg -i /root/ker-agent.deb >"$LOGS/upgrade.log" 2>&1; then
-    pass "dpkg -i over the installed package (upgrade path of the maintainer scripts)"
-else
-    cat "$LOGS/upgrade.log"
-    fail "dpkg -i over the installed package"
-fi
+run_package upgrade "dpkg -i over the installed package (upgrade path of the maintainer scripts)" dpkg -i /root/ker-agent.deb
 check "after upgrade: agent restarted (new main pid), unit active" \
     test "$(active_state)" = active -a "$(main_pid)" != "$old_main"
 pids_unchanged "after package upgrade" || true
@@ -448,12 +455,7 @@ not_failed "after upgrade"
 # running agent is still replaced by the new one.
 bx systemctl disable --quiet "$UNIT"
 old_main=$(main_pid)
-if bx env DEBIAN_FRONTEND=noninteractive dpkg -i /root/ker-agent.deb >"$LOGS/upgrade-disabled.log" 2>&1; then
-    pass "dpkg -i over the installed package with the unit disabled"
-else
-    cat "$LOGS/upgrade-disabled.log"
-    fail "dpkg -i over the installed package with the unit disabled"
-fi
+run_package upgrade-disabled "dpkg -i over the installed package with the unit disabled" dpkg -i /root/ker-agent.deb
 check "after upgrade: a disabled unit stays disabled" test "$(bx systemctl is-enabled "$UNIT")" = disabled
 check "after upgrade: the running, disabled agent was restarted (new main pid)" \
     test "$(active_state)" = active -a "$(main_pid)" != "$old_main"
@@ -462,12 +464,7 @@ pids_unchanged "after package upgrade with the unit disabled" || true
 # The same over a package that enabled the unit with systemctl and so left no record
 # for deb-systemd-helper: the administrator's choice is kept as well.
 bx rm -f "$DSH_STATE"
-if bx env DEBIAN_FRONTEND=noninteractive dpkg -i /root/ker-agent.deb >"$LOGS/upgrade-unrecorded.log" 2>&1; then
-    pass "dpkg -i over a disabled unit that deb-systemd-helper has no record of"
-else
-    cat "$LOGS/upgrade-unrecorded.log"
-    fail "dpkg -i over a disabled unit that deb-systemd-helper has no record of"
-fi
+run_package upgrade-unrecorded "dpkg -i over a disabled unit that deb-systemd-helper has no record of" dpkg -i /root/ker-agent.deb
 check "after upgrade: the unrecorded, disabled unit stays disabled" \
     test "$(bx systemctl is-enabled "$UNIT")" = disabled
 check "after upgrade: the record is made" bx test -f "$DSH_STATE"
@@ -497,12 +494,7 @@ check "after purge: no permission override left" \
     eval '[ -z "$(bx dpkg-statoverride --list "/etc/ker-agent*")" ]'
 check "after purge: instance data kept" bx test -s /var/lib/ker-agent/instances/a/data/dump.rdb
 pids_unchanged "after package purge" || true
-if bx env DEBIAN_FRONTEND=noninteractive apt-get install -y -q /root/ker-agent.deb >"$LOGS/reinstall.log" 2>&1; then
-    pass "apt-get install ./ker-agent.deb after the purge"
-else
-    cat "$LOGS/reinstall.log"
-    fail "apt-get install ./ker-agent.deb after the purge"
-fi
+run_package reinstall "apt-get install ./ker-agent.deb after the purge" apt-get install -y -q /root/ker-agent.deb
 check "after reinstall: unit enabled again" test "$(bx systemctl is-enabled "$UNIT")" = enabled
 check "after reinstall: unit active" is_active
 # The manifests are not package files, so they outlived the purge: the new agent finds
