@@ -72,6 +72,11 @@ crate_version() {
                in_pkg && /^version[ \t]*=/ { print $2; exit }' Cargo.toml
 }
 
+# $1 made safe as the replacement of a sed s|…|…| command.
+sed_replacement() {
+    printf '%s' "$1" | sed 's/[&|\\]/\\&/g'
+}
+
 # dpkg Depends entries for the shared libraries the binary needs.
 shlib_depends() {
     local binary=$1 glibc lib deps=() libgcc=""
@@ -214,8 +219,7 @@ INSTALLED_SIZE=$(du -sk --exclude=DEBIAN "$DEB_ROOT" | cut -f1)
 SHLIBS=$(shlib_depends "$DEB_ROOT/usr/bin/ker-agent")
 sed -e "s|@VERSION@|$PKG_VERSION|" -e "s|@ARCH@|$DEB_ARCH|" \
     -e "s|@INSTALLED_SIZE@|$INSTALLED_SIZE|" -e "s|@SHLIBS@|$SHLIBS|" \
-    -e "s|@HOMEPAGE@|$(printf '%s' "$HOMEPAGE" | sed 's/[&|\\]/\\&/g')|" \
-    -e "s|@MAINTAINER@|$(printf '%s' "$MAINTAINER" | sed 's/[&|\\]/\\&/g')|" \
+    -e "s|@HOMEPAGE@|$(sed_replacement "$HOMEPAGE")|" -e "s|@MAINTAINER@|$(sed_replacement "$MAINTAINER")|" \
     "$PKG_DIR/deb/control.in" >"$DEB_ROOT/DEBIAN/control"
 DEB="$OUT_DIR/ker-agent_${PKG_VERSION}_${DEB_ARCH}.deb"
 rm -f -- "$DEB"

@@ -706,38 +706,32 @@ impl EventLog {
         history.acked = history.acked.max(seq);
     }
 
-    /// The kept events of `instance`, oldest first, at most `limit`.
-    pub fn for_instance(&self, instance: &str, limit: usize) -> Vec<EventEntry> {
-        let history = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<EventEntry> = history
-            .entries
-            .iter()
-            .rev()
-            .filter(|e| e.instance == instance)
-            .take(limit)
-            .cloned()
-            .collect();
-        out.reverse();
-        out
-    }
-}
-
-impl EventLog {
-    /// The newest `limit` kept events after `after` (their `seq`), of `instance` or of
-    /// every instance and the node, oldest first.
+    /// Kept events of `instance`, or of every instance and the node, oldest first, at
+    /// most `limit`: from the start (`after` 0), the newest; after the event `after`,
+    /// the next ones, so that a reader paging on misses none.
     pub fn query(&self, instance: Option<&str>, after: u64, limit: usize) -> Vec<EventEntry> {
         let history = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<EventEntry> = history
+        let wanted = |e: &&EventEntry| instance.is_none_or(|name| e.instance == name);
+        if after == 0 {
+            let mut out: Vec<EventEntry> = history
+                .entries
+                .iter()
+                .rev()
+                .filter(wanted)
+                .take(limit)
+                .cloned()
+                .collect();
+            out.reverse();
+            return out;
+        }
+        history
             .entries
             .iter()
-            .rev()
-            .take_while(|e| e.seq > after)
-            .filter(|e| instance.is_none_or(|name| e.instance == name))
+            .skip_while(|e| e.seq <= after)
+            .filter(wanted)
             .take(limit)
             .cloned()
-            .collect();
-        out.reverse();
-        out
+            .collect()
     }
 }
 
@@ -746,7 +740,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_query_gives_the_newest_after_a_point_oldest_first() {
+    fn a_query_gives_the_newest_or_the_next_after_a_point_oldest_first() {
         let log = EventLog::new(10);
         for pid in 0..6 {
             let name = if pid % 2 == 0 { "a" } else { "b" };
@@ -764,6 +758,8 @@ mod tests {
         assert!(all.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(seqs(log.query(None, 0, 2)), all[4..]);
         assert_eq!(seqs(log.query(None, all[3], 100)), all[4..]);
+        // After a point, the next ones: a reader paging on misses none.
+        assert_eq!(seqs(log.query(None, all[1], 2)), all[2..4]);
         let of_a = log.query(Some("a"), 0, 100);
         assert_eq!(of_a.len(), 3);
         assert!(of_a.iter().all(|e| e.instance == "a"));
@@ -783,11 +779,11 @@ mod tests {
             );
         }
         log.emit("b", Event::ConflictCleared);
-        let a = log.for_instance("a", 10);
+        let a = log.query(Some("a"), 0, 10);
         assert_eq!(a.len(), 2);
         assert_eq!(a[1].message, "started as pid 4");
-        assert_eq!(log.for_instance("a", 10)[0].message, "started as pid 3");
-        assert_eq!(log.for_instance("b", 10)[0].kind, "conflict-cleared");
+        assert_eq!(log.query(Some("a"), 0, 10)[0].message, "started as pid 3");
+        assert_eq!(log.query(Some("b"), 0, 10)[0].kind, "conflict-cleared");
     }
 
     #[test]
@@ -808,7 +804,7 @@ mod tests {
         // Fewer instances: back to the base, the oldest go at the next event.
         log.fit(0);
         log.emit("a", start(10));
-        let kept = log.for_instance("a", 100);
+        let kept = log.query(Some("a"), 0, 100);
         assert_eq!(kept.len(), 3);
         assert_eq!(kept[2].message, "started as pid 10");
     }

@@ -204,8 +204,8 @@ async fn status(State(state): State<ApiState>) -> Json<NodeStatus> {
 /// The most events `/v1/events` returns at once.
 pub const MAX_EVENTS_PAGE: usize = 1000;
 
-/// `GET /v1/events?instance=<name>&after=<seq>&limit=<n>`: the newest kept events
-/// after `seq`, oldest first.
+/// `GET /v1/events?instance=<name>&after=<seq>&limit=<n>`: the newest kept events, or
+/// the next ones after `seq`, oldest first.
 async fn events(State(state): State<ApiState>, uri: Uri) -> Response {
     let mut instance = None;
     let mut after = 0u64;
@@ -249,7 +249,7 @@ async fn instance(State(state): State<ApiState>, name: Result<Path<String>, Path
             let metrics = state.observations.instance(&name);
             Json(InstanceDetail {
                 info_raw: metrics.as_ref().and_then(|m| m.info_raw()),
-                events: state.events.for_instance(&name, INSTANCE_EVENTS),
+                events: state.events.query(Some(&name), 0, INSTANCE_EVENTS),
                 view: InstanceView { status, metrics },
             })
         }

@@ -237,6 +237,22 @@ fn unpack(archive: &Path, into: &Path, cancel: &AtomicBool) -> Result<(), Instal
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
     let mut written = 0u64;
     let mut checked_room_at = 0u64;
+    // Whether `into`'s filesystem has room for `coming` more bytes and still the
+    // bytes kept free.
+    let room_for = |coming: u64, written: u64| -> Result<(), InstallError> {
+        let stats = crate::sys::statvfs(into).map_err(io_error("statvfs", into))?;
+        if stats.available_bytes >= coming.saturating_add(MIN_FREE_BYTES) {
+            return Ok(());
+        }
+        Err(InstallError::Stopped {
+            archive: archive.to_path_buf(),
+            why: format!(
+                "{written} bytes unpacked, {coming} more to come, and {} has {} bytes free, less than that and the {MIN_FREE_BYTES} kept free",
+                into.display(),
+                stats.available_bytes
+            ),
+        })
+    };
     for entry in tar.entries().map_err(read)? {
         if cancel.load(Ordering::Relaxed) {
             return Err(InstallError::Stopped {
@@ -248,18 +264,7 @@ fn unpack(archive: &Path, into: &Path, cancel: &AtomicBool) -> Result<(), Instal
         // so that a build never fills the filesystem the instances' data lives on.
         if written - checked_room_at >= ROOM_CHECK_EVERY {
             checked_room_at = written;
-            let stats = crate::sys::statvfs(into).map_err(io_error("statvfs", into))?;
-            if stats.available_bytes < MIN_FREE_BYTES {
-                return Err(InstallError::Stopped {
-                    archive: archive.to_path_buf(),
-                    why: format!(
-                        "{} bytes unpacked and {} has {} bytes free, less than the {MIN_FREE_BYTES} kept free",
-                        written,
-                        into.display(),
-                        stats.available_bytes
-                    ),
-                });
-            }
+            room_for(0, written)?;
         }
         let mut entry = entry.map_err(read)?;
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
@@ -298,6 +303,12 @@ fn unpack(archive: &Path, into: &Path, cancel: &AtomicBool) -> Result<(), Instal
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 use std::os::unix::fs::OpenOptionsExt;
+                // One entry alone can be large (what its header says is what is read):
+                // its room is checked before it is written.
+                let size = entry.header().size().map_err(read)?;
+                if size >= ROOM_CHECK_EVERY {
+                    room_for(size, written)?;
+                }
                 let mut out = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -555,6 +566,33 @@ mod tests {
         let sha = crate::digest::sha256_hex(cut);
         let error = install(&archive, &manifest(&sha), &signed(), &dir.path().join("engines")).unwrap_err();
         assert!(matches!(error, InstallError::Read { .. }), "{error}");
+        assert!(leftovers(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn one_entry_larger_than_the_free_space_is_refused_before_it_is_written() {
+        use std::io::Write;
+        // A header announcing a petabyte; what follows is never read.
+        let mut header = tar::Header::new_gnu();
+        header.set_path("bin/redis-server").unwrap();
+        header.set_size(1 << 50);
+        header.set_mode(0o755);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(header.as_bytes()).unwrap();
+        gz.write_all(&[0u8; 1024]).unwrap();
+        let bytes = gz.finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("a.tar.gz");
+        std::fs::write(&archive, &bytes).unwrap();
+        let sha = crate::digest::sha256_hex(&bytes);
+        let error = install(&archive, &manifest(&sha), &signed(), &dir.path().join("engines")).unwrap_err();
+        assert!(matches!(error, InstallError::Stopped { .. }), "{error}");
+        assert!(
+            error.to_string().contains(&format!("{} more to come", 1u64 << 50)),
+            "{error}"
+        );
         assert!(leftovers(dir.path()).is_empty());
     }
 

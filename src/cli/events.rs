@@ -42,6 +42,8 @@ pub async fn events(args: &EventsArgs) -> ExitCode {
     let mut started_at = None;
     let mut limit = args.limit;
     loop {
+        // A full page after a point may have more behind it: then ask again at once.
+        let mut more = false;
         match page(args, after, limit).await {
             Ok(page) => {
                 if started_at.is_some_and(|s| s != page.agent_started_at) {
@@ -52,6 +54,7 @@ pub async fn events(args: &EventsArgs) -> ExitCode {
                     continue;
                 }
                 started_at = Some(page.agent_started_at);
+                more = after > 0 && page.events.len() >= limit;
                 // Everything new from now on (the first page had the last `--limit`).
                 limit = crate::api::MAX_EVENTS_PAGE;
                 let mut out = std::io::stdout().lock();
@@ -76,7 +79,9 @@ pub async fn events(args: &EventsArgs) -> ExitCode {
         if !args.follow {
             return ExitCode::SUCCESS;
         }
-        tokio::time::sleep(FOLLOW_EVERY).await;
+        if !more {
+            tokio::time::sleep(FOLLOW_EVERY).await;
+        }
     }
 }
 

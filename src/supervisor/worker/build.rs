@@ -7,7 +7,6 @@
 
 use super::*;
 use crate::artifacts::{BuildState, Wanted};
-use crate::engine::EngineKind;
 use crate::record::InstanceRecord;
 use crate::status::BuildWait;
 
@@ -94,15 +93,6 @@ impl Worker {
         }
     }
 
-    /// Notes what a process that went ran, for `fallback_spec`.
-    pub(super) fn remember_ran(&mut self, record: &InstanceRecord) {
-        self.ran = Some(Ran {
-            engine: record.engine,
-            version: record.version.clone(),
-            config_hash: record.config_hash.clone(),
-        });
-    }
-
     /// After a crash while the declared version's build is awaited: `spec` at the
     /// version the process ran, to restart on meanwhile. Keeping an instance up
     /// matters more than its moving on; the move happens, with one graceful restart,
@@ -111,18 +101,15 @@ impl Worker {
     /// and never for a deliberate start (not after a crash). A kept build no longer on
     /// disk is asked for again (found or fetched), and the worker wakes when it is.
     pub(super) fn fallback_spec(&mut self, spec: &InstanceSpec) -> Option<Arc<InstanceSpec>> {
-        self.ran_changes = None;
-        if !self.restart_pending {
-            return None;
-        }
-        let ran = self.ran.as_ref()?;
-        if ran.engine != spec.engine || ran.version == spec.version {
+        let ran = self.restart_pending.as_ref()?;
+        if ran.version == spec.version {
             return None;
         }
         let fallback = InstanceSpec {
             version: ran.version.clone(),
             ..spec.clone()
         };
+        // The hash covers the engine too.
         if fallback.config_hash() != ran.config_hash {
             return None;
         }
@@ -144,10 +131,18 @@ impl Worker {
     }
 }
 
-/// What the last process ran, kept after it exits.
+/// What a process that exited ran.
 pub(super) struct Ran {
-    engine: EngineKind,
     version: String,
     /// Its spec's [`InstanceSpec::config_hash`], as its record says.
     config_hash: String,
+}
+
+impl Ran {
+    pub(super) fn of(record: &InstanceRecord) -> Ran {
+        Ran {
+            version: record.version.clone(),
+            config_hash: record.config_hash.clone(),
+        }
+    }
 }

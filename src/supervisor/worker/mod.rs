@@ -124,8 +124,10 @@ pub struct Worker {
     last_probe_error: Option<String>,
     crashes: CrashHistory,
     restart_not_before: Option<Instant>,
-    /// The next start follows an unexpected exit and counts as a restart.
-    restart_pending: bool,
+    /// The next start follows an unexpected exit and counts as a restart; what the
+    /// process that exited ran (while the declared version's build is awaited, the
+    /// restart is on that).
+    restart_pending: Option<build::Ran>,
     restarts: u64,
     last_exit: Option<ExitOutcome>,
     last_stop: Option<StopOutcome>,
@@ -176,10 +178,8 @@ pub struct Worker {
     build_wait: Option<crate::status::BuildWait>,
     /// That build's progress, to wake on.
     build_changes: Option<watch::Receiver<crate::artifacts::BuildState>>,
-    /// What the last process ran, kept after it exits: while the declared version's
-    /// build is awaited, a crashed process restarts on that.
-    ran: Option<build::Ran>,
-    /// The progress of the build `ran` names while it is being looked for, to wake on.
+    /// The progress of the build a pending restart ran while it is being looked for,
+    /// to wake on (for one turn).
     ran_changes: Option<watch::Receiver<crate::artifacts::BuildState>>,
 }
 
@@ -205,7 +205,7 @@ impl Worker {
             last_probe_error: None,
             crashes: CrashHistory::default(),
             restart_not_before: None,
-            restart_pending: false,
+            restart_pending: None,
             restarts: 0,
             last_exit: None,
             last_stop: None,
@@ -234,7 +234,6 @@ impl Worker {
             restore_loaded: false,
             build_wait: None,
             build_changes: None,
-            ran: None,
             ran_changes: None,
         }
     }
@@ -295,6 +294,8 @@ impl Worker {
             if self.shutdown.is_cancelled() {
                 return;
             }
+            // Set by `fallback_spec` for the wait of the turn that asked.
+            self.ran_changes = None;
             let spec = self.specs.borrow_and_update().clone();
             if let Some(spec) = &spec {
                 self.identity = Some((spec.engine, spec.version.clone(), spec.port));
@@ -303,7 +304,7 @@ impl Worker {
             if !matches!(desired, Desired::Running { .. }) {
                 // Not wanted running: the next start is a deliberate one, not a restart
                 // after the last crash.
-                self.restart_pending = false;
+                self.restart_pending = None;
             }
             if let (Desired::Running { config_hash }, Some(spec)) = (&desired, &spec) {
                 // A changed spec gets a fresh start instead of waiting out a back-off
@@ -338,22 +339,21 @@ impl Worker {
                     .as_ref()
                     .is_some_and(|p| p.record().engine == spec.engine && p.record().version == spec.version)
             };
+            let mut action = plan::reconcile(&desired, &observed, now);
+            // A restart of a process that runs the declared version needs its build
+            // still at hand too (it may have been refused since).
+            let restarts = matches!(action, Action::Stop(plan::StopReason::Restart(_)));
             let build_wait = match (&desired, &spec) {
-                (Desired::Running { .. }, Some(spec)) if !runs_declared(spec) => self.build_gate(spec),
+                (Desired::Running { .. }, Some(spec)) if restarts || !runs_declared(spec) => self.build_gate(spec),
                 _ => {
                     self.build_wait = None;
                     self.build_changes = None;
-                    self.ran_changes = None;
                     None
                 }
             };
-            let mut action = plan::reconcile(&desired, &observed, now);
             // What a start starts: the declared spec, or after a crash while its build
             // is awaited, the same at the version the process ran.
             let mut start_spec = spec.clone();
-            if !matches!(action, Action::Start) {
-                self.ran_changes = None;
-            }
             if let Some(retry_at) = build_wait {
                 let fallback = match (&action, &spec) {
                     (Action::Start, Some(spec)) => self.fallback_spec(spec),
@@ -527,7 +527,6 @@ impl Worker {
         let Some(process) = self.process.take() else {
             return;
         };
-        self.remember_ran(process.record());
         let ran_for = process.running_for();
         self.emit(Event::Exited {
             pid: process.pid(),
@@ -546,7 +545,7 @@ impl Worker {
         self.ready = false;
         self.loading = false;
         self.forget_live_state();
-        self.restart_pending = true;
+        self.restart_pending = Some(build::Ran::of(process.record()));
         let delay = self.crashes.on_crash(ran_for, fastrand::f64());
         self.schedule_restart(delay);
     }

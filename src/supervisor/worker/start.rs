@@ -104,9 +104,8 @@ impl Worker {
                     self.crashes.consecutive = record.consecutive_crashes;
                     let age = Duration::from_secs(unix_now().saturating_sub(record.started_at));
                     let delay = self.crashes.on_crash(age, fastrand::f64());
-                    self.restart_pending = true;
+                    self.restart_pending = Some(super::build::Ran::of(&record));
                     self.schedule_restart(delay);
-                    self.remember_ran(&record);
                 }
                 self.remove_records("its process is gone").await;
             }
@@ -170,7 +169,7 @@ impl Worker {
                 spec.engine, spec.version
             ));
         };
-        let after_crash = self.restart_pending;
+        let after_crash = self.restart_pending.is_some();
         let layout = self.layout(engine);
         if let Err(error) = self.restore_before_start(spec, engine, &layout).await {
             return self.start_failed(format!("restore: {error}"));
@@ -252,7 +251,7 @@ impl Worker {
             return self.start_failed(format!("{error}; the started process was killed"));
         }
         self.restarts = process.record().restarts;
-        self.restart_pending = false;
+        self.restart_pending = None;
         self.emit(Event::Started {
             pid: process.pid(),
             after_crash,

@@ -244,7 +244,7 @@ impl Worker {
         self.forget_live_state();
         self.drift = None;
         self.restart_not_before = None;
-        self.restart_pending = false;
+        self.restart_pending = None;
         true
     }
 
