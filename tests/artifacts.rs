@@ -86,6 +86,16 @@ fn wait_refused(h: &Harness, name: &str, version: &str, reason: &str) -> Value {
     )
 }
 
+/// An agent whose instance "a" runs agent.toml's 7.0: its port and pid.
+fn running_on_local_build() -> (Setup, u16, u32) {
+    let mut s = setup("7d");
+    let port = free_port();
+    s.h.manifest("a", port, "");
+    s.h.start_agent();
+    let pid = s.h.wait_ready("a");
+    (s, port, pid)
+}
+
 /// An agent whose instance "a" runs from the store's build of 7.9: its port and pid.
 fn running_on_store_build() -> (Setup, u16, u32) {
     let mut s = setup("7d");
@@ -195,11 +205,7 @@ fn a_version_change_moves_a_running_instance_with_one_graceful_restart_and_its_d
 
 #[test]
 fn every_refusal_keeps_the_old_version_running_and_leaves_nothing() {
-    let mut s = setup("7d");
-    let port = free_port();
-    s.h.manifest("a", port, "");
-    s.h.start_agent();
-    let pid = s.h.wait_ready("a");
+    let (s, port, pid) = running_on_local_build();
     let good = store::redis_archive(0);
     let other = Signer::new(s.h.path(), "stranger");
 
@@ -402,6 +408,18 @@ fn a_build_no_longer_signed_by_a_trusted_key_is_kept_but_never_started() {
     assert!(error.contains("remove the directory to fetch it again"), "{entry}");
     assert!(s.build_dir("7.9").join("bin/redis-server").is_file());
 
+    // A restart asked for is held: the process keeps running the build it has.
+    s.h.manifest_with_version("a", "7.9", port, "restart_epoch = 1\n");
+    s.h.signal_agent(SIGHUP);
+    let i = s.h.wait_for_value("the restart held for the refused build", WAIT, |h| {
+        let i = h.instance("a");
+        (i["build"]["state"] == "failed").then_some(i)
+    });
+    assert_eq!(i["pid"], pid, "{i}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(s.h.instance("a")["pid"], pid);
+    assert!(pong(port, None));
+
     // A crash is not restarted from the untrusted build.
     send_signal(pid, SIGKILL);
     let i = s.h.wait_for_value("a failed on its refused build", WAIT, |h| {
@@ -427,13 +445,7 @@ fn a_running_instance_keeps_its_upkeep_while_its_build_is_unavailable() {
     s.h.manifest_with_version("a", "7.7", port, config);
     s.h.signal_agent(SIGHUP);
     wait_refused(&s.h, "a", "7.7", "answered 404");
-    let mut conn = redis(port, None).unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory-policy")
-        .arg("noeviction")
-        .query(&mut conn)
-        .unwrap();
+    config_set(port, None, "maxmemory-policy", "noeviction");
     s.h.wait_for("the hand-made change set back", WAIT, |_| {
         config_get(port, None, "maxmemory-policy") == "allkeys-lru"
     });
@@ -442,11 +454,7 @@ fn a_running_instance_keeps_its_upkeep_while_its_build_is_unavailable() {
 
 #[test]
 fn a_crash_while_the_new_build_is_unavailable_restarts_on_the_build_it_ran() {
-    let mut s = setup("7d");
-    let port = free_port();
-    s.h.manifest("a", port, "");
-    s.h.start_agent();
-    let old = s.h.wait_ready("a");
+    let (s, port, old) = running_on_local_build();
     fill_keys(&mut redis(port, None).unwrap(), 100, "kept-");
     let _: () = redis::cmd("SAVE").query(&mut redis(port, None).unwrap()).unwrap();
     // 7.9 is not in the store yet.
@@ -504,20 +512,16 @@ fn a_process_that_died_while_the_agent_was_down_restarts_on_the_store_build_it_r
 
 #[test]
 fn a_stopped_instance_started_while_its_build_is_unavailable_waits_for_it() {
-    let mut s = setup("7d");
-    let port = free_port();
-    s.h.manifest("a", port, "");
-    s.h.start_agent();
-    s.h.wait_ready("a");
+    let (s, port, _) = running_on_local_build();
     s.h.manifest("a", port, "state = \"stopped\"\n");
     s.h.signal_agent(SIGHUP);
     s.h.wait_for("a stopped", WAIT, |h| h.instance("a")["phase"] == "stopped");
     // A deliberate start asks for 7.9, which is not in the store: no fallback.
     s.h.manifest_with_version("a", "7.9", port, "");
     s.h.signal_agent(SIGHUP);
-    let i = wait_refused(&s.h, "a", "7.9", "answered 404");
-    assert_eq!(i["version"], "7.9", "{i}");
+    wait_refused(&s.h, "a", "7.9", "answered 404");
     let i = s.h.instance("a");
+    assert_eq!(i["version"], "7.9", "the declared version while nothing runs: {i}");
     assert_eq!(i["phase"], "failed", "{i}");
     assert!(i["pid"].is_null(), "{i}");
     assert!(listener_pid(port).is_none());
@@ -526,11 +530,7 @@ fn a_stopped_instance_started_while_its_build_is_unavailable_waits_for_it() {
 
 #[test]
 fn an_instance_stopped_after_its_crash_is_not_restarted_on_the_old_build() {
-    let mut s = setup("7d");
-    let port = free_port();
-    s.h.manifest("a", port, "");
-    s.h.start_agent();
-    let mut pid = s.h.wait_ready("a");
+    let (s, port, mut pid) = running_on_local_build();
     // Three quick crashes, then a fourth: its restart waits 1.6-2.4 s of back-off,
     // and the instance is declared stopped meanwhile.
     for _ in 0..3 {
@@ -538,6 +538,7 @@ fn an_instance_stopped_after_its_crash_is_not_restarted_on_the_old_build() {
         pid = s.h.wait_restarted("a", pid);
     }
     send_signal(pid, SIGKILL);
+    s.h.wait_for("the fourth exit seen", WAIT, |h| count_events(h, "a", "exited") == 4);
     s.h.manifest("a", port, "state = \"stopped\"\n");
     s.h.signal_agent(SIGHUP);
     s.h.wait_for("a stopped", WAIT, |h| h.instance("a")["phase"] == "stopped");

@@ -125,17 +125,19 @@ fn events_of_the_node_and_of_one_instance_and_follow() {
     let (code, _, body) = http_bytes(([127, 0, 0, 1].into(), h.api_port), "/v1/events?limit=5000", &[]).unwrap();
     assert_eq!(code, 400);
     assert!(String::from_utf8_lossy(&body).contains("limit"));
-    // A closed output ends a watch quietly: no panic, no message.
-    let out = Command::new("sh")
+    // A closed output ends a watch quietly: no panic, no message, exit status 0 (and
+    // not 124, timeout's, had it kept running).
+    let out = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "{AGENT} status --api {api} --watch --interval 100ms | head -n 1 >/dev/null; echo done"
+            "timeout 10 {AGENT} status --api {api} --watch --interval 100ms | head -n 1 >/dev/null; echo ${{PIPESTATUS[0]}}"
         ))
         .stderr(Stdio::piped())
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "{out:?}");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
 
     // --follow prints the restart of a killed instance as it happens.
     let mut follow = Command::new(AGENT)
@@ -144,15 +146,25 @@ fn events_of_the_node_and_of_one_instance_and_follow() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
+    // Read on a thread, so that a line that never comes fails the test instead of
+    // hanging it.
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = |within: Duration| rx.recv_timeout(within).ok();
+    let first = next_line(Duration::from_secs(20)).expect("a first event from events --follow within 20 s");
     assert!(first.contains("  a  "), "{first}");
     let pid = h.instance("a")["pid"].as_u64().unwrap() as u32;
     send_signal(pid, SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
-    while Instant::now() < deadline {
-        let line = lines.next().unwrap().unwrap();
+    while let Some(line) = next_line(deadline.saturating_duration_since(Instant::now())) {
         seen.push(line.clone());
         if line.contains("  a  ready  ") {
             break;

@@ -21,16 +21,6 @@ fn fast_drift() -> Harness {
     Harness::with_agent_toml("", "\n[monitoring]\ndrift_interval = \"1s\"")
 }
 
-fn config_set(port: u16, password: Option<&str>, key: &str, value: &str) {
-    let mut conn = redis(port, password).unwrap();
-    redis::cmd("CONFIG")
-        .arg("SET")
-        .arg(key)
-        .arg(value)
-        .query::<()>(&mut conn)
-        .unwrap();
-}
-
 fn rendered(h: &Harness, name: &str) -> String {
     std::fs::read_to_string(h.instance_dir(name).join("redis.conf")).unwrap()
 }

@@ -592,6 +592,17 @@ pub fn config_get(port: u16, password: Option<&str>, key: &str) -> String {
     pair.get(1).cloned().unwrap_or_default()
 }
 
+/// `CONFIG SET key value` on the server at `127.0.0.1:port`, by hand.
+pub fn config_set(port: u16, password: Option<&str>, key: &str, value: &str) {
+    let mut conn = redis(port, password).unwrap();
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(key)
+        .arg(value)
+        .query::<()>(&mut conn)
+        .unwrap();
+}
+
 /// Whether `127.0.0.1:port` answers PING with PONG.
 pub fn pong(port: u16, password: Option<&str>) -> bool {
     redis(port, password)
