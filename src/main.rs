@@ -27,48 +27,14 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_FAILURE)
             }
         },
-        Command::Status {
-            api,
-            names,
-            phase,
-            json,
-            watch,
-            interval,
-            count,
-        } => {
-            let args = cli::StatusArgs {
-                api,
-                names,
-                phases: phase,
-                json,
-                watch,
-                interval,
-                count,
-            };
-            match runtime(1) {
-                Ok(rt) => rt.block_on(cli::status(&args)),
-                Err(code) => code,
-            }
-        }
-        Command::Events {
-            name,
-            api,
-            limit,
-            follow,
-            json,
-        } => {
-            let args = cli::EventsArgs {
-                api,
-                name,
-                limit: usize::from(limit),
-                follow,
-                json,
-            };
-            match runtime(1) {
-                Ok(rt) => rt.block_on(cli::events(&args)),
-                Err(code) => code,
-            }
-        }
+        Command::Status(args) => match runtime(1) {
+            Ok(rt) => rt.block_on(cli::status(&args)),
+            Err(code) => code,
+        },
+        Command::Events(args) => match runtime(1) {
+            Ok(rt) => rt.block_on(cli::events(&args)),
+            Err(code) => code,
+        },
         Command::Run { config } => {
             cli::init_logging();
             let config = match cli::load_config(&config) {

@@ -10,12 +10,21 @@ use std::time::Duration;
 const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 
 /// What `ker-agent events` was asked for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct EventsArgs {
-    pub api: String,
+    /// Only this instance's events.
     pub name: Option<String>,
-    pub limit: usize,
+    /// Address of the agent's API.
+    #[arg(long, default_value = super::DEFAULT_API)]
+    pub api: String,
+    /// How many recent events to print first (1 to 1000).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub limit: u16,
+    /// Keep printing new events as they happen, until interrupted.
+    #[arg(long, short = 'f')]
     pub follow: bool,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -40,7 +49,7 @@ struct Page {
 pub async fn events(args: &EventsArgs) -> ExitCode {
     let mut after = 0;
     let mut started_at = None;
-    let mut limit = args.limit;
+    let mut limit = usize::from(args.limit);
     loop {
         // A full page after a point may have more behind it: then ask again at once.
         let mut more = false;

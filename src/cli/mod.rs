@@ -67,46 +67,9 @@ pub enum Command {
         config: PathBuf,
     },
     /// Show the instances of a running agent.
-    Status {
-        /// Show only these instances (by name).
-        names: Vec<String>,
-        /// Address of the agent's API.
-        #[arg(long, default_value = DEFAULT_API)]
-        api: String,
-        /// Show only instances in these phases (comma-separated or repeated), e.g.
-        /// `--phase crash-loop,failed`.
-        #[arg(long, value_delimiter = ',')]
-        phase: Vec<String>,
-        /// Print the raw JSON status document (filtered like the table).
-        #[arg(long)]
-        json: bool,
-        /// Refresh the table in place until interrupted.
-        #[arg(long)]
-        watch: bool,
-        /// How often --watch refreshes, e.g. "2s", "500ms".
-        #[arg(long, default_value = "2s", value_parser = parse_interval)]
-        interval: Duration,
-        /// With --watch: stop after this many refreshes.
-        #[arg(long)]
-        count: Option<u64>,
-    },
+    Status(StatusArgs),
     /// Print the recent events of the node, or of one instance, newest last.
-    Events {
-        /// Only this instance's events.
-        name: Option<String>,
-        /// Address of the agent's API.
-        #[arg(long, default_value = DEFAULT_API)]
-        api: String,
-        /// How many recent events to print first (1 to 1000).
-        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
-        limit: u16,
-        /// Keep printing new events as they happen, until interrupted.
-        #[arg(long, short = 'f')]
-        follow: bool,
-        /// One JSON object per line instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Events(EventsArgs),
     /// Print the version.
     Version,
     /// Print the manual page (roff) or a shell's completion script, made from these

@@ -72,17 +72,28 @@ struct SecretFilesRow {
 }
 
 /// What `ker-agent status` was asked for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {
-    pub api: String,
-    /// Only these instances; all when empty.
+    /// Show only these instances (by name).
     pub names: Vec<String>,
-    /// Only instances in these phases; all when empty.
+    /// Address of the agent's API.
+    #[arg(long, default_value = super::DEFAULT_API)]
+    pub api: String,
+    /// Show only instances in these phases (comma-separated or repeated), e.g.
+    /// `--phase crash-loop,failed`.
+    #[arg(long = "phase", value_name = "PHASE", value_delimiter = ',')]
     pub phases: Vec<String>,
+    /// Print the raw JSON status document (filtered like the table).
+    #[arg(long)]
     pub json: bool,
+    /// Refresh the table in place until interrupted.
+    #[arg(long)]
     pub watch: bool,
+    /// How often --watch refreshes, e.g. "2s", "500ms".
+    #[arg(long, default_value = "2s", value_parser = super::parse_interval)]
     pub interval: Duration,
-    /// With `watch`: how many refreshes before it ends.
+    /// With --watch: stop after this many refreshes.
+    #[arg(long)]
     pub count: Option<u64>,
 }
 
