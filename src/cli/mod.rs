@@ -165,21 +165,14 @@ fn roff_line(line: &str) -> String {
 pub fn generate(what: Generated, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     use clap::CommandFactory;
     let mut command = Cli::command();
-    match what {
-        Generated::Man => man_page(command, out),
-        Generated::Bash => {
-            clap_complete::generate(clap_complete::Shell::Bash, &mut command, "ker-agent", out);
-            Ok(())
-        }
-        Generated::Zsh => {
-            clap_complete::generate(clap_complete::Shell::Zsh, &mut command, "ker-agent", out);
-            Ok(())
-        }
-        Generated::Fish => {
-            clap_complete::generate(clap_complete::Shell::Fish, &mut command, "ker-agent", out);
-            Ok(())
-        }
-    }
+    let shell = match what {
+        Generated::Man => return man_page(command, out),
+        Generated::Bash => clap_complete::Shell::Bash,
+        Generated::Zsh => clap_complete::Shell::Zsh,
+        Generated::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut command, "ker-agent", out);
+    Ok(())
 }
 
 /// Parses the command line; a usage error exits 64, `--help` exits 0.
